@@ -305,7 +305,20 @@ impl Decoder {
                     )));
                 }
             }
-            Body::End(_) => {}
+            Body::End(_) => {
+                // No checksum covers an END without a trailer (a package's
+                // header END and its final END): libzfs zeroes every field
+                // it does not set, so anything else there is damage.
+                if header.trailer.is_zero() {
+                    let stray = raw[4..8].iter().chain(&raw[48..TRAILER_OFFSET]).position(|&b| b != 0);
+                    if let Some(pos) = stray {
+                        let at = if pos < 4 { 4 + pos } else { 48 + pos - 4 };
+                        return Err(invalid(format!(
+                            "unused byte {at} of an END without trailer checksum is not zero (damaged record)"
+                        )));
+                    }
+                }
+            }
             body => {
                 validate::check_body(body, self.features).map_err(invalid)?;
                 if header.payload_len() > MAX_BLOCK_SIZE {
@@ -328,8 +341,8 @@ impl Decoder {
         match (self.phase, &header.body) {
             (Phase::Start, Body::Begin(_)) => Ok(()),
             (Phase::Start, _) => unexpected("DRR_BEGIN to open the stream"),
-            (Phase::PackageHeader, Body::End(_)) => Ok(()),
-            (Phase::PackageHeader, _) => unexpected("the DRR_END closing the package header"),
+            (Phase::PackageHeader, Body::End(e)) if e.toguid == 0 => Ok(()),
+            (Phase::PackageHeader, _) => unexpected("the DRR_END closing the package header (with toguid 0)"),
             (Phase::BetweenSubstreams, Body::Begin(b)) => {
                 if split_versioninfo(b.versioninfo).0 == HeaderType::Compound.code() {
                     return unexpected("a substream DRR_BEGIN, not a nested package");

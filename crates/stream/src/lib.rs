@@ -26,6 +26,7 @@ pub mod features;
 pub mod fletcher;
 pub mod nvlist;
 pub mod order;
+pub mod read;
 pub mod record;
 pub mod summary;
 pub mod token;

@@ -7,11 +7,12 @@ use serde::Serialize;
 /// OpenZFS writes records in its host's order and the receiver byte-swaps
 /// when the BEGIN magic reads backwards; we do the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum ByteOrder {
     /// Little-endian (x86, most ARM).
+    #[serde(rename = "little-endian")]
     Little,
     /// Big-endian (SPARC, POWER, s390x).
+    #[serde(rename = "big-endian")]
     Big,
 }
 

@@ -10,6 +10,9 @@ use serde::Serialize;
 /// Counts for one record type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TypeCount {
+    /// OpenZFS's name for the type (`DRR_WRITE`).
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
     /// Records of this type.
     pub records: u64,
     /// Their payload bytes.
@@ -63,7 +66,7 @@ pub struct Summary {
     /// The substreams, in order.
     pub substreams: Vec<SubstreamInfo>,
     /// Per record type, in `drr_type` order, named as OpenZFS names them.
-    pub records: Vec<(String, TypeCount)>,
+    pub records: Vec<TypeCount>,
     /// All records.
     pub total_records: u64,
     /// Stream length in bytes.
@@ -86,7 +89,10 @@ impl Default for Summary {
             package_toname: None,
             package_fromsnap: None,
             substreams: Vec::new(),
-            records: RecordType::ALL.iter().map(|t| (t.name().to_string(), TypeCount::default())).collect(),
+            records: RecordType::ALL
+                .iter()
+                .map(|t| TypeCount { type_name: t.name(), ..TypeCount::default() })
+                .collect(),
             total_records: 0,
             total_bytes: 0,
             data_bytes: 0,
@@ -101,7 +107,7 @@ impl Summary {
     pub fn add(&mut self, r: &Record, order: ByteOrder) {
         self.byte_order.get_or_insert(order);
         let t = r.record_type();
-        let count = &mut self.records[t.code() as usize].1;
+        let count = &mut self.records[t.code() as usize];
         count.records += 1;
         count.payload_bytes += r.payload.len() as u64;
         self.total_records += 1;
@@ -156,6 +162,6 @@ impl Summary {
 
     /// Counts for one record type.
     pub fn count(&self, t: RecordType) -> TypeCount {
-        self.records[t.code() as usize].1
+        self.records[t.code() as usize]
     }
 }
