@@ -164,6 +164,18 @@ impl StreamBuilder {
         self
     }
 
+    /// Any record body, sealed with the running checksum; `payload` must
+    /// have the length the body's payload rule gives.
+    pub fn record(&mut self, body: Body, payload: &[u8]) -> &mut Self {
+        self.enc.write_sealed(body, payload, EndKind::Substream, &mut self.out);
+        self
+    }
+
+    /// The guid records of this stream carry (`toguid`).
+    pub fn toguid(&self) -> u64 {
+        self.toguid
+    }
+
     /// Closes the substream with its END and returns the bytes.
     pub fn finish(mut self) -> Vec<u8> {
         let end = Body::End(End { toguid: self.toguid, ..Default::default() });
