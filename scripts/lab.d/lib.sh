@@ -11,7 +11,9 @@
 #   ns primary: veth-p 192.168.77.1/24, wg0 10.10.0.1/24 (udp 51820)
 #   ns dr:      veth-d 192.168.77.2/24, wg0 10.10.0.2/24 (udp 51820)
 # Pools built by lab_pools: `src` and `dst` on sparse files /tmp/lab-vdev-<name>,
-#   altroot /tmp/mnt-<name> (so dataset src/x mounts at /tmp/mnt-src/src/x).
+#   altroot /tmp/mnt-<name> (so dataset src/x mounts at /tmp/mnt-src/src/x), atime=off
+#   (with atime on, reading a received file system "modifies" it and the next incremental
+#   receive fails with "destination has been modified since most recent snapshot").
 
 LAB_RESULTS=${LAB_RESULTS:?LAB_RESULTS is not set: run scenarios with scripts/lab run}
 LAB_LIB=${LAB_LIB:-$(realpath "${BASH_SOURCE[0]}")}
@@ -27,13 +29,18 @@ lab_log() { printf '%s lab: %s\n' "$(date +%T.%3N)" "$*"; }
 
 # ---------------------------------------------------------------- steps and assertions
 
-# lab_step NAME [--timeout SECONDS] CMD...
+# lab_step [--timeout SECONDS] NAME [--timeout SECONDS] CMD...
 # Runs CMD (a command or a lab_* / scenario function) in a subshell under `timeout`,
 # logs "STEP NAME ok|FAIL rc seconds" and returns CMD's status (124 = timed out).
 # Functions run in a child bash that re-sources this file: variables they set do not come back,
 # so export what a function needs from the scenario (or define it in a file it sources).
 lab_step() {
-    local name=$1 t=$LAB_STEP_TIMEOUT rc=0 start end
+    local name t=$LAB_STEP_TIMEOUT rc=0 start end
+    if [[ ${1:-} == --timeout ]]; then
+        t=$2
+        shift 2
+    fi
+    name=$1
     shift
     if [[ ${1:-} == --timeout ]]; then
         t=$2
@@ -258,7 +265,7 @@ lab_pools() {
     local name
     for name in "${names[@]}"; do
         truncate -s "$LAB_POOL_SIZE" "/tmp/lab-vdev-$name"
-        zpool create -f -R "/tmp/mnt-$name" "$name" "/tmp/lab-vdev-$name"
+        zpool create -f -O atime=off -R "/tmp/mnt-$name" "$name" "/tmp/lab-vdev-$name"
     done
     zpool list
 }
@@ -340,7 +347,7 @@ lab_fill() {
     while ((sz < bin_b && tries < ${#bins[@]})); do
         bs=${bins[i]%% *}
         b=${bins[i]#* }
-        if ((sz + bs <= bin_b + 65536)); then
+        if ((sz + bs <= bin_b + (bin_b / 2 < 65536 ? bin_b / 2 : 65536))); then
             cp "$b" "$mnt/bin/"
             sz=$((sz + bs))
         fi
@@ -356,8 +363,9 @@ lab_fill() {
         sz=$((sz + n))
         i=$((i + 1))
     done
-    # small files (embedded-data sized)
-    for i in $(seq 1 40); do
+    # small files (embedded-data sized): budget/8K of them, 8 to 40
+    local notes=$((budget / 8192 < 8 ? 8 : (budget / 8192 > 40 ? 40 : budget / 8192)))
+    for i in $(seq 1 "$notes"); do
         _lab_text "$((seed * 7 + i))" $((1 + i % 5)) log >"$mnt/small/a/note-$i.txt"
     done
     # duplicates: a small, a text, a binary and a random file, each under up to 3 more names,
@@ -424,14 +432,14 @@ lab_mutate() {
     lab_log "mutate $mnt seed=$seed: now $(find "$mnt" -type f | wc -l) files"
 }
 
-# lab_manifest DIR: sorted "relative-path sha256" (files), "-> target" (symlinks), "dir" lines
+# lab_manifest DIR: (one file system: child datasets mounted below are not entered) sorted "relative-path sha256" (files), "-> target" (symlinks), "dir" lines
 lab_manifest() {
     (
         cd "$1" || exit 1
         {
-            find . -mindepth 1 -type f -print0 | xargs -0 -r sha256sum | awk '{ h = $1; $1 = ""; print substr($0, 2) " " h }'
-            find . -mindepth 1 -type l -printf '%p -> %l\n'
-            find . -mindepth 1 -type d -printf '%p dir\n'
+            find . -xdev -mindepth 1 -type f -print0 | xargs -0 -r sha256sum | awk '{ h = $1; $1 = ""; print substr($0, 2) " " h }'
+            find . -xdev -mindepth 1 -type l -printf '%p -> %l\n'
+            find . -xdev -mindepth 1 -type d -printf '%p dir\n'
         } | LC_ALL=C sort
     )
 }
