@@ -92,3 +92,24 @@ impl XorShift {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
     }
 }
+
+/// A stream the lab's OpenZFS wrote, from `tests/fixtures/lab-streams/`.
+///
+/// # Panics
+/// When the fixture is missing.
+pub fn lab_fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lab-streams").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every lab fixture stream, by file name.
+pub fn lab_fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lab-streams");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".zsend"))
+        .collect();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), lab_fixture(&n))).collect()
+}
