@@ -1,0 +1,148 @@
+//! Lab scenarios: fjord against real OpenZFS 2.3 in the QEMU lab
+//! (`scripts/lab`). One VM boot serves every assertion of a scenario; the
+//! scenario writes `ASSERT name pass|fail detail` lines and this test
+//! requires each expected one to be present and passing, so a scenario that
+//! silently skipped a check fails here too.
+//!
+//! Run with `cargo test --features lab --test lab` after `scripts/lab install`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The workspace's built binary `name` (built by `cargo test --workspace`).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = dir.join(name);
+    assert!(bin.is_file(), "{} not built: run `cargo test --workspace --features lab`", bin.display());
+    bin
+}
+
+struct Asserts {
+    lines: Vec<(String, bool, String)>,
+}
+
+impl Asserts {
+    fn read(path: &Path) -> Asserts {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let lines = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("ASSERT "))
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let name = parts.next().unwrap_or_default().to_string();
+                let pass = parts.next() == Some("pass");
+                (name, pass, parts.next().unwrap_or_default().to_string())
+            })
+            .collect();
+        Asserts { lines }
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.lines.iter().filter(|(_, p, _)| !p).map(|(n, _, d)| format!("{n}: {d}")).collect()
+    }
+
+    fn require(&self, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| !self.lines.iter().any(|(name, pass, _)| name == *n && *pass))
+            .map(|n| format!("{n}: missing or failed"))
+            .collect()
+    }
+}
+
+/// Boots the lab, runs `scenario` with `env`, returns its results directory.
+fn run_scenario(scenario: &str, env: &[(&str, PathBuf)]) -> PathBuf {
+    let results = std::env::temp_dir().join(format!("fjord-lab-{}-{}", scenario.trim_end_matches(".sh"), std::process::id()));
+    let _ = std::fs::remove_dir_all(&results);
+    std::fs::create_dir_all(&results).expect("results dir");
+    let mut cmd = Command::new(repo().join("scripts/lab"));
+    cmd.arg("run").arg(repo().join("scripts/lab.d").join(scenario)).arg(&results);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().expect("scripts/lab runs");
+    let log = std::fs::read_to_string(results.join("log")).unwrap_or_default();
+    let tail: Vec<_> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(
+        results.join("status").is_file(),
+        "the lab VM did not finish {scenario} (no status file); log tail:\n{}",
+        tail.join("\n")
+    );
+    if !status.success() {
+        eprintln!("{scenario} failed; log tail:\n{}", tail.join("\n"));
+    }
+    results
+}
+
+#[test]
+fn inspect_accepts_real_streams_and_refuses_damage_like_zfs_recv() {
+    let results = run_scenario(
+        "inspect.sh",
+        &[("LAB_FJORD_SEND", binary("fjord-send")), ("LAB_FJORD_RECV", binary("fjord-recv"))],
+    );
+    let fixtures = Asserts::read(&results.join("fixtures/results.txt"));
+    let main = Asserts::read(&results.join("results.txt"));
+    let mut problems = fixtures.failures();
+    problems.extend(main.failures());
+    // zfs itself: each kind of stream was received and matches its source.
+    problems.extend(fixtures.require(&[
+        "full-recv", "full-content", "incr-i-recv", "incr-i-content", "incr-I-recv", "incr-I-content",
+        "compressed-recv", "large-recv", "embedded-recv", "raw-recv", "raw-content", "replicate-recv",
+        "replicate-child-content", "resumed-recv", "resumed-content",
+    ]));
+    // fjord: verifies all of them, refuses the damaged one as zfs recv does,
+    // and its filter lets only verified bytes reach zfs recv.
+    problems.extend(main.require(&[
+        "fixtures-scenario",
+        "inspect-verify-full",
+        "inspect-verify-incr-i",
+        "inspect-verify-incr-I",
+        "inspect-verify-compressed-c",
+        "inspect-verify-large-L",
+        "inspect-verify-embedded-e",
+        "inspect-verify-raw-w",
+        "inspect-verify-replicate-R",
+        "inspect-verify-resumed-t",
+        "inspect-resumed-kind",
+        "inspect-token-matches",
+        "inspect-rejects-flipped",
+        "inspect-names-the-record",
+        "inspect-one-line",
+        "zfs-recv-rejects-flipped",
+        "zfs-recv-left-no-snapshot",
+        "filter-good-stream-received",
+        "filter-good-guid",
+        "filter-good-content",
+        "filter-bad-fails",
+        "filter-bad-no-snapshot",
+        "filter-bad-says-why",
+    ]));
+    assert!(problems.is_empty(), "lab assertions failed ({}):\n{}", results.display(), problems.join("\n"));
+}
+
+#[test]
+fn wireguard_netem_and_flaps_carry_zfs_send() {
+    // The lab's own network: a real WireGuard tunnel between two namespaces,
+    // netem delay/loss/rate, a link flap, zfs send | zfs recv through it.
+    let results = run_scenario("smoke.sh", &[]);
+    let asserts = Asserts::read(&results.join("results.txt"));
+    let mut problems = asserts.failures();
+    assert!(asserts.lines.len() >= 5, "smoke scenario made only {} assertions", asserts.lines.len());
+    problems.extend(asserts.require(&[
+        "wg-handshake",
+        "wg-ping",
+        "netem-rtt-at-least-20ms",
+        "flap-mid-transfer",
+        "wg-ping-after-flap",
+        "full-content",
+        "full-guid",
+        "incr-content",
+        "incr-guid",
+    ]));
+    assert!(problems.is_empty(), "lab assertions failed ({}):\n{}", results.display(), problems.join("\n"));
+}
