@@ -51,9 +51,11 @@ fn bench_decode(c: &mut Criterion) {
     for order in [ByteOrder::Little, ByteOrder::Big] {
         let stream = synthetic_stream(order, 256 << 20);
         g.throughput(Throughput::Bytes(stream.len() as u64));
-        g.bench_with_input(BenchmarkId::new(order.name(), "1MiB-reads"), &stream, |b, s| {
-            b.iter(|| decode_all(s, 1 << 20))
-        });
+        g.bench_with_input(
+            BenchmarkId::new(order.name(), "1MiB-reads"),
+            &stream,
+            |b, s| b.iter(|| decode_all(s, 1 << 20)),
+        );
     }
     g.finish();
 }
@@ -63,7 +65,9 @@ fn bench_fletcher(c: &mut Criterion) {
     let data = vec![0xa5u8; 1 << 20];
     g.throughput(Throughput::Bytes(data.len() as u64));
     for order in [ByteOrder::Little, ByteOrder::Big] {
-        g.bench_with_input(BenchmarkId::new(order.name(), "1MiB"), &data, |b, d| b.iter(|| fletcher4(d, order)));
+        g.bench_with_input(BenchmarkId::new(order.name(), "1MiB"), &data, |b, d| {
+            b.iter(|| fletcher4(d, order))
+        });
     }
     g.finish();
 }

@@ -2,11 +2,16 @@
 //! and re-encodes byte for byte, however it is fed; the bad one is refused;
 //! and every kind of damage to a good one is caught.
 
-use fjord_stream::{Decoder, DecoderOptions, Encoder, Record, RecordType, StreamError, RECORD_SIZE};
+use fjord_stream::{
+    Decoder, DecoderOptions, Encoder, Record, RecordType, StreamError, RECORD_SIZE,
+};
 use fjord_suite::{corpus, valid_corpus, XorShift, BAD_STREAM};
 
 /// Decodes `bytes` fed in chunks whose sizes `chunk` picks.
-fn decode_chunked(bytes: &[u8], mut chunk: impl FnMut() -> usize) -> Result<Vec<Record>, StreamError> {
+fn decode_chunked(
+    bytes: &[u8],
+    mut chunk: impl FnMut() -> usize,
+) -> Result<Vec<Record>, StreamError> {
     let mut d = Decoder::default();
     let mut records = Vec::new();
     let mut at = 0;
@@ -29,7 +34,11 @@ fn decode(bytes: &[u8]) -> Result<Vec<Record>, StreamError> {
 #[test]
 fn every_valid_stream_verifies_and_reencodes_byte_identically() {
     let streams = valid_corpus();
-    assert!(streams.len() >= 14, "corpus has {} valid streams", streams.len());
+    assert!(
+        streams.len() >= 14,
+        "corpus has {} valid streams",
+        streams.len()
+    );
     for s in &streams {
         let records = decode(&s.bytes).unwrap_or_else(|e| panic!("{}: {e}", s.name));
         let order = if s.name.starts_with("big-endian") {
@@ -46,9 +55,18 @@ fn every_valid_stream_verifies_and_reencodes_byte_identically() {
             typed.extend_from_slice(&r.header.to_bytes(order));
             typed.extend_from_slice(&r.payload);
         }
-        assert!(verbatim == s.bytes, "{}: verbatim re-encoding differs", s.name);
+        assert!(
+            verbatim == s.bytes,
+            "{}: verbatim re-encoding differs",
+            s.name
+        );
         assert!(typed == s.bytes, "{}: typed re-encoding differs", s.name);
-        assert_eq!(records.last().map(Record::record_type), Some(RecordType::End), "{}", s.name);
+        assert_eq!(
+            records.last().map(Record::record_type),
+            Some(RecordType::End),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -91,20 +109,35 @@ fn any_feed_size_gives_the_same_records() {
 
 #[test]
 fn the_undersized_write_stream_is_refused_like_openzfs_does() {
-    let bad = corpus().into_iter().find(|s| s.name == BAD_STREAM).expect("bad stream present");
+    let bad = corpus()
+        .into_iter()
+        .find(|s| s.name == BAD_STREAM)
+        .expect("bad stream present");
     let err = decode(&bad.bytes).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, StreamError::InvalidRecord { record_type: RecordType::Write, .. }),
+        matches!(
+            err,
+            StreamError::InvalidRecord {
+                record_type: RecordType::Write,
+                ..
+            }
+        ),
         "{msg}"
     );
-    assert!(msg.contains("DRR_WRITE logical size 256 below minimum 512"), "{msg}");
+    assert!(
+        msg.contains("DRR_WRITE logical size 256 below minimum 512"),
+        "{msg}"
+    );
     assert!(msg.contains("record #7"), "{msg}");
 }
 
 /// Small streams, for the exhaustive damage tests.
 fn small_streams() -> Vec<fjord_suite::CorpusStream> {
-    valid_corpus().into_iter().filter(|s| s.bytes.len() <= 260_000).collect()
+    valid_corpus()
+        .into_iter()
+        .filter(|s| s.bytes.len() <= 260_000)
+        .collect()
 }
 
 #[test]
@@ -121,12 +154,24 @@ fn truncation_at_every_record_boundary_and_inside_every_record_is_caught() {
                 cuts.push(end - 1);
             }
             for cut in cuts.into_iter().filter(|&c| c > 0 && c < s.bytes.len()) {
-                let err = decode(&s.bytes[..cut]).expect_err(&format!("{}: cut at {cut} not caught", s.name));
+                let err = decode(&s.bytes[..cut])
+                    .expect_err(&format!("{}: cut at {cut} not caught", s.name));
                 let msg = err.to_string();
-                assert!(msg.starts_with("truncated at byte"), "{}: cut at {cut}: {msg}", s.name);
+                assert!(
+                    msg.starts_with("truncated at byte"),
+                    "{}: cut at {cut}: {msg}",
+                    s.name
+                );
                 assert!(msg.contains(&format!("byte {cut}")), "{}: {msg}", s.name);
                 if cut > start + RECORD_SIZE && cut < end {
-                    assert!(msg.contains(&format!("inside the payload of record #{} ({})", r.index, r.record_type())), "{msg}");
+                    assert!(
+                        msg.contains(&format!(
+                            "inside the payload of record #{} ({})",
+                            r.index,
+                            r.record_type()
+                        )),
+                        "{msg}"
+                    );
                 }
             }
         }
@@ -163,15 +208,29 @@ fn a_single_flipped_byte_anywhere_is_caught() {
 fn damaged_payloads_are_named_by_the_next_trailer() {
     // Damage inside a WRITE payload is caught by the next record's trailer:
     // the error names that record, its type and offset.
-    let s = small_streams().into_iter().find(|s| s.name == "little-endian-all-drr-types-base-NATIVE").unwrap();
+    let s = small_streams()
+        .into_iter()
+        .find(|s| s.name == "little-endian-all-drr-types-base-NATIVE")
+        .unwrap();
     let records = decode(&s.bytes).unwrap();
-    let w = records.iter().position(|r| r.record_type() == RecordType::Write && !r.payload.is_empty()).unwrap();
+    let w = records
+        .iter()
+        .position(|r| r.record_type() == RecordType::Write && !r.payload.is_empty())
+        .unwrap();
     let mut damaged = s.bytes.clone();
     damaged[records[w].offset as usize + RECORD_SIZE + 10] ^= 0xff;
     let next = &records[w + 1];
     match decode(&damaged).unwrap_err() {
-        StreamError::RecordChecksum { index, record_type, offset, .. } => {
-            assert_eq!((index, record_type, offset), (next.index, next.record_type(), next.offset));
+        StreamError::RecordChecksum {
+            index,
+            record_type,
+            offset,
+            ..
+        } => {
+            assert_eq!(
+                (index, record_type, offset),
+                (next.index, next.record_type(), next.offset)
+            );
         }
         e => panic!("expected a checksum error, got {e}"),
     }
@@ -181,7 +240,10 @@ fn damaged_payloads_are_named_by_the_next_trailer() {
 fn wrong_end_checksums_are_caught() {
     for s in small_streams() {
         let records = decode(&s.bytes).unwrap();
-        for r in records.iter().filter(|r| r.record_type() == RecordType::End) {
+        for r in records
+            .iter()
+            .filter(|r| r.record_type() == RecordType::End)
+        {
             // Change the END checksum and zero its trailer so that only the
             // END checksum itself can catch it.
             let mut damaged = s.bytes.clone();
@@ -189,9 +251,13 @@ fn wrong_end_checksums_are_caught() {
             damaged[at + 8] ^= 0x01;
             damaged[at + RECORD_SIZE - 32..at + RECORD_SIZE].fill(0);
             match decode(&damaged) {
-                Err(StreamError::EndChecksum { index, .. }) => assert_eq!(index, r.index, "{}", s.name),
+                Err(StreamError::EndChecksum { index, .. }) => {
+                    assert_eq!(index, r.index, "{}", s.name)
+                }
                 // The package's final END must stay all zero.
-                Err(StreamError::Unexpected { index, .. }) => assert_eq!(index, r.index, "{}", s.name),
+                Err(StreamError::Unexpected { index, .. }) => {
+                    assert_eq!(index, r.index, "{}", s.name)
+                }
                 other => panic!("{}: END #{} damage gave {other:?}", s.name, r.index),
             }
         }
@@ -211,7 +277,11 @@ fn verified_offset_never_runs_ahead_of_checked_bytes() {
             if r.record_type() == RecordType::End {
                 assert_eq!(d.verified_offset(), end);
             } else {
-                assert!(d.verified_offset() <= r.offset + RECORD_SIZE as u64, "{}", s.name);
+                assert!(
+                    d.verified_offset() <= r.offset + RECORD_SIZE as u64,
+                    "{}",
+                    s.name
+                );
             }
             assert!(d.verified_offset() >= last_end.min(r.offset), "{}", s.name);
             last_end = end;

@@ -16,9 +16,16 @@ fn repo() -> PathBuf {
 /// The workspace's built binary `name` (built by `cargo test --workspace`).
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = dir.join(name);
-    assert!(bin.is_file(), "{} not built: run `cargo test --workspace --features lab`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo test --workspace --features lab`",
+        bin.display()
+    );
     bin
 }
 
@@ -28,7 +35,8 @@ struct Asserts {
 
 impl Asserts {
     fn read(path: &Path) -> Asserts {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let lines = text
             .lines()
             .filter_map(|l| l.strip_prefix("ASSERT "))
@@ -43,7 +51,11 @@ impl Asserts {
     }
 
     fn failures(&self) -> Vec<String> {
-        self.lines.iter().filter(|(_, p, _)| !p).map(|(n, _, d)| format!("{n}: {d}")).collect()
+        self.lines
+            .iter()
+            .filter(|(_, p, _)| !p)
+            .map(|(n, _, d)| format!("{n}: {d}"))
+            .collect()
     }
 
     fn require(&self, names: &[&str]) -> Vec<String> {
@@ -55,19 +67,39 @@ impl Asserts {
     }
 }
 
+/// One VM at a time: two TCG guests on two cores would starve each other
+/// and skew the timing checks of the network scenarios.
+static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Boots the lab, runs `scenario` with `env`, returns its results directory.
 fn run_scenario(scenario: &str, env: &[(&str, PathBuf)]) -> PathBuf {
-    let results = std::env::temp_dir().join(format!("fjord-lab-{}-{}", scenario.trim_end_matches(".sh"), std::process::id()));
+    let _vm = ONE_VM
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let results = std::env::temp_dir().join(format!(
+        "fjord-lab-{}-{}",
+        scenario.trim_end_matches(".sh"),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results).expect("results dir");
     let mut cmd = Command::new(repo().join("scripts/lab"));
-    cmd.arg("run").arg(repo().join("scripts/lab.d").join(scenario)).arg(&results);
+    cmd.arg("run")
+        .arg(repo().join("scripts/lab.d").join(scenario))
+        .arg(&results);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let status = cmd.status().expect("scripts/lab runs");
     let log = std::fs::read_to_string(results.join("log")).unwrap_or_default();
-    let tail: Vec<_> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: Vec<_> = log
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     assert!(
         results.join("status").is_file(),
         "the lab VM did not finish {scenario} (no status file); log tail:\n{}",
@@ -83,7 +115,10 @@ fn run_scenario(scenario: &str, env: &[(&str, PathBuf)]) -> PathBuf {
 fn inspect_accepts_real_streams_and_refuses_damage_like_zfs_recv() {
     let results = run_scenario(
         "inspect.sh",
-        &[("LAB_FJORD_SEND", binary("fjord-send")), ("LAB_FJORD_RECV", binary("fjord-recv"))],
+        &[
+            ("LAB_FJORD_SEND", binary("fjord-send")),
+            ("LAB_FJORD_RECV", binary("fjord-recv")),
+        ],
     );
     let fixtures = Asserts::read(&results.join("fixtures/results.txt"));
     let main = Asserts::read(&results.join("results.txt"));
@@ -91,9 +126,21 @@ fn inspect_accepts_real_streams_and_refuses_damage_like_zfs_recv() {
     problems.extend(main.failures());
     // zfs itself: each kind of stream was received and matches its source.
     problems.extend(fixtures.require(&[
-        "full-recv", "full-content", "incr-i-recv", "incr-i-content", "incr-I-recv", "incr-I-content",
-        "compressed-recv", "large-recv", "embedded-recv", "raw-recv", "raw-content", "replicate-recv",
-        "replicate-child-content", "resumed-recv", "resumed-content",
+        "full-recv",
+        "full-content",
+        "incr-i-recv",
+        "incr-i-content",
+        "incr-I-recv",
+        "incr-I-content",
+        "compressed-recv",
+        "large-recv",
+        "embedded-recv",
+        "raw-recv",
+        "raw-content",
+        "replicate-recv",
+        "replicate-child-content",
+        "resumed-recv",
+        "resumed-content",
     ]));
     // fjord: verifies all of them, refuses the damaged one as zfs recv does,
     // and its filter lets only verified bytes reach zfs recv.
@@ -122,7 +169,12 @@ fn inspect_accepts_real_streams_and_refuses_damage_like_zfs_recv() {
         "filter-bad-no-snapshot",
         "filter-bad-says-why",
     ]));
-    assert!(problems.is_empty(), "lab assertions failed ({}):\n{}", results.display(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "lab assertions failed ({}):\n{}",
+        results.display(),
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -132,7 +184,11 @@ fn wireguard_netem_and_flaps_carry_zfs_send() {
     let results = run_scenario("smoke.sh", &[]);
     let asserts = Asserts::read(&results.join("results.txt"));
     let mut problems = asserts.failures();
-    assert!(asserts.lines.len() >= 5, "smoke scenario made only {} assertions", asserts.lines.len());
+    assert!(
+        asserts.lines.len() >= 5,
+        "smoke scenario made only {} assertions",
+        asserts.lines.len()
+    );
     problems.extend(asserts.require(&[
         "wg-handshake",
         "wg-ping",
@@ -144,5 +200,10 @@ fn wireguard_netem_and_flaps_carry_zfs_send() {
         "incr-content",
         "incr-guid",
     ]));
-    assert!(problems.is_empty(), "lab assertions failed ({}):\n{}", results.display(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "lab assertions failed ({}):\n{}",
+        results.display(),
+        problems.join("\n")
+    );
 }

@@ -21,7 +21,11 @@ fn summarise(bytes: &[u8]) -> (Summary, Vec<Record>) {
 #[test]
 fn every_lab_stream_verifies_and_reencodes() {
     let fixtures = lab_fixtures();
-    assert!(fixtures.len() >= 9, "expected the nine lab streams, found {}", fixtures.len());
+    assert!(
+        fixtures.len() >= 9,
+        "expected the nine lab streams, found {}",
+        fixtures.len()
+    );
     for (name, bytes) in fixtures {
         let (summary, records) = summarise(&bytes);
         let mut enc = Encoder::new(summary.byte_order.unwrap());
@@ -39,11 +43,17 @@ fn each_send_flag_shows_in_the_stream() {
 
     let (s, _) = summarise(&lab_fixture("full.zsend"));
     assert_eq!(s.kind, Some(StreamKind::Full));
-    assert_eq!((s.substreams[0].toname.as_str(), s.substreams[0].toguid), ("src/fx@a", guid_fx_a));
+    assert_eq!(
+        (s.substreams[0].toname.as_str(), s.substreams[0].toguid),
+        ("src/fx@a", guid_fx_a)
+    );
 
     let (s, _) = summarise(&lab_fixture("incr-i.zsend"));
     assert_eq!(s.kind, Some(StreamKind::Incremental));
-    assert_eq!((s.substreams[0].fromguid, s.substreams[0].toguid), (guid_fx_a, guid_fx_b));
+    assert_eq!(
+        (s.substreams[0].fromguid, s.substreams[0].toguid),
+        (guid_fx_a, guid_fx_b)
+    );
 
     let (s, _) = summarise(&lab_fixture("incr-I.zsend"));
     assert_eq!(s.kind, Some(StreamKind::Package), "-I is a package");
@@ -56,8 +66,12 @@ fn each_send_flag_shows_in_the_stream() {
     assert!(s.compressed_block_bytes > 0);
 
     let (s, records) = summarise(&lab_fixture("large-L.zsend"));
-    assert!(s.substreams[0].features.contains(FeatureFlags::LARGE_BLOCKS));
-    assert!(records.iter().any(|r| matches!(&r.header.body, fjord_stream::Body::Write(w) if w.logical_size > 128 * 1024)));
+    assert!(s.substreams[0]
+        .features
+        .contains(FeatureFlags::LARGE_BLOCKS));
+    assert!(records.iter().any(
+        |r| matches!(&r.header.body, fjord_stream::Body::Write(w) if w.logical_size > 128 * 1024)
+    ));
 
     let (s, _) = summarise(&lab_fixture("embedded-e.zsend"));
     assert!(s.substreams[0].features.contains(FeatureFlags::EMBED_DATA));
@@ -70,7 +84,10 @@ fn each_send_flag_shows_in_the_stream() {
     let (s, _) = summarise(&lab_fixture("replicate-R.zsend"));
     assert_eq!(s.kind, Some(StreamKind::Package));
     let names: Vec<_> = s.substreams.iter().map(|x| x.toname.as_str()).collect();
-    assert!(names.contains(&"src/rep@r2") && names.contains(&"src/rep/child@r2"), "{names:?}");
+    assert!(
+        names.contains(&"src/rep@r2") && names.contains(&"src/rep/child@r2"),
+        "{names:?}"
+    );
 }
 
 #[test]

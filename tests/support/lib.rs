@@ -18,9 +18,11 @@ pub const BAD_STREAM: &str = "undersized-write-lsize";
 /// When the directory does not exist, with a message saying where it was
 /// looked for and how to point at it.
 pub fn corpus_dir() -> PathBuf {
-    let dir = std::env::var_os("FJORD_CORPUS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/openzfs-streams")
-    });
+    let dir = std::env::var_os("FJORD_CORPUS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/openzfs-streams")
+        });
     assert!(
         dir.is_dir(),
         "OpenZFS stream corpus not found at {}: clone fjord beside shared/ or set FJORD_CORPUS_DIR",
@@ -69,7 +71,10 @@ pub fn corpus() -> Vec<CorpusStream> {
 
 /// The valid corpus streams (all but [`BAD_STREAM`]).
 pub fn valid_corpus() -> Vec<CorpusStream> {
-    corpus().into_iter().filter(|s| s.name != BAD_STREAM).collect()
+    corpus()
+        .into_iter()
+        .filter(|s| s.name != BAD_STREAM)
+        .collect()
 }
 
 /// A deterministic pseudo-random generator (xorshift), for reproducible
@@ -98,7 +103,9 @@ impl XorShift {
 /// # Panics
 /// When the fixture is missing.
 pub fn lab_fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lab-streams").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lab-streams")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -111,5 +118,8 @@ pub fn lab_fixtures() -> Vec<(String, Vec<u8>)> {
         .filter(|n| n.ends_with(".zsend"))
         .collect();
     names.sort();
-    names.into_iter().map(|n| (n.clone(), lab_fixture(&n))).collect()
+    names
+        .into_iter()
+        .map(|n| (n.clone(), lab_fixture(&n)))
+        .collect()
 }

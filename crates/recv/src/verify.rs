@@ -52,17 +52,28 @@ pub fn run(args: Args) -> u8 {
     let _enter = span.enter();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let mut held = Held::new(args.max_held_mib << 20);
-    let opts = DecoderOptions { verify_checksums: true, allow_missing_end: args.allow_missing_end };
+    let opts = DecoderOptions {
+        verify_checksums: true,
+        allow_missing_end: args.allow_missing_end,
+    };
     let result = decode_all(source, opts, |record, decoder| {
         held.push(record)?;
-        held.release(decoder.verified_offset(), &mut out).map_err(|e| format!("writing the output: {e}"))
+        held.release(decoder.verified_offset(), &mut out)
+            .map_err(|e| format!("writing the output: {e}"))
     });
     let outcome = match result {
-        Ok(_) => held.release(u64::MAX, &mut out).and_then(|_| out.flush()).map_err(|e| format!("writing the output: {e}")),
+        Ok(_) => held
+            .release(u64::MAX, &mut out)
+            .and_then(|_| out.flush())
+            .map_err(|e| format!("writing the output: {e}")),
         Err(e) => {
             // Write out what was verified before the error, then stop.
             let _ = out.flush();
-            let code = if matches!(e, ReadError::Io { .. }) { exit::IO_ERROR } else { exit::INVALID_STREAM };
+            let code = if matches!(e, ReadError::Io { .. }) {
+                exit::IO_ERROR
+            } else {
+                exit::INVALID_STREAM
+            };
             eprintln!("fjord-recv: error: {name}: {e}; {} verified bytes were written, nothing after them", held.written);
             return code;
         }
@@ -89,7 +100,12 @@ struct Held {
 
 impl Held {
     fn new(limit: u64) -> Held {
-        Held { records: VecDeque::new(), bytes: 0, limit, written: 0 }
+        Held {
+            records: VecDeque::new(),
+            bytes: 0,
+            limit,
+            written: 0,
+        }
     }
 
     fn push(&mut self, r: Record) -> Result<(), String> {

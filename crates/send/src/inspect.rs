@@ -50,7 +50,10 @@ pub fn run(args: Args) -> u8 {
             }
         }
     };
-    let opts = DecoderOptions { verify_checksums: args.verify, allow_missing_end: args.allow_missing_end };
+    let opts = DecoderOptions {
+        verify_checksums: args.verify,
+        allow_missing_end: args.allow_missing_end,
+    };
     let span = tracing::info_span!("inspect", input = %name, verify = args.verify);
     let _enter = span.enter();
     let mut summary = Summary::default();
@@ -63,9 +66,21 @@ pub fn run(args: Args) -> u8 {
     match result {
         Ok(decoder) => {
             summary.ended_without_end = decoder.state().ended_without_end;
-            tracing::info!(records = summary.total_records, bytes = summary.total_bytes, "stream valid");
-            let report = Report { input: name, checksums_verified: args.verify, summary: &summary };
-            let printed = if args.json { print_json(&report) } else { print_text(&report) };
+            tracing::info!(
+                records = summary.total_records,
+                bytes = summary.total_bytes,
+                "stream valid"
+            );
+            let report = Report {
+                input: name,
+                checksums_verified: args.verify,
+                summary: &summary,
+            };
+            let printed = if args.json {
+                print_json(&report)
+            } else {
+                print_text(&report)
+            };
             if let Err(e) = printed {
                 // A closed pipe (`| head`) is not the stream's fault.
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -96,7 +111,10 @@ fn print_text(r: &Report) -> std::io::Result<()> {
     let s = r.summary;
     let mut out = std::io::stdout().lock();
     let kind = match s.kind {
-        Some(k) => serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        Some(k) => serde_json::to_value(k)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         None => "unknown".into(),
     };
     writeln!(out, "stream:            {}", r.input)?;
@@ -114,8 +132,17 @@ fn print_text(r: &Report) -> std::io::Result<()> {
         writeln!(out, "substream {}:", i + 1)?;
         writeln!(out, "  toname:          {}", sub.toname)?;
         writeln!(out, "  toguid:          {:#018x}", sub.toguid)?;
-        writeln!(out, "  fromguid:        {:#018x}{}", sub.fromguid, if sub.fromguid == 0 { " (full)" } else { "" })?;
-        writeln!(out, "  features:        {}", sub.features.names().join(", "))?;
+        writeln!(
+            out,
+            "  fromguid:        {:#018x}{}",
+            sub.fromguid,
+            if sub.fromguid == 0 { " (full)" } else { "" }
+        )?;
+        writeln!(
+            out,
+            "  features:        {}",
+            sub.features.names().join(", ")
+        )?;
         if let (Some(obj), Some(off)) = (sub.resume_object, sub.resume_offset) {
             writeln!(out, "  resumes at:      object {obj}, offset {off}")?;
         }
@@ -124,7 +151,13 @@ fn print_text(r: &Report) -> std::io::Result<()> {
     for t in RecordType::ALL {
         let c = s.count(t);
         if c.records > 0 {
-            writeln!(out, "  {:<20} {:>10} records {:>14} payload bytes", t.name(), c.records, c.payload_bytes)?;
+            writeln!(
+                out,
+                "  {:<20} {:>10} records {:>14} payload bytes",
+                t.name(),
+                c.records,
+                c.payload_bytes
+            )?;
         }
     }
     writeln!(out, "total records:     {}", s.total_records)?;
@@ -132,7 +165,18 @@ fn print_text(r: &Report) -> std::io::Result<()> {
     writeln!(out, "data bytes:        {}", s.data_bytes)?;
     writeln!(out, "compressed-block bytes: {}", s.compressed_block_bytes)?;
     if s.ended_without_end {
-        writeln!(out, "note:              stream ends without DRR_END (zfs send -S)")?;
+        writeln!(
+            out,
+            "note:              stream ends without DRR_END (zfs send -S)"
+        )?;
     }
-    writeln!(out, "checksums:         {}", if r.checksums_verified { "all verified" } else { "not checked (use --verify)" })
+    writeln!(
+        out,
+        "checksums:         {}",
+        if r.checksums_verified {
+            "all verified"
+        } else {
+            "not checked (use --verify)"
+        }
+    )
 }

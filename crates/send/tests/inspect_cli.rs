@@ -9,7 +9,11 @@ fn inspect(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fjord-send"))
         .arg("inspect")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -40,18 +44,28 @@ fn accepts_every_valid_corpus_stream_and_rejects_the_bad_one() {
         if s.name == BAD_STREAM {
             assert_eq!(out.status.code(), Some(1), "{}", s.name);
             assert_eq!(stderr.lines().count(), 1, "one-line error: {stderr}");
-            assert!(stderr.contains("DRR_WRITE logical size 256 below minimum 512"), "{stderr}");
+            assert!(
+                stderr.contains("DRR_WRITE logical size 256 below minimum 512"),
+                "{stderr}"
+            );
         } else {
             assert!(out.status.success(), "{}: {stderr}", s.name);
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(stdout.contains("checksums:         all verified"), "{}", s.name);
+            assert!(
+                stdout.contains("checksums:         all verified"),
+                "{}",
+                s.name
+            );
         }
     }
 }
 
 #[test]
 fn truncated_stdin_gives_the_exact_one_line_error() {
-    let s = corpus().into_iter().find(|s| s.name == "little-endian-all-drr-types-base-NATIVE").unwrap();
+    let s = corpus()
+        .into_iter()
+        .find(|s| s.name == "little-endian-all-drr-types-base-NATIVE")
+        .unwrap();
     // Cut inside a payload: find one through the codec.
     let mut d = fjord_stream::Decoder::default();
     d.feed(&s.bytes);
@@ -72,7 +86,11 @@ fn truncated_stdin_gives_the_exact_one_line_error() {
 fn json_summary_of_a_real_incremental() {
     let bytes = lab_fixture("incr-i.zsend");
     let out = with_file(&bytes, |p| inspect(&["--json", "--verify", p], None));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(v["kind"], "incremental");
     assert_eq!(v["byte_order"], "little-endian");
@@ -80,7 +98,12 @@ fn json_summary_of_a_real_incremental() {
     assert_eq!(v["substreams"][0]["toname"], "src/fx@b");
     assert_ne!(v["substreams"][0]["fromguid"], 0);
     assert_eq!(v["total_bytes"], bytes.len() as u64);
-    let begin = v["records"].as_array().unwrap().iter().find(|r| r["type"] == "DRR_BEGIN").unwrap();
+    let begin = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "DRR_BEGIN")
+        .unwrap();
     assert_eq!(begin["records"], 1);
 }
 

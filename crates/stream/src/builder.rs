@@ -12,7 +12,7 @@
 //! d.finish().unwrap();
 //! ```
 
-use crate::encoder::{EndKind, Encoder};
+use crate::encoder::{Encoder, EndKind};
 use crate::features::{join_versioninfo, FeatureFlags, HeaderType, BACKUP_MAGIC};
 use crate::nvlist::{self, Encoding, NvList};
 use crate::record::{
@@ -44,8 +44,15 @@ impl StreamBuilder {
         features: FeatureFlags,
         nvlist: Option<&NvList>,
     ) -> StreamBuilder {
-        let mut b = StreamBuilder { enc: Encoder::new(order), out: Vec::new(), toguid, features };
-        let payload = nvlist.map(|l| nvlist::encode(l, Encoding::Native(order))).unwrap_or_default();
+        let mut b = StreamBuilder {
+            enc: Encoder::new(order),
+            out: Vec::new(),
+            toguid,
+            features,
+        };
+        let payload = nvlist
+            .map(|l| nvlist::encode(l, Encoding::Native(order)))
+            .unwrap_or_default();
         let begin = Body::Begin(Begin {
             magic: BACKUP_MAGIC,
             versioninfo: join_versioninfo(HeaderType::Substream, features),
@@ -56,7 +63,8 @@ impl StreamBuilder {
             fromguid,
             toname: ToName::new(toname),
         });
-        b.enc.write_sealed(begin, &payload, EndKind::Substream, &mut b.out);
+        b.enc
+            .write_sealed(begin, &payload, EndKind::Substream, &mut b.out);
         b
     }
 
@@ -81,7 +89,8 @@ impl StreamBuilder {
             toguid: self.toguid,
             ..Default::default()
         });
-        self.enc.write_sealed(body, &payload, EndKind::Substream, &mut self.out);
+        self.enc
+            .write_sealed(body, &payload, EndKind::Substream, &mut self.out);
         self
     }
 
@@ -96,7 +105,8 @@ impl StreamBuilder {
             checksumtype: 7,
             ..Default::default()
         });
-        self.enc.write_sealed(body, data, EndKind::Substream, &mut self.out);
+        self.enc
+            .write_sealed(body, data, EndKind::Substream, &mut self.out);
         self
     }
 
@@ -121,12 +131,19 @@ impl StreamBuilder {
             compressed_size: compressed.len() as u64,
             ..Default::default()
         });
-        self.enc.write_sealed(body, compressed, EndKind::Substream, &mut self.out);
+        self.enc
+            .write_sealed(body, compressed, EndKind::Substream, &mut self.out);
         self
     }
 
     /// A WRITE_EMBEDDED of `data` (at most 112 bytes) for a block of `length`.
-    pub fn write_embedded(&mut self, object: u64, offset: u64, length: u64, data: &[u8]) -> &mut Self {
+    pub fn write_embedded(
+        &mut self,
+        object: u64,
+        offset: u64,
+        length: u64,
+        data: &[u8],
+    ) -> &mut Self {
         let mut payload = data.to_vec();
         payload.resize(data.len().div_ceil(8) * 8, 0);
         let body = Body::WriteEmbedded(WriteEmbedded {
@@ -139,35 +156,54 @@ impl StreamBuilder {
             lsize: length as u32,
             psize: data.len() as u32,
         });
-        self.enc.write_sealed(body, &payload, EndKind::Substream, &mut self.out);
+        self.enc
+            .write_sealed(body, &payload, EndKind::Substream, &mut self.out);
         self
     }
 
     /// A SPILL block.
     pub fn spill(&mut self, object: u64, data: &[u8]) -> &mut Self {
-        let body = Body::Spill(Spill { object, length: data.len() as u64, toguid: self.toguid, ..Default::default() });
-        self.enc.write_sealed(body, data, EndKind::Substream, &mut self.out);
+        let body = Body::Spill(Spill {
+            object,
+            length: data.len() as u64,
+            toguid: self.toguid,
+            ..Default::default()
+        });
+        self.enc
+            .write_sealed(body, data, EndKind::Substream, &mut self.out);
         self
     }
 
     /// A FREE of `length` bytes of `object` from `offset`.
     pub fn free(&mut self, object: u64, offset: u64, length: u64) -> &mut Self {
-        let body = Body::Free(Free { object, offset, length, toguid: self.toguid });
-        self.enc.write_sealed(body, &[], EndKind::Substream, &mut self.out);
+        let body = Body::Free(Free {
+            object,
+            offset,
+            length,
+            toguid: self.toguid,
+        });
+        self.enc
+            .write_sealed(body, &[], EndKind::Substream, &mut self.out);
         self
     }
 
     /// A FREEOBJECTS of `numobjs` objects from `firstobj`.
     pub fn free_objects(&mut self, firstobj: u64, numobjs: u64) -> &mut Self {
-        let body = Body::FreeObjects(FreeObjects { firstobj, numobjs, toguid: self.toguid });
-        self.enc.write_sealed(body, &[], EndKind::Substream, &mut self.out);
+        let body = Body::FreeObjects(FreeObjects {
+            firstobj,
+            numobjs,
+            toguid: self.toguid,
+        });
+        self.enc
+            .write_sealed(body, &[], EndKind::Substream, &mut self.out);
         self
     }
 
     /// Any record body, sealed with the running checksum; `payload` must
     /// have the length the body's payload rule gives.
     pub fn record(&mut self, body: Body, payload: &[u8]) -> &mut Self {
-        self.enc.write_sealed(body, payload, EndKind::Substream, &mut self.out);
+        self.enc
+            .write_sealed(body, payload, EndKind::Substream, &mut self.out);
         self
     }
 
@@ -178,8 +214,12 @@ impl StreamBuilder {
 
     /// Closes the substream with its END and returns the bytes.
     pub fn finish(mut self) -> Vec<u8> {
-        let end = Body::End(End { toguid: self.toguid, ..Default::default() });
-        self.enc.write_sealed(end, &[], EndKind::Substream, &mut self.out);
+        let end = Body::End(End {
+            toguid: self.toguid,
+            ..Default::default()
+        });
+        self.enc
+            .write_sealed(end, &[], EndKind::Substream, &mut self.out);
         self.out
     }
 
@@ -210,7 +250,12 @@ impl PackageBuilder {
             ..Default::default()
         });
         enc.write_sealed(begin, &payload, EndKind::Substream, &mut out);
-        enc.write_sealed(Body::End(End::default()), &[], EndKind::PackageHeader, &mut out);
+        enc.write_sealed(
+            Body::End(End::default()),
+            &[],
+            EndKind::PackageHeader,
+            &mut out,
+        );
         PackageBuilder { order, out }
     }
 
@@ -228,7 +273,12 @@ impl PackageBuilder {
     /// Appends the final all-zero END and returns the bytes.
     pub fn finish(mut self) -> Vec<u8> {
         let mut enc = Encoder::new(self.order);
-        enc.write_sealed(Body::End(End::default()), &[], EndKind::Conclusion, &mut self.out);
+        enc.write_sealed(
+            Body::End(End::default()),
+            &[],
+            EndKind::Conclusion,
+            &mut self.out,
+        );
         self.out
     }
 }

@@ -38,7 +38,10 @@ pub struct DecoderOptions {
 
 impl Default for DecoderOptions {
     fn default() -> Self {
-        DecoderOptions { verify_checksums: true, allow_missing_end: false }
+        DecoderOptions {
+            verify_checksums: true,
+            allow_missing_end: false,
+        }
     }
 }
 
@@ -202,7 +205,10 @@ impl Decoder {
     pub fn next_record(&mut self) -> Result<Option<Record>, StreamError> {
         if self.pending.is_none() {
             if self.phase == Phase::Done && !self.buf.is_empty() {
-                return Err(StreamError::TrailingData { offset: self.offset, len: self.buf.len() as u64 });
+                return Err(StreamError::TrailingData {
+                    offset: self.offset,
+                    len: self.buf.len() as u64,
+                });
             }
             if self.buf.len() < RECORD_SIZE {
                 return Ok(None);
@@ -218,7 +224,12 @@ impl Decoder {
             self.buf.reserve(RECORD_SIZE + payload_len - self.buf.len());
             return Ok(None);
         }
-        let Some(Pending { header, raw, payload_len }) = self.pending.take() else {
+        let Some(Pending {
+            header,
+            raw,
+            payload_len,
+        }) = self.pending.take()
+        else {
             return Ok(None);
         };
         let record_offset = self.offset;
@@ -234,7 +245,14 @@ impl Decoder {
             self.verified = self.offset;
         }
         self.last_type = Some(header.record_type());
-        Ok(Some(Record { index, offset: record_offset, header, raw_header: raw, payload, nvlist }))
+        Ok(Some(Record {
+            index,
+            offset: record_offset,
+            header,
+            raw_header: raw,
+            payload,
+            nvlist,
+        }))
     }
 
     /// Declares the end of input: an error unless the stream is complete.
@@ -245,14 +263,26 @@ impl Decoder {
                 at,
                 index: self.index,
                 record_type: Some(p.header.record_type()),
-                part: if self.buf.len() >= RECORD_SIZE { Part::Payload } else { Part::Header },
+                part: if self.buf.len() >= RECORD_SIZE {
+                    Part::Payload
+                } else {
+                    Part::Header
+                },
             });
         }
         if !self.buf.is_empty() {
             if self.phase == Phase::Done {
-                return Err(StreamError::TrailingData { offset: self.offset, len: self.buf.len() as u64 });
+                return Err(StreamError::TrailingData {
+                    offset: self.offset,
+                    len: self.buf.len() as u64,
+                });
             }
-            return Err(StreamError::Truncated { at, index: self.index, record_type: None, part: Part::Header });
+            return Err(StreamError::Truncated {
+                at,
+                index: self.index,
+                record_type: None,
+                part: Part::Header,
+            });
         }
         match (self.phase, self.last_type) {
             (Phase::Done, _) => Ok(()),
@@ -261,7 +291,11 @@ impl Decoder {
                 self.state.ended_without_end = true;
                 Ok(())
             }
-            (_, Some(last_type)) => Err(StreamError::MissingEnd { at, last_index: self.index - 1, last_type }),
+            (_, Some(last_type)) => Err(StreamError::MissingEnd {
+                at,
+                last_index: self.index - 1,
+                last_type,
+            }),
         }
     }
 
@@ -281,21 +315,43 @@ impl Decoder {
             }
         };
         let code = order.u32(&raw[0..]);
-        let t = RecordType::from_code(code).ok_or(StreamError::UnknownType { index, offset, code })?;
+        let t = RecordType::from_code(code).ok_or(StreamError::UnknownType {
+            index,
+            offset,
+            code,
+        })?;
         let header = Header::parse(t, &raw, order);
-        let invalid = |reason: String| StreamError::InvalidRecord { index, record_type: t, offset, reason };
+        let invalid = |reason: String| StreamError::InvalidRecord {
+            index,
+            record_type: t,
+            offset,
+            reason,
+        };
         match &header.body {
             Body::Begin(b) => {
                 if b.magic != BACKUP_MAGIC {
-                    return Err(StreamError::BadMagic { index, offset, found: b.magic });
+                    return Err(StreamError::BadMagic {
+                        index,
+                        offset,
+                        found: b.magic,
+                    });
                 }
                 let (hdrtype, features) = split_versioninfo(b.versioninfo);
-                if hdrtype != HeaderType::Substream.code() && hdrtype != HeaderType::Compound.code() {
-                    return Err(StreamError::UnknownHeaderType { index, offset, code: hdrtype });
+                if hdrtype != HeaderType::Substream.code() && hdrtype != HeaderType::Compound.code()
+                {
+                    return Err(StreamError::UnknownHeaderType {
+                        index,
+                        offset,
+                        code: hdrtype,
+                    });
                 }
                 let unknown = features.unknown_bits();
                 if !unknown.is_empty() {
-                    return Err(StreamError::UnknownFeatures { index, offset, bits: unknown });
+                    return Err(StreamError::UnknownFeatures {
+                        index,
+                        offset,
+                        bits: unknown,
+                    });
                 }
                 if header.payload_len() > MAX_BEGIN_PAYLOAD {
                     return Err(invalid(format!(
@@ -310,7 +366,10 @@ impl Decoder {
                 // header END and its final END): libzfs zeroes every field
                 // it does not set, so anything else there is damage.
                 if header.trailer.is_zero() {
-                    let stray = raw[4..8].iter().chain(&raw[48..TRAILER_OFFSET]).position(|&b| b != 0);
+                    let stray = raw[4..8]
+                        .iter()
+                        .chain(&raw[48..TRAILER_OFFSET])
+                        .position(|&b| b != 0);
                     if let Some(pos) = stray {
                         let at = if pos < 4 { 4 + pos } else { 48 + pos - 4 };
                         return Err(invalid(format!(
@@ -331,18 +390,31 @@ impl Decoder {
             }
         }
         self.check_grammar(index, offset, &header)?;
-        Ok(Pending { payload_len: header.payload_len() as usize, header, raw })
+        Ok(Pending {
+            payload_len: header.payload_len() as usize,
+            header,
+            raw,
+        })
     }
 
     /// Refuses a record that cannot come next.
     fn check_grammar(&self, index: u64, offset: u64, header: &Header) -> Result<(), StreamError> {
         let t = header.record_type();
-        let unexpected = |expected| Err(StreamError::Unexpected { index, record_type: t, offset, expected });
+        let unexpected = |expected| {
+            Err(StreamError::Unexpected {
+                index,
+                record_type: t,
+                offset,
+                expected,
+            })
+        };
         match (self.phase, &header.body) {
             (Phase::Start, Body::Begin(_)) => Ok(()),
             (Phase::Start, _) => unexpected("DRR_BEGIN to open the stream"),
             (Phase::PackageHeader, Body::End(e)) if e.toguid == 0 => Ok(()),
-            (Phase::PackageHeader, _) => unexpected("the DRR_END closing the package header (with toguid 0)"),
+            (Phase::PackageHeader, _) => {
+                unexpected("the DRR_END closing the package header (with toguid 0)")
+            }
             (Phase::BetweenSubstreams, Body::Begin(b)) => {
                 if split_versioninfo(b.versioninfo).0 == HeaderType::Compound.code() {
                     return unexpected("a substream DRR_BEGIN, not a nested package");
@@ -355,8 +427,12 @@ impl Decoder {
                 }
                 Ok(())
             }
-            (Phase::BetweenSubstreams, _) => unexpected("a substream DRR_BEGIN or the package's final DRR_END"),
-            (Phase::Substream { .. }, Body::Begin(_)) => unexpected("records of the open substream or its DRR_END"),
+            (Phase::BetweenSubstreams, _) => {
+                unexpected("a substream DRR_BEGIN or the package's final DRR_END")
+            }
+            (Phase::Substream { .. }, Body::Begin(_)) => {
+                unexpected("records of the open substream or its DRR_END")
+            }
             (Phase::Substream { .. }, _) => Ok(()),
             (Phase::Done, _) => unexpected("nothing after the final DRR_END"),
         }
@@ -384,8 +460,12 @@ impl Decoder {
                 let (hdrtype, features) = split_versioninfo(b.versioninfo);
                 self.features = features;
                 if !payload.is_empty() {
-                    let (list, _) = nvlist::decode(payload)
-                        .map_err(|source| StreamError::BeginNvlist { index, offset, source })?;
+                    let (list, _) =
+                        nvlist::decode(payload).map_err(|source| StreamError::BeginNvlist {
+                            index,
+                            offset,
+                            source,
+                        })?;
                     nv = Some(Box::new(list));
                 }
                 self.phase = match self.phase {
@@ -406,7 +486,12 @@ impl Decoder {
             Body::End(e) => {
                 let expected = self.cksum.value();
                 if verify && e.checksum != expected {
-                    return Err(StreamError::EndChecksum { index, offset, expected, found: e.checksum });
+                    return Err(StreamError::EndChecksum {
+                        index,
+                        offset,
+                        expected,
+                        found: e.checksum,
+                    });
                 }
                 self.check_trailer(index, offset, t, raw, header.trailer, order)?;
                 // Each substream's checksum starts from zero at its BEGIN;
@@ -442,7 +527,13 @@ impl Decoder {
         let expected = self.cksum.value();
         if self.opts.verify_checksums && !trailer.is_zero() {
             if trailer != expected {
-                return Err(StreamError::RecordChecksum { index, record_type: t, offset, expected, found: trailer });
+                return Err(StreamError::RecordChecksum {
+                    index,
+                    record_type: t,
+                    offset,
+                    expected,
+                    found: trailer,
+                });
             }
             self.verified = offset;
         }

@@ -32,7 +32,10 @@ pub struct Encoder {
 impl Encoder {
     /// An encoder for a stream in `order`.
     pub fn new(order: ByteOrder) -> Encoder {
-        Encoder { order, cksum: Fletcher4::new() }
+        Encoder {
+            order,
+            cksum: Fletcher4::new(),
+        }
     }
 
     /// The stream's byte order.
@@ -64,7 +67,13 @@ impl Encoder {
     /// Writes `body` and `payload` with checksums filled in as `zfs send`
     /// does; `end` says how an END is sealed (ignored for other types).
     /// Returns the header as written.
-    pub fn write_sealed(&mut self, body: Body, payload: &[u8], end: EndKind, out: &mut Vec<u8>) -> Header {
+    pub fn write_sealed(
+        &mut self,
+        body: Body,
+        payload: &[u8],
+        end: EndKind,
+        out: &mut Vec<u8>,
+    ) -> Header {
         let mut header = Header::new(body, payload.len() as u32);
         if let Body::End(e) = &mut header.body {
             e.checksum = match end {

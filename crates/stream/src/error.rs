@@ -167,7 +167,10 @@ fn type_suffix(t: &Option<RecordType>) -> String {
 }
 
 fn bits_list(bits: &[u32]) -> String {
-    bits.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+    bits.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl StreamError {

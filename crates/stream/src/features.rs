@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// `DMU_BACKUP_MAGIC`, the first field of every BEGIN record.
-pub const BACKUP_MAGIC: u64 = 0x2F5bacbac;
+pub const BACKUP_MAGIC: u64 = 0x2f5bacbac;
 
 /// Whether a BEGIN opens a single stream or a compound package (`-R`, `-I`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -42,22 +42,70 @@ pub struct Feature {
 /// them (`zfs send -D`), but OpenZFS no longer accepts them: see
 /// [`FeatureFlags::check_supported`].
 pub const FEATURES: &[Feature] = &[
-    Feature { bit: 0, name: "DEDUP" },
-    Feature { bit: 1, name: "DEDUPPROPS" },
-    Feature { bit: 2, name: "SA_SPILL" },
-    Feature { bit: 16, name: "EMBED_DATA" },
-    Feature { bit: 17, name: "LZ4" },
-    Feature { bit: 19, name: "LARGE_BLOCKS" },
-    Feature { bit: 20, name: "RESUMING" },
-    Feature { bit: 21, name: "REDACTED" },
-    Feature { bit: 22, name: "COMPRESSED" },
-    Feature { bit: 23, name: "LARGE_DNODE" },
-    Feature { bit: 24, name: "RAW" },
-    Feature { bit: 25, name: "ZSTD" },
-    Feature { bit: 26, name: "HOLDS" },
-    Feature { bit: 27, name: "SWITCH_TO_LARGE_BLOCKS" },
-    Feature { bit: 28, name: "LONGNAME" },
-    Feature { bit: 29, name: "LARGE_MICROZAP" },
+    Feature {
+        bit: 0,
+        name: "DEDUP",
+    },
+    Feature {
+        bit: 1,
+        name: "DEDUPPROPS",
+    },
+    Feature {
+        bit: 2,
+        name: "SA_SPILL",
+    },
+    Feature {
+        bit: 16,
+        name: "EMBED_DATA",
+    },
+    Feature {
+        bit: 17,
+        name: "LZ4",
+    },
+    Feature {
+        bit: 19,
+        name: "LARGE_BLOCKS",
+    },
+    Feature {
+        bit: 20,
+        name: "RESUMING",
+    },
+    Feature {
+        bit: 21,
+        name: "REDACTED",
+    },
+    Feature {
+        bit: 22,
+        name: "COMPRESSED",
+    },
+    Feature {
+        bit: 23,
+        name: "LARGE_DNODE",
+    },
+    Feature {
+        bit: 24,
+        name: "RAW",
+    },
+    Feature {
+        bit: 25,
+        name: "ZSTD",
+    },
+    Feature {
+        bit: 26,
+        name: "HOLDS",
+    },
+    Feature {
+        bit: 27,
+        name: "SWITCH_TO_LARGE_BLOCKS",
+    },
+    Feature {
+        bit: 28,
+        name: "LONGNAME",
+    },
+    Feature {
+        bit: 29,
+        name: "LARGE_MICROZAP",
+    },
 ];
 
 /// The feature field of `drr_versioninfo` (bits 2 and up, shifted down).

@@ -48,7 +48,11 @@ impl Checksum {
 
 impl std::fmt::Display for Checksum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}/{:x}/{:x}/{:x}", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "{:x}/{:x}/{:x}/{:x}",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -202,7 +206,11 @@ fn lanes_body(data: &[u8], order: ByteOrder) -> Checksum {
 /// The coefficients are those of OpenZFS's `fletcher_4_avx2_fini`.
 fn fold_lanes(a: &[u64; 4], b: &[u64; 4], c: &[u64; 4], d: &[u64; 4]) -> Checksum {
     let m = |k: u64, v: u64| k.wrapping_mul(v);
-    let sum4 = |v: &[u64; 4]| v[0].wrapping_add(v[1]).wrapping_add(v[2]).wrapping_add(v[3]);
+    let sum4 = |v: &[u64; 4]| {
+        v[0].wrapping_add(v[1])
+            .wrapping_add(v[2])
+            .wrapping_add(v[3])
+    };
     let big_a = sum4(a);
     let big_b = m(4, sum4(b))
         .wrapping_sub(a[1])
@@ -281,7 +289,10 @@ mod tests {
     fn known_value() {
         // Words 1, 2, 3: a = 6, b = 1+3+6 = 10, c = 1+4+10 = 15, d = 1+5+15 = 21.
         let data = [1u8, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0];
-        assert_eq!(fletcher4(&data, ByteOrder::Little), Checksum([6, 10, 15, 21]));
+        assert_eq!(
+            fletcher4(&data, ByteOrder::Little),
+            Checksum([6, 10, 15, 21])
+        );
         let be = [0u8, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
         assert_eq!(fletcher4(&be, ByteOrder::Big), Checksum([6, 10, 15, 21]));
     }

@@ -33,7 +33,7 @@ pub mod token;
 pub mod validate;
 
 pub use decoder::{Decoder, DecoderOptions, Record, StreamState};
-pub use encoder::{EndKind, Encoder};
+pub use encoder::{Encoder, EndKind};
 pub use error::{Part, StreamError};
 pub use features::{FeatureFlags, HeaderType};
 pub use fletcher::{Checksum, Fletcher4};

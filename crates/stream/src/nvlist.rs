@@ -59,12 +59,36 @@ impl DataType {
     fn from_code(code: i32) -> Option<DataType> {
         use DataType::*;
         const ALL: [DataType; 27] = [
-            Boolean, Byte, Int16, Uint16, Int32, Uint32, Int64, Uint64, String, ByteArray,
-            Int16Array, Uint16Array, Int32Array, Uint32Array, Int64Array, Uint64Array,
-            StringArray, Hrtime, NvList, NvListArray, BooleanValue, Int8, Uint8, BooleanArray,
-            Int8Array, Uint8Array, Double,
+            Boolean,
+            Byte,
+            Int16,
+            Uint16,
+            Int32,
+            Uint32,
+            Int64,
+            Uint64,
+            String,
+            ByteArray,
+            Int16Array,
+            Uint16Array,
+            Int32Array,
+            Uint32Array,
+            Int64Array,
+            Uint64Array,
+            StringArray,
+            Hrtime,
+            NvList,
+            NvListArray,
+            BooleanValue,
+            Int8,
+            Uint8,
+            BooleanArray,
+            Int8Array,
+            Uint8Array,
+            Double,
         ];
-        ALL.get(usize::try_from(code.checked_sub(1)?).ok()?).copied()
+        ALL.get(usize::try_from(code.checked_sub(1)?).ok()?)
+            .copied()
     }
 
     /// Width in bytes of one number in the NATIVE layout, for numeric types
@@ -84,8 +108,16 @@ impl DataType {
         use DataType::*;
         matches!(
             self,
-            ByteArray | Int16Array | Uint16Array | Int32Array | Uint32Array | Int64Array
-                | Uint64Array | BooleanArray | Int8Array | Uint8Array
+            ByteArray
+                | Int16Array
+                | Uint16Array
+                | Int32Array
+                | Uint32Array
+                | Int64Array
+                | Uint64Array
+                | BooleanArray
+                | Int8Array
+                | Uint8Array
         )
     }
 
@@ -93,8 +125,16 @@ impl DataType {
         use DataType::*;
         matches!(
             self,
-            Int8 | Int16 | Int32 | Int64 | Hrtime | Int8Array | Int16Array | Int32Array | Int64Array
-                | BooleanValue | BooleanArray
+            Int8 | Int16
+                | Int32
+                | Int64
+                | Hrtime
+                | Int8Array
+                | Int16Array
+                | Int32Array
+                | Int64Array
+                | BooleanValue
+                | BooleanArray
         )
     }
 }
@@ -154,7 +194,10 @@ pub struct NvList {
 impl NvList {
     /// An empty list with `NV_UNIQUE_NAME`, as `fnvlist_alloc` makes.
     pub fn new() -> NvList {
-        NvList { nvflag: 1, pairs: Vec::new() }
+        NvList {
+            nvflag: 1,
+            pairs: Vec::new(),
+        }
     }
 
     /// Appends a pair (builder style).
@@ -250,7 +293,11 @@ pub fn decode(buf: &[u8]) -> Result<(NvList, Encoding), NvError> {
             Ok((list, Encoding::Native(order)))
         }
         1 => {
-            let mut r = Reader { buf, pos: 4, order: ByteOrder::Big };
+            let mut r = Reader {
+                buf,
+                pos: 4,
+                order: ByteOrder::Big,
+            };
             let list = xdr_list(&mut r, 0)?;
             Ok((list, Encoding::Xdr))
         }
@@ -304,7 +351,10 @@ fn cstr(bytes: &[u8], offset: usize) -> Result<String, NvError> {
     let end = bytes
         .iter()
         .position(|&b| b == 0)
-        .ok_or(NvError::Malformed { offset, what: "string without terminating NUL" })?;
+        .ok_or(NvError::Malformed {
+            offset,
+            what: "string without terminating NUL",
+        })?;
     Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
 }
 
@@ -313,7 +363,10 @@ fn native_pairs(r: &mut Reader, nvflag: u32, depth: usize) -> Result<NvList, NvE
     if depth > MAX_DEPTH {
         return Err(NvError::TooDeep);
     }
-    let mut list = NvList { nvflag, pairs: Vec::new() };
+    let mut list = NvList {
+        nvflag,
+        pairs: Vec::new(),
+    };
     loop {
         let start = r.pos;
         let size = r.u32()? as usize;
@@ -321,30 +374,51 @@ fn native_pairs(r: &mut Reader, nvflag: u32, depth: usize) -> Result<NvList, NvE
             return Ok(list);
         }
         r.pos = start;
-        let pair = r.take(size).map_err(|_| NvError::Malformed { offset: start, what: "size runs past the end" })?;
+        let pair = r.take(size).map_err(|_| NvError::Malformed {
+            offset: start,
+            what: "size runs past the end",
+        })?;
         if size < 24 {
-            return Err(NvError::Malformed { offset: start, what: "size below the minimum of 24" });
+            return Err(NvError::Malformed {
+                offset: start,
+                what: "size below the minimum of 24",
+            });
         }
         let o = r.order;
         let name_sz = o.u16(&pair[4..]) as usize;
         let nelem = o.u32(&pair[8..]) as usize;
         let code = o.u32(&pair[12..]) as i32;
-        let t = DataType::from_code(code).ok_or(NvError::UnknownType { offset: start, code })?;
+        let t = DataType::from_code(code).ok_or(NvError::UnknownType {
+            offset: start,
+            code,
+        })?;
         if name_sz == 0 || 16 + name_sz > size {
-            return Err(NvError::Malformed { offset: start, what: "name size out of range" });
+            return Err(NvError::Malformed {
+                offset: start,
+                what: "name size out of range",
+            });
         }
         let name = cstr(&pair[16..16 + name_sz], start)?;
         let valoff = align8(16 + name_sz);
         if valoff > size {
-            return Err(NvError::Malformed { offset: start, what: "value offset past the pair" });
+            return Err(NvError::Malformed {
+                offset: start,
+                what: "value offset past the pair",
+            });
         }
         let val = &pair[valoff..];
-        let bad = |what| NvError::Malformed { offset: start, what };
+        let bad = |what| NvError::Malformed {
+            offset: start,
+            what,
+        };
         let value = match t {
             DataType::Boolean => Value::Flag,
             DataType::String => Value::String(cstr(val, start)?),
             DataType::StringArray => {
-                let mut at = nelem.checked_mul(8).filter(|&n| n <= val.len()).ok_or(bad("string array too long"))?;
+                let mut at = nelem
+                    .checked_mul(8)
+                    .filter(|&n| n <= val.len())
+                    .ok_or(bad("string array too long"))?;
                 let mut v = Vec::with_capacity(nelem.min(1024));
                 for _ in 0..nelem {
                     let s = cstr(&val[at..], start)?;
@@ -361,7 +435,10 @@ fn native_pairs(r: &mut Reader, nvflag: u32, depth: usize) -> Result<NvList, NvE
                 Value::List(native_pairs(r, flag, depth + 1)?)
             }
             DataType::NvListArray => {
-                let need = nelem.checked_mul(32).filter(|&n| n <= val.len()).ok_or(bad("nvlist array too long"))?;
+                let need = nelem
+                    .checked_mul(32)
+                    .filter(|&n| n <= val.len())
+                    .ok_or(bad("nvlist array too long"))?;
                 let headers = &val[nelem * 8..need];
                 let mut v = Vec::with_capacity(nelem);
                 for i in 0..nelem {
@@ -373,7 +450,10 @@ fn native_pairs(r: &mut Reader, nvflag: u32, depth: usize) -> Result<NvList, NvE
             _ => {
                 let width = t.width().ok_or(bad("type has no width"))?;
                 let count = if t.is_array() { nelem } else { 1 };
-                let bytes = count.checked_mul(width).filter(|&n| n <= val.len()).ok_or(bad("value runs past the pair"))?;
+                let bytes = count
+                    .checked_mul(width)
+                    .filter(|&n| n <= val.len())
+                    .ok_or(bad("value runs past the pair"))?;
                 let nums: Vec<u64> = val[..bytes]
                     .chunks_exact(width)
                     .map(|c| {
@@ -399,7 +479,10 @@ fn native_pairs(r: &mut Reader, nvflag: u32, depth: usize) -> Result<NvList, NvE
 
 fn xdr_string(r: &mut Reader, offset: usize) -> Result<String, NvError> {
     let len = r.u32()? as usize;
-    let bytes = r.take(align4(len)).map_err(|_| NvError::Malformed { offset, what: "string runs past the end" })?;
+    let bytes = r.take(align4(len)).map_err(|_| NvError::Malformed {
+        offset,
+        what: "string runs past the end",
+    })?;
     Ok(String::from_utf8_lossy(&bytes[..len]).into_owned())
 }
 
@@ -410,7 +493,10 @@ fn xdr_list(r: &mut Reader, depth: usize) -> Result<NvList, NvError> {
     }
     let _version = r.u32()?;
     let nvflag = r.u32()?;
-    let mut list = NvList { nvflag, pairs: Vec::new() };
+    let mut list = NvList {
+        nvflag,
+        pairs: Vec::new(),
+    };
     loop {
         let start = r.pos;
         let _encoded = r.u32()?;
@@ -420,12 +506,18 @@ fn xdr_list(r: &mut Reader, depth: usize) -> Result<NvList, NvError> {
         }
         let name = xdr_string(r, start)?;
         let code = r.u32()? as i32;
-        let t = DataType::from_code(code).ok_or(NvError::UnknownType { offset: start, code })?;
+        let t = DataType::from_code(code).ok_or(NvError::UnknownType {
+            offset: start,
+            code,
+        })?;
         let nelem = r.u32()? as usize;
         // Every element takes at least four bytes: a count beyond what is
         // left is a lie, refused before anything is allocated for it.
         if nelem > r.buf.len().saturating_sub(r.pos) {
-            return Err(NvError::Malformed { offset: start, what: "element count exceeds the data" });
+            return Err(NvError::Malformed {
+                offset: start,
+                what: "element count exceeds the data",
+            });
         }
         let value = if nelem == 0 {
             match t {
@@ -433,25 +525,37 @@ fn xdr_list(r: &mut Reader, depth: usize) -> Result<NvList, NvError> {
                 DataType::StringArray => Value::Strings(Vec::new()),
                 DataType::NvListArray => Value::Lists(Vec::new()),
                 _ if t.is_array() => Value::Numbers(t, Vec::new()),
-                _ => return Err(NvError::Malformed { offset: start, what: "scalar with no element" }),
+                _ => {
+                    return Err(NvError::Malformed {
+                        offset: start,
+                        what: "scalar with no element",
+                    })
+                }
             }
         } else {
             match t {
                 DataType::Boolean => Value::Flag,
                 DataType::String => Value::String(xdr_string(r, start)?),
-                DataType::StringArray => {
-                    Value::Strings((0..nelem).map(|_| xdr_string(r, start)).collect::<Result<_, _>>()?)
-                }
+                DataType::StringArray => Value::Strings(
+                    (0..nelem)
+                        .map(|_| xdr_string(r, start))
+                        .collect::<Result<_, _>>()?,
+                ),
                 DataType::NvList => Value::List(xdr_list(r, depth + 1)?),
-                DataType::NvListArray => {
-                    Value::Lists((0..nelem).map(|_| xdr_list(r, depth + 1)).collect::<Result<_, _>>()?)
-                }
+                DataType::NvListArray => Value::Lists(
+                    (0..nelem)
+                        .map(|_| xdr_list(r, depth + 1))
+                        .collect::<Result<_, _>>()?,
+                ),
                 DataType::ByteArray => {
                     let bytes = r.take(align4(nelem))?;
                     Value::Numbers(t, bytes[..nelem].iter().map(|&b| b as u64).collect())
                 }
                 _ => {
-                    let width = t.width().ok_or(NvError::Malformed { offset: start, what: "type has no width" })?;
+                    let width = t.width().ok_or(NvError::Malformed {
+                        offset: start,
+                        what: "type has no width",
+                    })?;
                     let read_one = |r: &mut Reader| -> Result<u64, NvError> {
                         Ok(if width == 8 {
                             r.u64()?
@@ -462,9 +566,15 @@ fn xdr_list(r: &mut Reader, depth: usize) -> Result<NvList, NvError> {
                     if t.is_array() {
                         let count = r.u32()? as usize;
                         if count != nelem {
-                            return Err(NvError::Malformed { offset: start, what: "array count differs from element count" });
+                            return Err(NvError::Malformed {
+                                offset: start,
+                                what: "array count differs from element count",
+                            });
                         }
-                        Value::Numbers(t, (0..nelem).map(|_| read_one(r)).collect::<Result<_, _>>()?)
+                        Value::Numbers(
+                            t,
+                            (0..nelem).map(|_| read_one(r)).collect::<Result<_, _>>()?,
+                        )
                     } else {
                         Value::Number(t, read_one(r)?)
                     }
@@ -592,14 +702,24 @@ fn xdr_put_string(out: &mut Vec<u8>, s: &str) {
 
 /// Size of an nvlist in XDR, as `nvs_xdr_nvp_size` counts it.
 fn xdr_list_size(l: &NvList) -> usize {
-    16 + l.pairs.iter().map(|(n, v)| xdr_pair_size(n, v)).sum::<usize>()
+    16 + l
+        .pairs
+        .iter()
+        .map(|(n, v)| xdr_pair_size(n, v))
+        .sum::<usize>()
 }
 
 fn xdr_pair_size(name: &str, v: &Value) -> usize {
     let head = 4 + 4 + 4 + align4(name.len()) + 4 + 4;
     head + match v {
         Value::Flag => 0,
-        Value::Number(t, _) => if t.width() == Some(8) { 8 } else { 4 },
+        Value::Number(t, _) => {
+            if t.width() == Some(8) {
+                8
+            } else {
+                4
+            }
+        }
         Value::Numbers(DataType::ByteArray, n) => align4(n.len()),
         Value::Numbers(t, n) => 4 + n.len() * if t.width() == Some(8) { 8 } else { 4 },
         Value::String(s) => 4 + align4(s.len()),
@@ -657,12 +777,21 @@ mod tests {
     fn sample() -> NvList {
         NvList::new()
             .with("toname", Value::String("tank/fs@snap".into()))
-            .with("toguid", Value::Number(DataType::Uint64, 0x1234_5678_9abc_def0))
+            .with(
+                "toguid",
+                Value::Number(DataType::Uint64, 0x1234_5678_9abc_def0),
+            )
             .with("embedok", Value::Flag)
             .with("small", Value::Number(DataType::Int8, (-3i64) as u64))
             .with("bv", Value::Number(DataType::BooleanValue, 1))
-            .with("redact_snaps", Value::Numbers(DataType::Uint64Array, vec![1, 2, 3]))
-            .with("bytes", Value::Numbers(DataType::ByteArray, vec![1, 2, 3, 4, 5]))
+            .with(
+                "redact_snaps",
+                Value::Numbers(DataType::Uint64Array, vec![1, 2, 3]),
+            )
+            .with(
+                "bytes",
+                Value::Numbers(DataType::ByteArray, vec![1, 2, 3, 4, 5]),
+            )
             .with("names", Value::Strings(vec!["a".into(), "bcd".into()]))
             .with(
                 "fss",
@@ -684,7 +813,11 @@ mod tests {
     #[test]
     fn round_trips_in_every_encoding() {
         let list = sample();
-        for enc in [Encoding::Native(ByteOrder::Little), Encoding::Native(ByteOrder::Big), Encoding::Xdr] {
+        for enc in [
+            Encoding::Native(ByteOrder::Little),
+            Encoding::Native(ByteOrder::Big),
+            Encoding::Xdr,
+        ] {
             let packed = encode(&list, enc);
             let (back, found) = decode(&packed).unwrap();
             assert_eq!(found, enc);

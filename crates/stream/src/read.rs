@@ -29,7 +29,11 @@ pub enum ReadError {
 
 /// Decodes all of `source`, calling `on_record` for each record with the
 /// decoder (for its verified offset). Returns the decoder, finished.
-pub fn decode_all<R, F>(mut source: R, opts: DecoderOptions, mut on_record: F) -> Result<Decoder, ReadError>
+pub fn decode_all<R, F>(
+    mut source: R,
+    opts: DecoderOptions,
+    mut on_record: F,
+) -> Result<Decoder, ReadError>
 where
     R: std::io::Read,
     F: FnMut(Record, &Decoder) -> Result<(), String>,
@@ -41,7 +45,12 @@ where
             match source.read(&mut chunk) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(ReadError::Io { at: decoder.bytes_in(), source }),
+                Err(source) => {
+                    return Err(ReadError::Io {
+                        at: decoder.bytes_in(),
+                        source,
+                    })
+                }
             }
         };
         if n == 0 {

@@ -14,6 +14,12 @@ pub const TRAILER_OFFSET: usize = RECORD_SIZE - 32;
 /// Length of `drr_toname` (`MAXNAMELEN`).
 pub const TONAME_LEN: usize = 256;
 
+// The layout of the C structure: BEGIN runs to the very end (its toname
+// overlaps the trailer); the widest other bodies end before the trailer.
+const _: () = assert!(56 + TONAME_LEN == RECORD_SIZE);
+const _: () = assert!(124 + 16 <= TRAILER_OFFSET); // WRITE's mac
+const _: () = assert!(84 + 4 <= TRAILER_OFFSET); // SPILL's type
+
 /// The record types, `drr_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordType {
@@ -176,7 +182,10 @@ pub struct DedupKey {
 
 impl Field for DedupKey {
     fn get(raw: &[u8], o: ByteOrder) -> Self {
-        DedupKey { cksum: Checksum::from_bytes(raw, o), prop: o.u64(&raw[32..]) }
+        DedupKey {
+            cksum: Checksum::from_bytes(raw, o),
+            prop: o.u64(&raw[32..]),
+        }
     }
     fn put(&self, raw: &mut [u8], o: ByteOrder) {
         self.cksum.write_bytes(raw, o);
@@ -499,7 +508,11 @@ impl Header {
             Body::Begin(_) => begin_payload_len,
             _ => 0,
         };
-        Header { body, payloadlen_field, trailer: Checksum::ZERO }
+        Header {
+            body,
+            payloadlen_field,
+            trailer: Checksum::ZERO,
+        }
     }
 
     /// The record type.
@@ -519,7 +532,11 @@ impl Header {
             RecordType::Begin => Checksum::ZERO,
             _ => Checksum::from_bytes(&raw[TRAILER_OFFSET..], o),
         };
-        Header { body, payloadlen_field: o.u32(&raw[4..]), trailer }
+        Header {
+            body,
+            payloadlen_field: o.u32(&raw[4..]),
+            trailer,
+        }
     }
 
     /// Serialises the header in byte order `o`.
@@ -540,14 +557,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_matches_the_c_structure() {
-        // The widest bodies must end before the trailer.
-        assert!(56 + TONAME_LEN == RECORD_SIZE); // BEGIN runs to the end
-        assert!(124 + 16 <= TRAILER_OFFSET); // WRITE's mac
-        assert!(84 + 4 <= TRAILER_OFFSET); // SPILL's type
-    }
-
-    #[test]
     fn header_round_trips_in_both_orders() {
         let body = Body::Write(Write {
             object: 7,
@@ -558,7 +567,10 @@ mod tests {
             checksumtype: 7,
             flags: 1,
             compressiontype: 0,
-            key: DedupKey { cksum: Checksum([1, 2, 3, 4]), prop: 5 },
+            key: DedupKey {
+                cksum: Checksum([1, 2, 3, 4]),
+                prop: 5,
+            },
             compressed_size: 0,
             salt: [1; 8],
             iv: [2; 12],
@@ -574,13 +586,28 @@ mod tests {
 
     #[test]
     fn payload_length_rules() {
-        let obj = Body::Object(Object { bonuslen: 13, ..Default::default() });
+        let obj = Body::Object(Object {
+            bonuslen: 13,
+            ..Default::default()
+        });
         assert_eq!(obj.payload_len(0), 16);
-        let raw_obj = Body::Object(Object { bonuslen: 13, raw_bonuslen: 320, ..Default::default() });
+        let raw_obj = Body::Object(Object {
+            bonuslen: 13,
+            raw_bonuslen: 320,
+            ..Default::default()
+        });
         assert_eq!(raw_obj.payload_len(0), 320);
-        let cw = Body::Write(Write { logical_size: 4096, compressiontype: 15, compressed_size: 512, ..Default::default() });
+        let cw = Body::Write(Write {
+            logical_size: 4096,
+            compressiontype: 15,
+            compressed_size: 512,
+            ..Default::default()
+        });
         assert_eq!(cw.payload_len(0), 512);
-        let we = Body::WriteEmbedded(WriteEmbedded { psize: 41, ..Default::default() });
+        let we = Body::WriteEmbedded(WriteEmbedded {
+            psize: 41,
+            ..Default::default()
+        });
         assert_eq!(we.payload_len(0), 48);
         assert_eq!(Body::Free(Free::default()).payload_len(99), 0);
         assert_eq!(Body::Begin(Begin::default()).payload_len(99), 99);

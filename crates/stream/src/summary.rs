@@ -91,7 +91,10 @@ impl Default for Summary {
             substreams: Vec::new(),
             records: RecordType::ALL
                 .iter()
-                .map(|t| TypeCount { type_name: t.name(), ..TypeCount::default() })
+                .map(|t| TypeCount {
+                    type_name: t.name(),
+                    ..TypeCount::default()
+                })
                 .collect(),
             total_records: 0,
             total_bytes: 0,
@@ -118,8 +121,11 @@ impl Summary {
                 if hdrtype == HeaderType::Compound.code() {
                     self.kind = Some(StreamKind::Package);
                     self.package_toname = Some(b.toname.as_string());
-                    self.package_fromsnap =
-                        r.nvlist.as_ref().and_then(|nv| nv.get_str("fromsnap")).map(str::to_string);
+                    self.package_fromsnap = r
+                        .nvlist
+                        .as_ref()
+                        .and_then(|nv| nv.get_str("fromsnap"))
+                        .map(str::to_string);
                     return;
                 }
                 let nv = r.nvlist.as_deref();

@@ -85,15 +85,21 @@ pub fn decode_nvlist(token: &str) -> Result<NvList, TokenError> {
     let token = token.trim();
     let mut parts = token.splitn(4, '-');
     let version = parts.next().ok_or(TokenError::Format("empty"))?;
-    let checksum = parts.next().ok_or(TokenError::Format("no checksum field"))?;
+    let checksum = parts
+        .next()
+        .ok_or(TokenError::Format("no checksum field"))?;
     let packed_len = parts.next().ok_or(TokenError::Format("no length field"))?;
     let hex = parts.next().ok_or(TokenError::Format("no payload"))?;
-    let version: u32 = version.parse().map_err(|_| TokenError::Format("version is not a number"))?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| TokenError::Format("version is not a number"))?;
     if version != TOKEN_VERSION {
         return Err(TokenError::Version(version));
     }
-    let checksum = u64::from_str_radix(checksum, 16).map_err(|_| TokenError::Format("checksum is not hex"))?;
-    let packed_len = u64::from_str_radix(packed_len, 16).map_err(|_| TokenError::Format("length is not hex"))?;
+    let checksum =
+        u64::from_str_radix(checksum, 16).map_err(|_| TokenError::Format("checksum is not hex"))?;
+    let packed_len =
+        u64::from_str_radix(packed_len, 16).map_err(|_| TokenError::Format("length is not hex"))?;
     if packed_len > MAX_PACKED_LEN {
         return Err(TokenError::TooLarge(packed_len));
     }
@@ -103,7 +109,10 @@ pub fn decode_nvlist(token: &str) -> Result<NvList, TokenError> {
     let le = fletcher4(&compressed, ByteOrder::Little).0[0];
     let be = fletcher4(&compressed, ByteOrder::Big).0[0];
     if checksum != le && checksum != be {
-        return Err(TokenError::Checksum { expected: checksum, actual: le });
+        return Err(TokenError::Checksum {
+            expected: checksum,
+            actual: le,
+        });
     }
     let mut packed = Vec::with_capacity(packed_len as usize);
     flate2::read::ZlibDecoder::new(&compressed[..])
@@ -124,7 +133,10 @@ pub fn decode(token: &str) -> Result<ResumeToken, TokenError> {
         _ => Vec::new(),
     };
     Ok(ResumeToken {
-        toname: nv.get_str("toname").ok_or(TokenError::Missing("toname"))?.to_string(),
+        toname: nv
+            .get_str("toname")
+            .ok_or(TokenError::Missing("toname"))?
+            .to_string(),
         toguid: nv.get_u64("toguid").ok_or(TokenError::Missing("toguid"))?,
         fromguid: nv.get_u64("fromguid"),
         object: nv.get_u64("object").ok_or(TokenError::Missing("object"))?,
@@ -163,12 +175,18 @@ pub fn encode(t: &ResumeToken) -> String {
         }
     }
     if !t.redact_snaps.is_empty() {
-        nv = nv.with("redact_snaps", Value::Numbers(DataType::Uint64Array, t.redact_snaps.clone()));
+        nv = nv.with(
+            "redact_snaps",
+            Value::Numbers(DataType::Uint64Array, t.redact_snaps.clone()),
+        );
     }
     let packed = nvlist::encode(&nv, Encoding::Native(ByteOrder::Little));
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
     // Writing to a Vec cannot fail.
-    let compressed = z.write_all(&packed).and_then(|_| z.finish()).unwrap_or_default();
+    let compressed = z
+        .write_all(&packed)
+        .and_then(|_| z.finish())
+        .unwrap_or_default();
     let sum = fletcher4(&compressed, ByteOrder::Little).0[0];
     let hex: String = compressed.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{:x}-{:x}-{}", TOKEN_VERSION, sum, packed.len(), hex)
@@ -213,7 +231,10 @@ mod tests {
     #[test]
     fn damage_is_named() {
         let tok = encode(&sample());
-        assert_eq!(decode(&format!("2{}", &tok[1..])), Err(TokenError::Version(2)));
+        assert_eq!(
+            decode(&format!("2{}", &tok[1..])),
+            Err(TokenError::Version(2))
+        );
         let mut flipped = tok.clone().into_bytes();
         let last = tok.rfind('-').unwrap() + 10;
         flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };

@@ -46,7 +46,10 @@ pub fn check_body(body: &Body, features: FeatureFlags) -> Result<(), Reason> {
         Body::Free(f) => {
             check_object_id(f.object)?;
             if f.length != u64::MAX && f.offset.checked_add(f.length).is_none() {
-                return Err(format!("DRR_FREE offset {} + length {} overflows", f.offset, f.length));
+                return Err(format!(
+                    "DRR_FREE offset {} + length {} overflows",
+                    f.offset, f.length
+                ));
             }
             Ok(())
         }
@@ -54,7 +57,10 @@ pub fn check_body(body: &Body, features: FeatureFlags) -> Result<(), Reason> {
             // OpenZFS reads REDACT through the same check as FREE.
             check_object_id(r.object)?;
             if r.length != u64::MAX && r.offset.checked_add(r.length).is_none() {
-                return Err(format!("DRR_REDACT offset {} + length {} overflows", r.offset, r.length));
+                return Err(format!(
+                    "DRR_REDACT offset {} + length {} overflows",
+                    r.offset, r.length
+                ));
             }
             Ok(())
         }
@@ -65,7 +71,10 @@ pub fn check_body(body: &Body, features: FeatureFlags) -> Result<(), Reason> {
                 return Err("DRR_OBJECT_RANGE is only valid on raw streams".into());
             }
             if r.numslots != DNODES_PER_BLOCK {
-                return Err(format!("DRR_OBJECT_RANGE numslots {} != {}", r.numslots, DNODES_PER_BLOCK));
+                return Err(format!(
+                    "DRR_OBJECT_RANGE numslots {} != {}",
+                    r.numslots, DNODES_PER_BLOCK
+                ));
             }
             if r.firstobj % DNODES_PER_BLOCK != 0 {
                 return Err(format!(
@@ -78,7 +87,9 @@ pub fn check_body(body: &Body, features: FeatureFlags) -> Result<(), Reason> {
                     "DRR_OBJECT_RANGE first object {} + numslots {} overflows",
                     r.firstobj, r.numslots
                 )),
-                Some(end) if end > MAX_OBJECT => Err("DRR_OBJECT_RANGE extends past DN_MAX_OBJECT".into()),
+                Some(end) if end > MAX_OBJECT => {
+                    Err("DRR_OBJECT_RANGE extends past DN_MAX_OBJECT".into())
+                }
                 Some(_) => Ok(()),
             }
         }
@@ -91,7 +102,11 @@ pub fn check_body(body: &Body, features: FeatureFlags) -> Result<(), Reason> {
 
 fn check_object_id(object: u64) -> Result<(), Reason> {
     if object == 0 || object >= MAX_OBJECT {
-        return Err(format!("object number {} outside valid range 1-{}", object, MAX_OBJECT - 1));
+        return Err(format!(
+            "object number {} outside valid range 1-{}",
+            object,
+            MAX_OBJECT - 1
+        ));
     }
     Ok(())
 }
@@ -126,7 +141,11 @@ fn check_object(o: &Object, features: FeatureFlags) -> Result<(), Reason> {
     }
     check_min(o.blksz as u64, MIN_BLOCK_SIZE, "DRR_OBJECT block size")?;
     check_max(o.blksz as u64, MAX_BLOCK_SIZE, "DRR_OBJECT block size")?;
-    check_max(Body::Object(o.clone()).payload_len(0), MAX_BLOCK_SIZE, "DRR_OBJECT bonus payload size")
+    check_max(
+        Body::Object(o.clone()).payload_len(0),
+        MAX_BLOCK_SIZE,
+        "DRR_OBJECT bonus payload size",
+    )
 }
 
 fn check_write(w: &Write, features: FeatureFlags, raw: bool) -> Result<(), Reason> {
@@ -139,7 +158,11 @@ fn check_write(w: &Write, features: FeatureFlags, raw: bool) -> Result<(), Reaso
             w.logical_size
         ));
     }
-    let payload = if w.compressiontype != 0 { w.compressed_size } else { w.logical_size };
+    let payload = if w.compressiontype != 0 {
+        w.compressed_size
+    } else {
+        w.logical_size
+    };
     check_max(payload, MAX_BLOCK_SIZE, "DRR_WRITE payload size")?;
     if raw {
         if w.compressed_size == 0 {
@@ -153,7 +176,9 @@ fn check_write(w: &Write, features: FeatureFlags, raw: bool) -> Result<(), Reaso
         }
     } else if w.compressiontype != 0 {
         if !features.contains(FeatureFlags::COMPRESSED) {
-            return Err("DRR_WRITE compressed payload requires DMU_BACKUP_FEATURE_COMPRESSED".into());
+            return Err(
+                "DRR_WRITE compressed payload requires DMU_BACKUP_FEATURE_COMPRESSED".into(),
+            );
         }
         if w.compressed_size == 0 {
             return Err("DRR_WRITE compressed size must be non-zero".into());
@@ -180,7 +205,11 @@ fn check_spill(s: &Spill, raw: bool) -> Result<(), Reason> {
     check_object_id(s.object)?;
     check_min(s.length, MIN_BLOCK_SIZE, "DRR_SPILL logical size")?;
     check_max(s.length, MAX_BLOCK_SIZE, "DRR_SPILL logical size")?;
-    let payload = if s.compressed_size != 0 { s.compressed_size } else { s.length };
+    let payload = if s.compressed_size != 0 {
+        s.compressed_size
+    } else {
+        s.length
+    };
     check_max(payload, MAX_BLOCK_SIZE, "DRR_SPILL payload size")?;
     if raw && s.compressed_size == 0 {
         return Err("DRR_SPILL payload size must be non-zero on raw streams".into());
@@ -197,7 +226,11 @@ fn check_spill(s: &Spill, raw: bool) -> Result<(), Reason> {
     Ok(())
 }
 
-fn check_write_embedded(e: &WriteEmbedded, features: FeatureFlags, raw: bool) -> Result<(), Reason> {
+fn check_write_embedded(
+    e: &WriteEmbedded,
+    features: FeatureFlags,
+    raw: bool,
+) -> Result<(), Reason> {
     if raw {
         return Err("DRR_WRITE_EMBEDDED is invalid on raw streams".into());
     }
@@ -212,8 +245,16 @@ fn check_write_embedded(e: &WriteEmbedded, features: FeatureFlags, raw: bool) ->
             e.length
         ));
     }
-    check_max(e.lsize as u64, MAX_BLOCK_SIZE, "DRR_WRITE_EMBEDDED logical size")?;
-    check_max(e.psize as u64, MAX_EMBEDDED_PAYLOAD, "DRR_WRITE_EMBEDDED payload size")
+    check_max(
+        e.lsize as u64,
+        MAX_BLOCK_SIZE,
+        "DRR_WRITE_EMBEDDED logical size",
+    )?;
+    check_max(
+        e.psize as u64,
+        MAX_EMBEDDED_PAYLOAD,
+        "DRR_WRITE_EMBEDDED payload size",
+    )
 }
 
 #[cfg(test)]
@@ -222,29 +263,51 @@ mod tests {
 
     #[test]
     fn undersized_write_is_refused_with_openzfs_wording() {
-        let w = Body::Write(Write { object: 2, logical_size: 256, ..Default::default() });
+        let w = Body::Write(Write {
+            object: 2,
+            logical_size: 256,
+            ..Default::default()
+        });
         let err = check_body(&w, FeatureFlags::default()).unwrap_err();
         assert_eq!(err, "DRR_WRITE logical size 256 below minimum 512");
     }
 
     #[test]
     fn large_block_needs_its_feature() {
-        let w = Body::Write(Write { object: 2, logical_size: 1 << 20, ..Default::default() });
-        assert!(check_body(&w, FeatureFlags::default()).unwrap_err().contains("LARGE_BLOCKS"));
+        let w = Body::Write(Write {
+            object: 2,
+            logical_size: 1 << 20,
+            ..Default::default()
+        });
+        assert!(check_body(&w, FeatureFlags::default())
+            .unwrap_err()
+            .contains("LARGE_BLOCKS"));
         assert!(check_body(&w, FeatureFlags(FeatureFlags::LARGE_BLOCKS)).is_ok());
     }
 
     #[test]
     fn oversized_payload_is_refused() {
-        let w = Body::Write(Write { object: 2, logical_size: 32 << 20, ..Default::default() });
+        let w = Body::Write(Write {
+            object: 2,
+            logical_size: 32 << 20,
+            ..Default::default()
+        });
         let err = check_body(&w, FeatureFlags(FeatureFlags::LARGE_BLOCKS)).unwrap_err();
         assert!(err.contains("exceeds maximum 16777216"), "{err}");
     }
 
     #[test]
     fn embedded_payload_bounded() {
-        let e = Body::WriteEmbedded(WriteEmbedded { object: 1, length: 512, psize: 113, ..Default::default() });
+        let e = Body::WriteEmbedded(WriteEmbedded {
+            object: 1,
+            length: 512,
+            psize: 113,
+            ..Default::default()
+        });
         let err = check_body(&e, FeatureFlags(FeatureFlags::EMBED_DATA)).unwrap_err();
-        assert!(err.contains("payload size 113 exceeds maximum 112"), "{err}");
+        assert!(
+            err.contains("payload size 113 exceeds maximum 112"),
+            "{err}"
+        );
     }
 }

@@ -3,41 +3,101 @@
 
 use fjord_stream::builder::{PackageBuilder, StreamBuilder};
 use fjord_stream::nvlist::{DataType, NvList, Value};
-use fjord_stream::record::{Redact, RecordType};
+use fjord_stream::record::{RecordType, Redact};
 use fjord_stream::{Body, ByteOrder, Decoder, Encoder, FeatureFlags, Record, Summary};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Object { object: u64, blksz: u32, bonus: usize },
-    Write { object: u64, offset: u64, len: usize, fill: u8 },
-    Compressed { object: u64, logical: u64, psize: usize },
-    Embedded { object: u64, psize: usize },
-    Spill { object: u64, len: usize },
-    Free { object: u64, offset: u64, len: u64 },
-    FreeObjects { first: u64, n: u64 },
-    Redact { object: u64, offset: u64, len: u64 },
+    Object {
+        object: u64,
+        blksz: u32,
+        bonus: usize,
+    },
+    Write {
+        object: u64,
+        offset: u64,
+        len: usize,
+        fill: u8,
+    },
+    Compressed {
+        object: u64,
+        logical: u64,
+        psize: usize,
+    },
+    Embedded {
+        object: u64,
+        psize: usize,
+    },
+    Spill {
+        object: u64,
+        len: usize,
+    },
+    Free {
+        object: u64,
+        offset: u64,
+        len: u64,
+    },
+    FreeObjects {
+        first: u64,
+        n: u64,
+    },
+    Redact {
+        object: u64,
+        offset: u64,
+        len: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let obj = 1u64..1_000_000;
     prop_oneof![
-        (obj.clone(), prop::sample::select(vec![512u32, 4096, 131072, 1 << 20]), 0usize..320)
-            .prop_map(|(object, blksz, bonus)| Op::Object { object, blksz, bonus }),
+        (
+            obj.clone(),
+            prop::sample::select(vec![512u32, 4096, 131072, 1 << 20]),
+            0usize..320
+        )
+            .prop_map(|(object, blksz, bonus)| Op::Object {
+                object,
+                blksz,
+                bonus
+            }),
         (
             obj.clone(),
             0u64..1 << 40,
             prop::sample::select(vec![512usize, 1024, 4096, 65536, 131072, 1 << 20]),
             any::<u8>()
         )
-            .prop_map(|(object, offset, len, fill)| Op::Write { object, offset, len, fill }),
-        (obj.clone(), 1usize..64).prop_map(|(object, k)| Op::Compressed { object, logical: 131072, psize: k * 512 }),
+            .prop_map(|(object, offset, len, fill)| Op::Write {
+                object,
+                offset,
+                len,
+                fill
+            }),
+        (obj.clone(), 1usize..64).prop_map(|(object, k)| Op::Compressed {
+            object,
+            logical: 131072,
+            psize: k * 512
+        }),
         (obj.clone(), 1usize..=112).prop_map(|(object, psize)| Op::Embedded { object, psize }),
-        (obj.clone(), prop::sample::select(vec![512usize, 1024])).prop_map(|(object, len)| Op::Spill { object, len }),
-        (obj.clone(), 0u64..1 << 30, prop_oneof![Just(u64::MAX), 1u64..1 << 30])
-            .prop_map(|(object, offset, len)| Op::Free { object, offset, len }),
+        (obj.clone(), prop::sample::select(vec![512usize, 1024]))
+            .prop_map(|(object, len)| Op::Spill { object, len }),
+        (
+            obj.clone(),
+            0u64..1 << 30,
+            prop_oneof![Just(u64::MAX), 1u64..1 << 30]
+        )
+            .prop_map(|(object, offset, len)| Op::Free {
+                object,
+                offset,
+                len
+            }),
         (0u64..1 << 40, 0u64..1 << 20).prop_map(|(first, n)| Op::FreeObjects { first, n }),
-        (obj, 0u64..1 << 30, 1u64..1 << 30).prop_map(|(object, offset, len)| Op::Redact { object, offset, len }),
+        (obj, 0u64..1 << 30, 1u64..1 << 30).prop_map(|(object, offset, len)| Op::Redact {
+            object,
+            offset,
+            len
+        }),
     ]
 }
 
@@ -61,16 +121,36 @@ fn build_substream(order: ByteOrder, n: u64, ops: &[Op], resume: bool) -> Vec<u8
     if resume {
         f.0 |= FeatureFlags::RESUMING;
     }
-    let mut b = StreamBuilder::with(order, &format!("tank/fs{n}@snap"), 0xabc0 + n, n, f, nv.as_ref());
+    let mut b = StreamBuilder::with(
+        order,
+        &format!("tank/fs{n}@snap"),
+        0xabc0 + n,
+        n,
+        f,
+        nv.as_ref(),
+    );
     for op in ops {
         match *op {
-            Op::Object { object, blksz, bonus } => {
+            Op::Object {
+                object,
+                blksz,
+                bonus,
+            } => {
                 b.object(object, blksz, &vec![0x5a; bonus]);
             }
-            Op::Write { object, offset, len, fill } => {
+            Op::Write {
+                object,
+                offset,
+                len,
+                fill,
+            } => {
                 b.write(object, offset, &vec![fill; len]);
             }
-            Op::Compressed { object, logical, psize } => {
+            Op::Compressed {
+                object,
+                logical,
+                psize,
+            } => {
                 b.write_compressed(object, 0, logical, 15, &vec![3; psize]);
             }
             Op::Embedded { object, psize } => {
@@ -79,15 +159,31 @@ fn build_substream(order: ByteOrder, n: u64, ops: &[Op], resume: bool) -> Vec<u8
             Op::Spill { object, len } => {
                 b.spill(object, &vec![1; len]);
             }
-            Op::Free { object, offset, len } => {
+            Op::Free {
+                object,
+                offset,
+                len,
+            } => {
                 b.free(object, offset, len);
             }
             Op::FreeObjects { first, n } => {
                 b.free_objects(first, n);
             }
-            Op::Redact { object, offset, len } => {
+            Op::Redact {
+                object,
+                offset,
+                len,
+            } => {
                 let toguid = b.toguid();
-                b.record(Body::Redact(Redact { object, offset, length: len, toguid }), &[]);
+                b.record(
+                    Body::Redact(Redact {
+                        object,
+                        offset,
+                        length: len,
+                        toguid,
+                    }),
+                    &[],
+                );
             }
         }
     }
