@@ -347,7 +347,9 @@ fn sign_extend(v: u64, width: usize, signed: bool) -> u64 {
     (((v << shift) as i64) >> shift) as u64
 }
 
-fn cstr(bytes: &[u8], offset: usize) -> Result<String, NvError> {
+/// A NUL-terminated string at the start of `bytes`, and the bytes it takes
+/// (terminator included: a lossy decoding may be longer than the bytes).
+fn cstr_len(bytes: &[u8], offset: usize) -> Result<(String, usize), NvError> {
     let end = bytes
         .iter()
         .position(|&b| b == 0)
@@ -355,7 +357,11 @@ fn cstr(bytes: &[u8], offset: usize) -> Result<String, NvError> {
             offset,
             what: "string without terminating NUL",
         })?;
-    Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    Ok((String::from_utf8_lossy(&bytes[..end]).into_owned(), end + 1))
+}
+
+fn cstr(bytes: &[u8], offset: usize) -> Result<String, NvError> {
+    Ok(cstr_len(bytes, offset)?.0)
 }
 
 /// Reads NATIVE pairs up to the zero terminator.
@@ -421,8 +427,8 @@ fn native_pairs(r: &mut Reader, nvflag: u32, depth: usize) -> Result<NvList, NvE
                     .ok_or(bad("string array too long"))?;
                 let mut v = Vec::with_capacity(nelem.min(1024));
                 for _ in 0..nelem {
-                    let s = cstr(&val[at..], start)?;
-                    at += s.len() + 1;
+                    let (s, used) = cstr_len(&val[at..], start)?;
+                    at += used;
                     v.push(s);
                 }
                 Value::Strings(v)
@@ -823,6 +829,22 @@ mod tests {
             assert_eq!(found, enc);
             assert_eq!(back, list, "{enc:?}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_array_is_not_a_panic() {
+        // Found by the nvlist fuzzer: lossy decoding made a string longer
+        // than its bytes, and the next string's start ran off the pair.
+        let list = NvList::new().with("s", Value::Strings(vec!["ab".into(), "cd".into()]));
+        let mut packed = encode(&list, Encoding::Native(ByteOrder::Little));
+        let at = packed.windows(2).position(|w| w == b"ab").unwrap();
+        packed[at] = 0xff;
+        packed[at + 1] = 0xfe;
+        let (back, _) = decode(&packed).unwrap();
+        assert_eq!(
+            back.pairs[0].1,
+            Value::Strings(vec!["\u{fffd}\u{fffd}".into(), "cd".into()])
+        );
     }
 
     #[test]
