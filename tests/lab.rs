@@ -207,3 +207,30 @@ fn wireguard_netem_and_flaps_carry_zfs_send() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn quic_transfer_survives_wireguard_link_flaps() {
+    let results = run_scenario(
+        "transport.sh",
+        &[("LAB_FJORD_SEND", binary("fjord-send")), ("LAB_FJORD_RECV", binary("fjord-recv"))],
+    );
+    let asserts = Asserts::read(&results.join("results.txt"));
+    let mut problems = asserts.failures();
+    problems.extend(asserts.require(&[
+        "send-succeeded",
+        "flaps-were-mid-transfer",
+        "stored-stream-present",
+        "stored-byte-identical",
+        "no-partial-left",
+        "reconnected",
+        "resent-within-window",
+        "zfs-recv-of-stored",
+        "stored-content",
+        "stored-guid",
+        "unknown-key-refused",
+        "unknown-key-stored-nothing",
+    ]));
+    let counters = std::fs::read_to_string(results.join("counters")).unwrap_or_default();
+    eprintln!("transport over WireGuard with 3 flaps: {}", counters.trim());
+    assert!(problems.is_empty(), "lab assertions failed ({}):\n{}", results.display(), problems.join("\n"));
+}
