@@ -212,7 +212,10 @@ fn wireguard_netem_and_flaps_carry_zfs_send() {
 fn quic_transfer_survives_wireguard_link_flaps() {
     let results = run_scenario(
         "transport.sh",
-        &[("LAB_FJORD_SEND", binary("fjord-send")), ("LAB_FJORD_RECV", binary("fjord-recv"))],
+        &[
+            ("LAB_FJORD_SEND", binary("fjord-send")),
+            ("LAB_FJORD_RECV", binary("fjord-recv")),
+        ],
     );
     let asserts = Asserts::read(&results.join("results.txt"));
     let mut problems = asserts.failures();
@@ -232,5 +235,10 @@ fn quic_transfer_survives_wireguard_link_flaps() {
     ]));
     let counters = std::fs::read_to_string(results.join("counters")).unwrap_or_default();
     eprintln!("transport over WireGuard with 3 flaps: {}", counters.trim());
-    assert!(problems.is_empty(), "lab assertions failed ({}):\n{}", results.display(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "lab assertions failed ({}):\n{}",
+        results.display(),
+        problems.join("\n")
+    );
 }

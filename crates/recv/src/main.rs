@@ -3,6 +3,9 @@
 //! Subcommands live in their own modules; this file parses arguments, sets
 //! up logging and maps outcomes to exit codes.
 
+mod keygen;
+mod serve;
+mod unpack;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Verify(verify::Args),
+    Serve(serve::Args),
+    Keygen(keygen::Args),
+    Unpack(unpack::Args),
 }
 
 /// Exit codes (documented in README.md).
@@ -43,6 +49,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Verify(args) => verify::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Keygen(args) => match keygen::run(args) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("fjord-recv: error: {e:#}");
+                exit::IO_ERROR
+            }
+        },
+        Command::Unpack(args) => unpack::run(args),
     };
     ExitCode::from(code)
 }

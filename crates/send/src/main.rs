@@ -4,6 +4,9 @@
 //! up logging and maps outcomes to exit codes.
 
 mod inspect;
+mod keygen;
+mod pack;
+mod send;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,6 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Inspect(inspect::Args),
+    Send(send::Args),
+    Keygen(keygen::Args),
+    Pack(pack::Args),
 }
 
 /// Exit codes (documented in README.md).
@@ -42,6 +48,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Keygen(args) => match keygen::run(args) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("fjord-send: error: {e:#}");
+                exit::IO_ERROR
+            }
+        },
+        Command::Pack(args) => pack::run(args),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,514 @@
+//! The sending driver: reads a stream from any `std::io::Read`, cuts it
+//! into raw frames and runs a [`SenderSession`] over quinn connections,
+//! reconnecting with backoff until the session completes or its grace
+//! period ends.
+
+use crate::config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
+use crate::identity::{Identity, IdentityError, PublicKey};
+use crate::message::{DataFrame, Message, MessageReader, Offer, RefuseCode, Report, SessionId};
+use crate::sender::{SenderSession, SenderStats};
+use crate::{close_code, SessionError};
+use bytes::{Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+
+/// Why sending failed.
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The TLS handshake was refused (keys not pinned).
+    #[error("the receiver at {addr} and this sender do not trust each other's keys: {detail}. Check that --server-key is the receiver's public key and that the receiver lists this sender's public key with --allow-key")]
+    KeyRefused {
+        /// The receiver.
+        addr: SocketAddr,
+        /// What TLS said.
+        detail: String,
+    },
+    /// Reading the stream failed.
+    #[error("reading the stream failed after {at} bytes: {source}")]
+    Source {
+        /// Bytes read before.
+        at: u64,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Local setup failed (socket, TLS, options).
+    #[error("setup failed: {0}")]
+    Setup(String),
+    /// Key problems.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Options for [`send`].
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    /// The receiver.
+    pub to: SocketAddr,
+    /// The receiver's public key.
+    pub server_key: PublicKey,
+    /// What to offer (the session id is taken from here).
+    pub offer: Offer,
+    /// Link tuning.
+    pub link: LinkConfig,
+    /// Largest number of unacknowledged payload bytes kept for resending.
+    pub replay_window: u64,
+    /// Payload bytes per raw data frame.
+    pub frame_size: usize,
+    /// How long to keep trying while the link is down.
+    pub grace: Duration,
+    /// Reconnection backoff.
+    pub backoff: BackoffConfig,
+    /// Local address to bind (port 0 for any).
+    pub bind: SocketAddr,
+}
+
+impl SendOptions {
+    /// Defaults for sending `offer` to `to`: 64 MiB replay window, 1 MiB
+    /// frames, 5 minutes of grace.
+    pub fn new(to: SocketAddr, server_key: PublicKey, offer: Offer) -> SendOptions {
+        let bind: SocketAddr = if to.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        SendOptions {
+            to,
+            server_key,
+            offer,
+            link: LinkConfig::default(),
+            replay_window: 64 << 20,
+            frame_size: 1 << 20,
+            grace: Duration::from_secs(300),
+            backoff: BackoffConfig::default(),
+            bind,
+        }
+    }
+}
+
+/// Live counters of a running transfer (shared with the caller).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Payload bytes sent, resent ones included.
+    pub bytes_sent: AtomicU64,
+    /// Payload bytes resent after reconnections.
+    pub bytes_resent: AtomicU64,
+    /// Reconnections.
+    pub reconnects: AtomicU64,
+    /// Offset acknowledged by the receiver.
+    pub acked: AtomicU64,
+}
+
+impl Counters {
+    fn publish(&self, s: &SenderStats) {
+        self.bytes_sent.store(s.bytes_sent, Ordering::Relaxed);
+        self.bytes_resent.store(s.bytes_resent, Ordering::Relaxed);
+        self.reconnects.store(s.reconnects, Ordering::Relaxed);
+        self.acked.store(s.acked, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of a completed transfer.
+#[derive(Clone, Debug)]
+pub struct SendOutcome {
+    /// The session.
+    pub session: SessionId,
+    /// Final counters.
+    pub stats: SenderStats,
+    /// The receiver's report.
+    pub report: Report,
+    /// Stream length.
+    pub length: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+enum Source {
+    Data(Bytes),
+    Eof,
+    Failed(std::io::Error),
+}
+
+fn spawn_reader<R: std::io::Read + Send + 'static>(
+    mut source: R,
+    frame: usize,
+) -> mpsc::Receiver<Source> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::spawn(move || loop {
+        let mut buf = BytesMut::zeroed(frame);
+        let mut n = 0;
+        let item = loop {
+            match source.read(&mut buf[n..]) {
+                Ok(0) => break None,
+                Ok(k) => {
+                    n += k;
+                    if n == frame {
+                        break None;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(Source::Failed(e)),
+            }
+        };
+        if n > 0 {
+            buf.truncate(n);
+            if tx.blocking_send(Source::Data(buf.freeze())).is_err() {
+                return;
+            }
+        }
+        if let Some(e) = item {
+            let _ = tx.blocking_send(e);
+            return;
+        }
+        if n < frame {
+            let _ = tx.blocking_send(Source::Eof);
+            return;
+        }
+    });
+    rx
+}
+
+/// Why one connection ended.
+enum ConnEnd {
+    /// The session completed.
+    Done,
+    /// The link failed; reconnect.
+    Lost(String),
+}
+
+/// Sends `source` as one session. Blocks (asynchronously) until the
+/// receiver reports, or the session fails.
+pub async fn send<R: std::io::Read + Send + 'static>(
+    identity: &Identity,
+    opts: SendOptions,
+    source: R,
+    counters: Arc<Counters>,
+) -> Result<SendOutcome, SendError> {
+    let span = tracing::info_span!("send", session = %opts.offer.session, to = %opts.to, dataset = %opts.offer.dataset);
+    send_inner(identity, opts, source, counters)
+        .instrument(span)
+        .await
+}
+
+async fn send_inner<R: std::io::Read + Send + 'static>(
+    identity: &Identity,
+    opts: SendOptions,
+    source: R,
+    counters: Arc<Counters>,
+) -> Result<SendOutcome, SendError> {
+    if opts.replay_window < opts.frame_size as u64 {
+        return Err(SendError::Setup(format!(
+            "the replay window ({} bytes) must hold at least one frame ({} bytes)",
+            opts.replay_window, opts.frame_size
+        )));
+    }
+    let started = Instant::now();
+    let tls = identity.client_tls(opts.server_key)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| SendError::Setup(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(opts.link.transport_arc().map_err(SendError::Setup)?);
+    let mut endpoint = quinn::Endpoint::client(opts.bind)
+        .map_err(|e| SendError::Setup(format!("cannot bind UDP socket {}: {e}", opts.bind)))?;
+    endpoint.set_default_client_config(cfg);
+
+    let mut session = SenderSession::new(
+        opts.offer.clone(),
+        identity.public_key().0,
+        opts.replay_window,
+        opts.grace,
+        Instant::now(),
+    );
+    let mut src = spawn_reader(source, opts.frame_size);
+    let mut source_done = false;
+    let mut backoff = Backoff::new(opts.backoff);
+    let mut limiter = opts
+        .link
+        .rate_limit
+        .map(|r| RateLimiter::new(r, (opts.frame_size as u64).max(r / 10), Instant::now()));
+
+    let result = loop {
+        if let Err(e) = session.handle_timeout(Instant::now()) {
+            break Err(e.into());
+        }
+        let deadline = session
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + opts.grace);
+        let attempt = tokio::time::timeout_at(deadline.into(), connect(&endpoint, &opts)).await;
+        let conn = match attempt {
+            Err(_) => continue, // grace check at the top of the loop
+            Ok(Ok(c)) => c,
+            Ok(Err(ConnectFailure::Fatal(e))) => break Err(e),
+            Ok(Err(ConnectFailure::Retry(why))) => {
+                let delay = backoff.next_delay(fastrand::f64());
+                warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot connect to the receiver");
+                let wake = (Instant::now() + delay).min(deadline);
+                tokio::time::sleep_until(wake.into()).await;
+                continue;
+            }
+        };
+        info!(remote = %conn.remote_address(), "connected");
+        let end = run_connection(
+            &conn,
+            &opts,
+            &mut session,
+            &mut src,
+            &mut source_done,
+            &mut limiter,
+            &counters,
+        )
+        .await;
+        counters.publish(&session.stats());
+        match end {
+            Ok(ConnEnd::Done) => {
+                conn.close(close_code::DONE.into(), b"done");
+                break Ok(());
+            }
+            Ok(ConnEnd::Lost(why)) => {
+                session.disconnected(Instant::now());
+                if session.phase() != &crate::sender::SenderPhase::Disconnected {
+                    // Lost before any answer: nothing changed.
+                }
+                let delay = backoff.next_delay(fastrand::f64());
+                warn!(error = %why, acked = session.stats().acked, retry_in_ms = delay.as_millis() as u64, "connection lost; the session is kept");
+                conn.close(close_code::FAILED.into(), b"lost");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                conn.close(close_code::FAILED.into(), reason.as_bytes());
+                break Err(e);
+            }
+        }
+        if session.stats().acked > 0 {
+            backoff.reset();
+        }
+    };
+    // Let the close frame go out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    counters.publish(&session.stats());
+    result?;
+    let report = match session.phase() {
+        crate::sender::SenderPhase::Done(r) => r.clone(),
+        p => return Err(SessionError::Internal(format!("finished in phase {p:?}")).into()),
+    };
+    let stats = session.stats();
+    info!(
+        bytes = session.produced(),
+        bytes_sent = stats.bytes_sent,
+        bytes_resent = stats.bytes_resent,
+        reconnects = stats.reconnects,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "transfer complete"
+    );
+    Ok(SendOutcome {
+        session: opts.offer.session,
+        stats,
+        report,
+        length: session.produced(),
+        elapsed: started.elapsed(),
+    })
+}
+
+enum ConnectFailure {
+    Fatal(SendError),
+    Retry(String),
+}
+
+/// True when a QUIC error is a TLS (crypto) failure: keys not accepted.
+fn crypto_failure(e: &quinn::ConnectionError) -> Option<String> {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return None,
+    };
+    (0x100..=0x1ff).contains(&code).then(|| e.to_string())
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    opts: &SendOptions,
+) -> Result<quinn::Connection, ConnectFailure> {
+    let connecting = endpoint
+        .connect(opts.to, "fjord")
+        .map_err(|e| ConnectFailure::Fatal(SendError::Setup(e.to_string())))?;
+    match tokio::time::timeout(opts.link.idle_timeout, connecting).await {
+        Err(_) => Err(ConnectFailure::Retry("handshake timed out".into())),
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => match crypto_failure(&e) {
+            Some(detail) => Err(ConnectFailure::Fatal(SendError::KeyRefused {
+                addr: opts.to,
+                detail,
+            })),
+            None => Err(ConnectFailure::Retry(e.to_string())),
+        },
+    }
+}
+
+/// Reads messages from `recv` into a channel until the stream or
+/// connection ends.
+fn spawn_message_reader(
+    mut recv: quinn::RecvStream,
+) -> mpsc::UnboundedReceiver<Result<Message, String>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut reader = MessageReader::new();
+        loop {
+            match reader.next_message() {
+                Ok(Some(m)) => {
+                    if tx.send(Ok(m)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(format!("undecodable message from the receiver: {e}")));
+                    return;
+                }
+            }
+            match recv.read_chunk(1 << 20, true).await {
+                Ok(Some(chunk)) => reader.feed(&chunk.bytes),
+                Ok(None) => {
+                    let _ = tx.send(Err("the receiver closed the stream".into()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    conn: &quinn::Connection,
+    opts: &SendOptions,
+    session: &mut SenderSession,
+    src: &mut mpsc::Receiver<Source>,
+    source_done: &mut bool,
+    limiter: &mut Option<RateLimiter>,
+    counters: &Counters,
+) -> Result<ConnEnd, SendError> {
+    let lost = |e: &dyn std::fmt::Display| -> Result<ConnEnd, SendError> {
+        if let Some(reason) = conn.close_reason() {
+            if let Some(detail) = crypto_failure(&reason) {
+                return Err(SendError::KeyRefused {
+                    addr: opts.to,
+                    detail,
+                });
+            }
+            if let quinn::ConnectionError::ApplicationClosed(c) = &reason {
+                if c.error_code == close_code::REFUSED.into()
+                    || c.error_code == close_code::FAILED.into()
+                    || c.error_code == close_code::PROTOCOL.into()
+                {
+                    return Err(SessionError::PeerAborted(
+                        String::from_utf8_lossy(&c.reason).into_owned(),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(ConnEnd::Lost(e.to_string()))
+    };
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return lost(&e),
+    };
+    let mut incoming = spawn_message_reader(recv);
+    session.connected(Instant::now())?;
+    let mut buf = BytesMut::new();
+    loop {
+        if session.is_done() {
+            let _ = send.finish();
+            return Ok(ConnEnd::Done);
+        }
+        // Take everything the receiver said so far.
+        loop {
+            match incoming.try_recv() {
+                Ok(Ok(m)) => {
+                    if let Err(e) = session.handle(m, Instant::now()) {
+                        if let SessionError::Refused {
+                            code: RefuseCode::Busy,
+                            reason,
+                        } = &e
+                        {
+                            return Ok(ConnEnd::Lost(format!("receiver busy: {reason}")));
+                        }
+                        return Err(e.into());
+                    }
+                    if session.is_done() {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => return lost(&e),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return lost(&"message reader ended")
+                }
+            }
+        }
+        counters.publish(&session.stats());
+        if session.is_done() {
+            let _ = send.finish();
+            return Ok(ConnEnd::Done);
+        }
+        if let Some(msg) = session.poll_transmit() {
+            if let (Some(l), Message::Data(f)) = (limiter.as_mut(), &msg) {
+                let wait = l.take(f.payload.len() as u64, Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            buf.clear();
+            msg.encode(&mut buf);
+            if let Err(e) = send.write_all(&buf).await {
+                return lost(&e);
+            }
+            continue;
+        }
+        // Nothing to send: wait for the receiver or the source.
+        let want_source = !*source_done && session.can_push(opts.frame_size);
+        tokio::select! {
+            m = incoming.recv() => match m {
+                Some(Ok(m)) => {
+                    if let Err(e) = session.handle(m, Instant::now()) {
+                        if let SessionError::Refused { code: RefuseCode::Busy, reason } = &e {
+                            return Ok(ConnEnd::Lost(format!("receiver busy: {reason}")));
+                        }
+                        return Err(e.into());
+                    }
+                    continue;
+                }
+                Some(Err(e)) => return lost(&e),
+                None => return lost(&"message reader ended"),
+            },
+            item = src.recv(), if want_source => match item {
+                Some(Source::Data(b)) => {
+                    let start = session.produced();
+                    session.push(DataFrame::raw(start, b))?;
+                }
+                Some(Source::Eof) | None => {
+                    *source_done = true;
+                    session.finish_input(Bytes::new());
+                }
+                Some(Source::Failed(e)) => {
+                    let at = session.produced();
+                    let _ = send.write_all(&Message::Abort { reason: format!("the sender could not read the stream: {e}") }.to_bytes()).await;
+                    return Err(SendError::Source { at, source: e });
+                }
+            },
+        }
+    }
+}

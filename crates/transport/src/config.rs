@@ -1,0 +1,227 @@
+//! Link tuning, reconnection backoff and the bandwidth limit: pure values
+//! and arithmetic, turned into quinn's configuration at the edge.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest UDP payload that fits a WireGuard tunnel of MTU 1420 over IPv6
+/// (1420 − 40 IPv6 − 8 UDP); IPv4 leaves 20 bytes to spare.
+pub const WIREGUARD_UDP_PAYLOAD: u16 = 1372;
+
+/// QUIC tuning for one link.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Link bandwidth the windows are sized for, in bits per second.
+    pub bandwidth_bps: u64,
+    /// Round-trip time the windows are sized for.
+    pub rtt: Duration,
+    /// A connection with no packets for this long is declared lost
+    /// (then the session's grace period decides what happens).
+    pub idle_timeout: Duration,
+    /// Keep-alive interval; must be below `idle_timeout`.
+    pub keep_alive: Duration,
+    /// Largest UDP payload sent (initial MTU and MTU discovery cap).
+    pub max_udp_payload: u16,
+    /// Sending rate limit in bytes per second (data frames only).
+    pub rate_limit: Option<u64>,
+}
+
+impl Default for LinkConfig {
+    /// Good for 1 Gbit/s at 50 ms through WireGuard.
+    fn default() -> Self {
+        LinkConfig {
+            bandwidth_bps: 1_000_000_000,
+            rtt: Duration::from_millis(50),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_udp_payload: WIREGUARD_UDP_PAYLOAD,
+            rate_limit: None,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// The bandwidth-delay product in bytes.
+    pub fn bdp(&self) -> u64 {
+        (self.bandwidth_bps as u128 * self.rtt.as_micros() / 8 / 1_000_000) as u64
+    }
+
+    /// The stream receive window: twice the BDP, at least 4 MiB, so one
+    /// stream fills the link with room for loss recovery.
+    pub fn stream_window(&self) -> u64 {
+        (2 * self.bdp()).clamp(4 << 20, 1 << 30)
+    }
+
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.keep_alive >= self.idle_timeout {
+            return Err(format!(
+                "keep-alive interval {:?} must be below the idle timeout {:?}",
+                self.keep_alive, self.idle_timeout
+            ));
+        }
+        if self.max_udp_payload < 1200 {
+            return Err(format!(
+                "max UDP payload {} is below QUIC's minimum of 1200",
+                self.max_udp_payload
+            ));
+        }
+        if self.rate_limit == Some(0) {
+            return Err("a rate limit of 0 would never send anything".into());
+        }
+        Ok(())
+    }
+
+    /// quinn's transport configuration for these values.
+    pub fn transport(&self) -> Result<quinn::TransportConfig, String> {
+        self.validate()?;
+        let mut t = quinn::TransportConfig::default();
+        let window = self.stream_window();
+        let varint = |v: u64| quinn::VarInt::from_u64(v).map_err(|e| e.to_string());
+        t.stream_receive_window(varint(window)?);
+        t.receive_window(varint(2 * window)?);
+        t.send_window(2 * window);
+        t.max_concurrent_uni_streams(0u32.into());
+        t.max_concurrent_bidi_streams(4u32.into());
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|e| e.to_string())?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.initial_mtu(self.max_udp_payload);
+        t.min_mtu(1200);
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.max_udp_payload);
+        t.mtu_discovery_config(Some(mtu));
+        Ok(t)
+    }
+
+    /// The transport configuration, shared.
+    pub fn transport_arc(&self) -> Result<Arc<quinn::TransportConfig>, String> {
+        self.transport().map(Arc::new)
+    }
+}
+
+/// Reconnection backoff settings.
+#[derive(Clone, Copy, Debug)]
+pub struct BackoffConfig {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: the n-th delay is drawn uniformly
+/// from [d/2, d] where d = min(max, initial · 2ⁿ).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    cfg: BackoffConfig,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub fn new(cfg: BackoffConfig) -> Backoff {
+        Backoff { cfg, attempt: 0 }
+    }
+
+    /// The next delay; `unit` is a random number in [0, 1).
+    pub fn next_delay(&mut self, unit: f64) -> Duration {
+        let factor = 2u32.saturating_pow(self.attempt.min(20));
+        let d = self.cfg.initial.saturating_mul(factor).min(self.cfg.max);
+        self.attempt = self.attempt.saturating_add(1);
+        d.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A token bucket for the bandwidth limit.
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// `rate` bytes per second with a burst of `burst` bytes.
+    pub fn new(rate: u64, burst: u64, now: Instant) -> RateLimiter {
+        RateLimiter {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: now,
+        }
+    }
+
+    /// Takes `n` bytes; returns how long to wait before sending them.
+    pub fn take(&mut self, n: u64, now: Instant) -> Duration {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fit_a_gigabit_at_50ms_through_wireguard() {
+        let c = LinkConfig::default();
+        assert_eq!(c.bdp(), 6_250_000);
+        assert!(c.stream_window() >= c.bdp());
+        assert!(c.keep_alive < c.idle_timeout);
+        assert!(c.max_udp_payload + 40 + 8 <= 1420);
+        c.transport().unwrap();
+        let bad = LinkConfig {
+            keep_alive: Duration::from_secs(60),
+            ..LinkConfig::default()
+        };
+        assert!(bad.transport().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        });
+        assert_eq!(b.next_delay(1.0), Duration::from_millis(100));
+        assert_eq!(b.next_delay(0.0), Duration::from_millis(100));
+        assert_eq!(b.next_delay(1.0), Duration::from_millis(400));
+        for _ in 0..50 {
+            let d = b.next_delay(0.5);
+            assert!(d <= Duration::from_secs(1) && d >= Duration::from_millis(500));
+        }
+        b.reset();
+        assert_eq!(b.next_delay(1.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rate_limiter_spaces_sends() {
+        let t = Instant::now();
+        let mut r = RateLimiter::new(1000, 1000, t);
+        assert_eq!(r.take(1000, t), Duration::ZERO);
+        assert_eq!(r.take(500, t), Duration::from_millis(500));
+        assert_eq!(r.take(0, t + Duration::from_millis(500)), Duration::ZERO);
+    }
+}

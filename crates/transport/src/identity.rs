@@ -1,0 +1,399 @@
+//! Identities, WireGuard style: each end has an Ed25519 key pair; the
+//! public key (32 bytes, base64) is what the operator copies to the other
+//! end. On the wire each end presents a self-signed certificate of its key,
+//! and a rustls verifier accepts the peer only if the certificate's key is
+//! one of the pinned keys. Names, CAs and validity dates play no part.
+
+use base64::Engine as _;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key
+/// bytes follow.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Problems with keys and key files.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// The key file cannot be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The key file exists and would be overwritten.
+    #[error("key file {0} already exists; remove it first if you really mean to replace this node's identity (its peers must then be given the new public key)")]
+    Exists(String),
+    /// The key file is not an Ed25519 PKCS#8 PEM key.
+    #[error("key file {path} is not an fjord private key (Ed25519, PKCS#8 PEM, as written by `keygen`): {why}")]
+    BadKeyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// A public key string is malformed.
+    #[error("public key {text:?} is invalid: {why}; expected the 44-character base64 string printed by `keygen`")]
+    BadPublicKey {
+        /// The string.
+        text: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// Certificate generation or TLS configuration failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// A public key: 32 raw Ed25519 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// Extracts an Ed25519 key from a SubjectPublicKeyInfo.
+    pub fn from_spki(spki: &[u8]) -> Option<PublicKey> {
+        let rest = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
+        let raw: [u8; 32] = rest.try_into().ok()?;
+        Some(PublicKey(raw))
+    }
+
+    /// The key of a certificate.
+    pub fn from_certificate(cert: &CertificateDer<'_>) -> Option<PublicKey> {
+        let parsed = ParsedCertificate::try_from(cert).ok()?;
+        PublicKey::from_spki(parsed.subject_public_key_info().as_ref())
+    }
+}
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = IdentityError;
+    fn from_str(s: &str) -> Result<PublicKey, IdentityError> {
+        let bad = |why| IdentityError::BadPublicKey {
+            text: s.to_string(),
+            why,
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| bad("not base64"))?;
+        let raw: [u8; 32] = raw.try_into().map_err(|_| bad("not 32 bytes"))?;
+        Ok(PublicKey(raw))
+    }
+}
+
+/// This node's key pair and its self-signed certificate.
+pub struct Identity {
+    key: rcgen::KeyPair,
+    cert: CertificateDer<'static>,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.public)
+    }
+}
+
+impl Identity {
+    /// A fresh random identity.
+    pub fn generate() -> Result<Identity, IdentityError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        Identity::from_key(key)
+    }
+
+    fn from_key(key: rcgen::KeyPair) -> Result<Identity, IdentityError> {
+        let raw: [u8; 32] = key
+            .public_key_raw()
+            .try_into()
+            .map_err(|_| IdentityError::Tls("Ed25519 public key is not 32 bytes".into()))?;
+        let params = rcgen::CertificateParams::new(vec!["fjord".to_string()])
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        Ok(Identity {
+            cert: cert.der().clone(),
+            key,
+            public: PublicKey(raw),
+        })
+    }
+
+    /// Reads a private key file written by [`Identity::save`].
+    pub fn load(path: &Path) -> Result<Identity, IdentityError> {
+        let name = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| IdentityError::BadKeyFile {
+            path: name.clone(),
+            why: e.to_string(),
+        })?;
+        if key.algorithm() != &rcgen::PKCS_ED25519 {
+            return Err(IdentityError::BadKeyFile {
+                path: name,
+                why: "not an Ed25519 key".into(),
+            });
+        }
+        Identity::from_key(key)
+    }
+
+    /// Writes the private key to a new file readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
+        use std::io::Write;
+        let name = path.display().to_string();
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::Exists(name.clone())
+            } else {
+                IdentityError::Io {
+                    path: name.clone(),
+                    source,
+                }
+            }
+        })?;
+        f.write_all(self.key.serialize_pem().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|source| IdentityError::Io { path: name, source })
+    }
+
+    /// The public key to give to peers.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn private_key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
+    }
+
+    /// rustls client configuration: present our certificate, accept only
+    /// a server whose key is `server_key`.
+    pub fn client_tls(&self, server_key: PublicKey) -> Result<rustls::ClientConfig, IdentityError> {
+        let provider = provider();
+        let verifier = Arc::new(PinnedKeys {
+            allowed: vec![server_key],
+            provider: provider.clone(),
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| IdentityError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(vec![self.cert.clone()], self.private_key_der())
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    /// rustls server configuration: present our certificate, require a
+    /// client certificate whose key is one of `allowed`.
+    pub fn server_tls(
+        &self,
+        allowed: Vec<PublicKey>,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
+        let provider = provider();
+        let verifier = Arc::new(PinnedKeys {
+            allowed,
+            provider: provider.clone(),
+        });
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| IdentityError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], self.private_key_der())
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// The TLS application protocol name.
+pub const ALPN: &[u8] = b"fjord";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The peer's key from a connection's TLS identity.
+pub fn peer_key(identity: Option<Box<dyn std::any::Any>>) -> Option<PublicKey> {
+    let certs = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    PublicKey::from_certificate(certs.first()?)
+}
+
+/// A verifier that accepts exactly the pinned keys (both directions).
+#[derive(Debug)]
+struct PinnedKeys {
+    allowed: Vec<PublicKey>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedKeys {
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let key = PublicKey::from_certificate(cert).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        if self.allowed.contains(&key) {
+            Ok(())
+        } else {
+            tracing::warn!(peer_key = %key, "refused a peer whose key is not pinned");
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+}
+
+impl ServerCertVerifier for PinnedKeys {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+impl ClientCertVerifier for PinnedKeys {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_files_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let id = Identity::generate().unwrap();
+        id.save(&path).unwrap();
+        assert!(matches!(id.save(&path), Err(IdentityError::Exists(_))));
+        let back = Identity::load(&path).unwrap();
+        assert_eq!(back.public_key(), id.public_key());
+        let text = id.public_key().to_string();
+        assert_eq!(text.len(), 44);
+        assert_eq!(text.parse::<PublicKey>().unwrap(), id.public_key());
+        assert_eq!(PublicKey::from_certificate(&id.cert), Some(id.public_key()));
+        assert!("nope".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn the_verifier_accepts_only_pinned_keys() {
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let v = PinnedKeys {
+            allowed: vec![a.public_key()],
+            provider: provider(),
+        };
+        assert!(v.check(&a.cert).is_ok());
+        assert!(v.check(&b.cert).is_err());
+        assert!(v.check(&CertificateDer::from(vec![0u8; 10])).is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! # fjord-transport
+//!
+//! fjord's session protocol and its QUIC driver.
+//!
+//! - [`message`]: the versioned messages and their fuzz-safe decoder.
+//! - [`sender`] and [`receiver`]: sans-IO state machines for the two ends
+//!   (hello, offer, answer, data frames with stream offsets, acks of the
+//!   offset delivered downstream, end, report; grace periods; the bounded
+//!   replay buffer). No sockets, no clocks: time is an argument.
+//! - [`identity`]: Ed25519 keys, self-signed certificates, and the rustls
+//!   verifiers that pin the peer's public key.
+//! - [`config`]: QUIC tuning for long fat links, backoff, rate limit.
+//! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
+//! - [`client`] and [`server`]: the thin tokio + quinn drivers.
+//!
+//! A transfer is one session, identified by a random [`SessionId`]; it
+//! survives connections. When the link drops, both ends keep the session
+//! for a grace period; the sender reconnects with backoff and the receiver
+//! answers `Resume` at the offset it delivered downstream, so at most the
+//! replay window is sent again.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod message;
+pub mod receiver;
+pub mod sender;
+pub mod server;
+pub mod sink;
+
+pub use config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
+pub use identity::{Identity, IdentityError, PublicKey};
+pub use message::{Message, Offer, RefuseCode, SessionId, Snapshot};
+pub use receiver::{ReceiverSession, ReceiverStats};
+pub use sender::{SenderSession, SenderStats};
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a session failed (both ends).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// The peer refused.
+    #[error("refused by the receiver ({code:?}): {reason}")]
+    Refused {
+        /// The code.
+        code: RefuseCode,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// No working connection for the whole grace period.
+    #[error("the link stayed down longer than the grace period of {}s ({delivered} bytes had been delivered); the session is abandoned and the receiver discards the partial stream. Check the link, or raise --grace", grace.as_secs())]
+    GraceExpired {
+        /// The grace period.
+        grace: Duration,
+        /// Bytes delivered downstream before.
+        delivered: u64,
+    },
+    /// The receiver asked to resume where the replay buffer no longer reaches.
+    #[error("the receiver asked to resume at offset {offset}, but the replay buffer holds {base}..{produced}; the receiver probably lost its session (restarted). Send the stream again")]
+    ResumeOutsideWindow {
+        /// Requested offset.
+        offset: u64,
+        /// Oldest offset still held.
+        base: u64,
+        /// Newest offset produced.
+        produced: u64,
+    },
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer aborted the session.
+    #[error("the peer aborted the session: {0}")]
+    PeerAborted(String),
+    /// The receiver reported failure.
+    #[error("the receiver failed to store the stream: {0}")]
+    ReceiverFailed(String),
+    /// A bug in the caller's use of the state machine.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// QUIC application close codes.
+pub mod close_code {
+    /// The session completed.
+    pub const DONE: u32 = 0;
+    /// The offer or hello was refused.
+    pub const REFUSED: u32 = 1;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u32 = 2;
+    /// A newer connection of the same session replaced this one.
+    pub const TAKEN_OVER: u32 = 3;
+    /// The session failed.
+    pub const FAILED: u32 = 4;
+    /// The endpoint is shutting down.
+    pub const SHUTDOWN: u32 = 5;
+}
