@@ -11,8 +11,8 @@ mod verify;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// fjord's receiving side. Today: a verifying filter that only ever lets
-/// checksum-verified send-stream records through to `zfs recv`.
+/// fjord's receiving side: receive streams from `fjord-send send` over QUIC,
+/// verify streams on their way into `zfs recv`, unpack pack files, make keys.
 #[derive(Parser)]
 #[command(name = "fjord-recv", version, about, long_about = None)]
 struct Cli {
@@ -28,24 +28,10 @@ enum Command {
     Unpack(unpack::Args),
 }
 
-/// Exit codes (documented in README.md).
-pub mod exit {
-    /// The whole stream was verified and written.
-    pub const OK: u8 = 0;
-    /// The stream is invalid or truncated; only verified records were written.
-    pub const INVALID_STREAM: u8 = 1;
-    /// Reading the input or writing the output failed.
-    pub const IO_ERROR: u8 = 3;
-}
+pub use fjord_cli::exit;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fjord_cli::init_logging();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Verify(args) => verify::run(args),

@@ -26,15 +26,11 @@ pub struct Args {
 /// Runs the subcommand; returns the exit code.
 pub fn run(args: Args) -> u8 {
     let name = args.input.display().to_string();
-    let source: Box<dyn std::io::Read> = if name == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        match std::fs::File::open(&args.input) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("fjord-recv: error: cannot open {name}: {e}");
-                return exit::IO_ERROR;
-            }
+    let source = match fjord_cli::open_input(&args.input) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("fjord-recv: error: cannot open {name}: {e}");
+            return exit::IO_ERROR;
         }
     };
     let sink: Box<dyn Write> = match &args.output {

@@ -1,7 +1,6 @@
 //! `fjord-send inspect`: summarise (and with `--verify`, check) a send stream.
 
 use crate::exit;
-use anyhow::Context;
 use fjord_stream::read::{decode_all, ReadError};
 use fjord_stream::{DecoderOptions, RecordType, Summary};
 use std::io::Write;
@@ -39,15 +38,11 @@ struct Report<'a> {
 /// Runs the subcommand; returns the exit code.
 pub fn run(args: Args) -> u8 {
     let name = args.input.display().to_string();
-    let source: Box<dyn std::io::Read> = if name == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        match std::fs::File::open(&args.input).with_context(|| format!("cannot open {name}")) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("fjord-send: error: {e:#}");
-                return exit::IO_ERROR;
-            }
+    let source = match fjord_cli::open_input(&args.input) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("fjord-send: error: cannot open {name}: {e}");
+            return exit::IO_ERROR;
         }
     };
     let opts = DecoderOptions {

@@ -11,7 +11,8 @@ mod send;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// fjord's sending side. Today: inspect and verify ZFS send streams.
+/// fjord's sending side: inspect ZFS send streams, send them to a DR node
+/// over QUIC (surviving link flaps), pack them into files, make keys.
 #[derive(Parser)]
 #[command(name = "fjord-send", version, about, long_about = None)]
 struct Cli {
@@ -27,24 +28,10 @@ enum Command {
     Pack(pack::Args),
 }
 
-/// Exit codes (documented in README.md).
-pub mod exit {
-    /// The stream is valid (or the command succeeded).
-    pub const OK: u8 = 0;
-    /// The stream is invalid or truncated.
-    pub const INVALID_STREAM: u8 = 1;
-    /// Reading the input failed (missing file, I/O error).
-    pub const IO_ERROR: u8 = 3;
-}
+pub use fjord_cli::exit;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fjord_cli::init_logging();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Inspect(args) => inspect::run(args),
