@@ -1,10 +1,12 @@
 //! What the two fjord binaries share, so that they behave alike: exit
-//! codes, logging set-up, and reading a `FILE` argument where `-` means
-//! standard input.
+//! codes, logging set-up, reading a `FILE` argument where `-` means
+//! standard input, and the link options of `send` and `serve`.
 #![warn(missing_docs)]
 
+use fjord_transport::LinkConfig;
 use std::io::Read;
 use std::path::Path;
+use std::time::Duration;
 
 /// Exit codes of every fjord command (documented in README.md).
 pub mod exit {
@@ -34,5 +36,53 @@ pub fn open_input(path: &Path) -> std::io::Result<Box<dyn Read>> {
         Ok(Box::new(std::io::stdin().lock()))
     } else {
         Ok(Box::new(std::fs::File::open(path)?))
+    }
+}
+
+/// The link options both ends of a transfer take (`fjord-send send`,
+/// `fjord-recv serve`); flatten into a command's arguments.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LinkArgs {
+    /// Link bandwidth the QUIC windows are sized for, Mbit/s.
+    #[arg(long, value_name = "MBIT", default_value_t = 1000)]
+    pub link_mbit: u64,
+    /// Link round-trip time the QUIC windows are sized for, ms.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub link_rtt_ms: u64,
+    /// Declare a connection dead after this long without packets
+    /// (the session survives it; see --grace).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl LinkArgs {
+    /// The transport's link configuration for these options, with
+    /// keep-alives at a quarter of the idle timeout.
+    pub fn link_config(&self) -> LinkConfig {
+        LinkConfig {
+            bandwidth_bps: self.link_mbit * 1_000_000,
+            rtt: Duration::from_millis(self.link_rtt_ms),
+            idle_timeout: self.idle_timeout,
+            keep_alive: (self.idle_timeout / 4).max(Duration::from_millis(100)),
+            ..LinkConfig::default()
+        }
+    }
+}
+
+/// Parses `300`, `90s`, `10m`, `1h`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 300, 90s, 10m or 1h"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
 use fjord_transport::sink::FileSinkFactory;
-use fjord_transport::{Identity, LinkConfig, PublicKey};
+use fjord_transport::{Identity, PublicKey};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,41 +45,15 @@ pub struct Args {
     sink_dir: PathBuf,
     /// How long to keep a session whose connection was lost, waiting for
     /// the sender to come back (e.g. 300, 90s, 10m, 1h).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = fjord_cli::parse_duration)]
     grace: Duration,
     /// Unverified data held per stream before it is refused, MiB (only
     /// streams from OpenZFS before 0.6.5, without per-record checksums,
     /// come near it).
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     max_held_mib: u64,
-    /// Link bandwidth the QUIC windows are sized for, Mbit/s.
-    #[arg(long, value_name = "MBIT", default_value_t = 1000)]
-    link_mbit: u64,
-    /// Link round-trip time the QUIC windows are sized for, ms.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
-    link_rtt_ms: u64,
-    /// Declare a connection dead after this long without packets
-    /// (the session survives it; see --grace).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    idle_timeout: Duration,
-}
-
-/// Parses `300`, `90s`, `10m`, `1h`, `500ms`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 300, 90s, 10m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    }
+    #[command(flatten)]
+    link: fjord_cli::LinkArgs,
 }
 
 /// Runs the subcommand until the process is killed; returns the exit code
@@ -101,13 +75,7 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
         "--sink-dir {} is not a directory; create it first",
         args.sink_dir.display()
     );
-    let link = LinkConfig {
-        bandwidth_bps: args.link_mbit * 1_000_000,
-        rtt: Duration::from_millis(args.link_rtt_ms),
-        idle_timeout: args.idle_timeout,
-        keep_alive: (args.idle_timeout / 4).max(Duration::from_millis(100)),
-        ..LinkConfig::default()
-    };
+    let link = args.link.link_config();
     let opts = ServeOptions {
         listen: args.listen,
         allowed: args.allow_keys,

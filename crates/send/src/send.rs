@@ -47,7 +47,7 @@ pub struct Args {
     dataset: String,
     /// How long to keep trying while the link is down before giving up
     /// (e.g. 300, 90s, 10m, 1h).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = fjord_cli::parse_duration)]
     grace: Duration,
     /// Unacknowledged data kept for resending after a reconnection, MiB.
     /// Bounds both memory and what a flap costs.
@@ -57,34 +57,8 @@ pub struct Args {
     /// suffix (1024-based), e.g. 50M.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     bwlimit: Option<u64>,
-    /// Link bandwidth the QUIC windows are sized for, Mbit/s.
-    #[arg(long, value_name = "MBIT", default_value_t = 1000)]
-    link_mbit: u64,
-    /// Link round-trip time the QUIC windows are sized for, ms.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
-    link_rtt_ms: u64,
-    /// Declare a connection dead after this long without packets
-    /// (the session survives it; see --grace).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    idle_timeout: Duration,
-}
-
-/// Parses `300`, `90s`, `10m`, `1h`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 300, 90s, 10m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    }
+    #[command(flatten)]
+    link: fjord_cli::LinkArgs,
 }
 
 /// Parses `1000000`, `500K`, `50M`, `1G` (bytes per second).
@@ -196,12 +170,8 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
     opts.grace = args.grace;
     opts.replay_window = args.replay_window_mib.max(2) << 20;
     opts.link = LinkConfig {
-        bandwidth_bps: args.link_mbit * 1_000_000,
-        rtt: Duration::from_millis(args.link_rtt_ms),
-        idle_timeout: args.idle_timeout,
-        keep_alive: (args.idle_timeout / 4).max(Duration::from_millis(100)),
         rate_limit: args.bwlimit,
-        ..LinkConfig::default()
+        ..args.link.link_config()
     };
     let source = std::io::Cursor::new(prefix).chain(source);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -233,10 +203,19 @@ mod tests {
 
     #[test]
     fn durations_and_rates_parse() {
-        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("5 weeks").is_err());
+        assert_eq!(
+            fjord_cli::parse_duration("300"),
+            Ok(Duration::from_secs(300))
+        );
+        assert_eq!(
+            fjord_cli::parse_duration("10m"),
+            Ok(Duration::from_secs(600))
+        );
+        assert_eq!(
+            fjord_cli::parse_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert!(fjord_cli::parse_duration("5 weeks").is_err());
         assert_eq!(parse_rate("50M"), Ok(50 << 20));
         assert_eq!(parse_rate("1000"), Ok(1000));
         assert!(parse_rate("0").is_err());
