@@ -1,0 +1,786 @@
+//! The sender's and the receiver's config files ([`SendConfig`],
+//! [`RecvConfig`]), loaded and checked as a whole so that a bad file fails
+//! at start-up with the file, the key and what to do, not halfway through
+//! a job.
+//!
+//! Unknown keys are refused: a misspelt `snapshot_prefx` silently falling
+//! back to its default would be worse than an error.
+
+use crate::retention::Retention;
+use fjord_zfs::command::{RecvSpec, SendKind, SendSpec};
+use fjord_zfs::names::{is_within_prefix, validate_dataset, validate_snapshot_short_name};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a config file was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key has the wrong type or is unknown or missing.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (with line, column and key).
+        message: String,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("config file {}: {key}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, such as `job[2].target_dataset` (jobs counted from 1).
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_prefix() -> String {
+    "fjord".into()
+}
+fn default_parallelism() -> usize {
+    2
+}
+fn default_max_concurrent() -> usize {
+    4
+}
+
+/// `fjord-send push`'s config (`/etc/fjord/send.toml`). See the crate docs
+/// for a full example.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendConfig {
+    /// This sender's private key file.
+    pub key: PathBuf,
+    /// Where job locks and status files live.
+    pub state_dir: PathBuf,
+    /// Where to write Prometheus metrics (node-exporter's textfile
+    /// collector), if anywhere.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
+    /// The jobs, in file order (`[[job]]`).
+    #[serde(rename = "job", default)]
+    pub jobs: Vec<Job>,
+}
+
+/// Snapshot retention on both ends; a side without a table never prunes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// `[job.retention.source]`: prune fjord's snapshots on the source.
+    #[serde(default)]
+    pub source: Option<Retention>,
+    /// `[job.retention.target]`: prune fjord's snapshots on the target.
+    #[serde(default)]
+    pub target: Option<Retention>,
+}
+
+/// One `[[job]]`: replicate `source` (and, if `recursive`, its
+/// descendants) to `target_dataset` on `target_host`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// The job's name (`[A-Za-z0-9_-]+`): names its lock, status and
+    /// metrics.
+    pub name: String,
+    /// The dataset to replicate.
+    pub source: String,
+    /// Also replicate the descendants of `source`.
+    #[serde(default)]
+    pub recursive: bool,
+    /// The receiver, `host:port`.
+    pub target_host: String,
+    /// The receiver's public key (the transport parses it).
+    pub target_key: String,
+    /// Where `source` lands; its descendants land below it.
+    pub target_dataset: String,
+    /// fjord's snapshots are `{snapshot_prefix}_{UTC time}` (default `fjord`).
+    #[serde(default = "default_prefix")]
+    pub snapshot_prefix: String,
+    /// Send with `-I` (every snapshot in between, the default) or `-i`.
+    #[serde(default = "default_true")]
+    pub intermediates: bool,
+    /// Datasets replicated at once (default 2).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+    /// Bandwidth limit, bytes per second, from `"50M"` (K, M, G and T are
+    /// powers of 1024); `None` for no limit.
+    #[serde(default, deserialize_with = "de_bwlimit")]
+    pub bwlimit: Option<u64>,
+    /// `zfs send -w` (default false).
+    #[serde(default)]
+    pub raw: bool,
+    /// `zfs send -c` (default true).
+    #[serde(default = "default_true")]
+    pub compressed: bool,
+    /// `zfs send -L` (default true).
+    #[serde(default = "default_true")]
+    pub large_blocks: bool,
+    /// How long a broken link may stay down before the transfer is given
+    /// up, from `"5m"` (s, m, h, d); `None` for the transport's default.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub grace: Option<Duration>,
+    /// How long the link may be silent before it counts as broken, from
+    /// `"30s"`; `None` for the transport's default.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Snapshot retention.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+impl Job {
+    /// Where the source dataset `source_child` (`source` itself or one of
+    /// its descendants) lands: `tank/home/a/b` → `backup/oslo/home/a/b`.
+    /// `None` if `source_child` is not within `source`, or the mapped name
+    /// is not a valid dataset name (too long, say).
+    pub fn target_for(&self, source_child: &str) -> Option<String> {
+        target_for(self, source_child)
+    }
+
+    /// The `zfs send` flags of this job applied to `kind`.
+    pub fn send_spec(&self, kind: SendKind) -> SendSpec {
+        SendSpec {
+            kind,
+            raw: self.raw,
+            compressed: self.compressed,
+            large_blocks: self.large_blocks,
+            // Not configurable: without -e, embedded blocks travel as
+            // ordinary writes, which every receiving pool accepts.
+            embedded: false,
+        }
+    }
+}
+
+/// See [`Job::target_for`].
+pub fn target_for(job: &Job, source_child: &str) -> Option<String> {
+    if !is_within_prefix(source_child, &job.source) {
+        return None;
+    }
+    let below = &source_child[job.source.len()..]; // "" or "/a/b"
+    let target = format!("{}{below}", job.target_dataset);
+    validate_dataset(&target).ok().map(|()| target)
+}
+
+/// `[recv]` of the receiver's config: the `zfs recv` flags.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecvOptions {
+    /// `-s` (default true): keep partial receives so that they resume.
+    #[serde(default = "default_true")]
+    pub resumable: bool,
+    /// `-u` (default true): do not mount received datasets.
+    #[serde(default = "default_true")]
+    pub unmounted: bool,
+    /// `-x PROP` for each.
+    #[serde(default)]
+    pub exclude_props: Vec<String>,
+    /// `-o PROP=VALUE` for each.
+    #[serde(default)]
+    pub set_props: BTreeMap<String, String>,
+}
+
+impl Default for RecvOptions {
+    fn default() -> Self {
+        Self {
+            resumable: true,
+            unmounted: true,
+            exclude_props: Vec::new(),
+            set_props: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[[client]]`: a sender allowed to write at or below `prefixes`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Its name, for logs.
+    pub name: String,
+    /// Its public key (the transport parses it).
+    pub key: String,
+    /// The datasets it may write, with everything below them.
+    pub prefixes: Vec<String>,
+}
+
+/// `fjord-recv serve`'s config (`/etc/fjord/recv.toml`). See the crate
+/// docs for a full example.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecvConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// This receiver's private key file.
+    pub key: PathBuf,
+    /// Transfers at once (default 4).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// How long a broken link may stay down before a transfer is given up.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub grace: Option<Duration>,
+    /// How long a link may be silent before it counts as broken; `None`
+    /// for the transport's default.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// The `zfs recv` flags.
+    #[serde(default)]
+    pub recv: RecvOptions,
+    /// The senders allowed in.
+    #[serde(rename = "client", default)]
+    pub clients: Vec<Client>,
+}
+
+impl RecvConfig {
+    /// The `zfs recv` to run for `target`. `force` (`-F`) is the sender's
+    /// request after a planned rollback.
+    pub fn recv_spec(&self, target: &str, force: bool) -> RecvSpec {
+        RecvSpec {
+            target: target.into(),
+            force,
+            resumable: self.recv.resumable,
+            unmounted: self.recv.unmounted,
+            exclude_props: self.recv.exclude_props.clone(),
+            set_props: self
+                .recv
+                .set_props
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// The client whose key is `key`.
+    pub fn client_by_key(&self, key: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.key == key)
+    }
+}
+
+/// Parses a byte rate: digits with an optional K, M, G or T suffix
+/// (powers of 1024, either case). Zero is refused: omit the key instead.
+pub fn parse_bwlimit(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let multiplier: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{text:?} is not a rate: write bytes per second such as \"50M\" (K, M, G, T = powers of 1024)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate: write bytes per second such as \"50M\""))?;
+    if n == 0 {
+        return Err("a rate of 0 would stop every transfer: remove bwlimit for no limit".into());
+    }
+    n.checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a duration: digits with an optional s, m, h or d suffix (plain
+/// digits are seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: write such as \"90s\", \"5m\", \"1h\" or \"2d\""
+            ))
+        }
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a duration: write such as \"90s\", \"5m\", \"1h\" or \"2d\"")
+    })?;
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn de_bwlimit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| parse_bwlimit(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Collects the first validation failure with its key.
+struct Checker<'a> {
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn fail(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn valid_job_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl SendConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<SendConfig, ConfigError> {
+        let path = path.as_ref();
+        Self::from_toml(path, &read(path)?)
+    }
+
+    /// Parses and checks `text`; `path` is only for messages.
+    pub fn from_toml(path: &Path, text: &str) -> Result<SendConfig, ConfigError> {
+        let config: SendConfig = parse(path, text)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The job called `name`.
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let check = Checker { path };
+        if self.jobs.is_empty() {
+            return Err(check.fail("job", "no [[job]] table: add at least one job"));
+        }
+        let mut names = HashSet::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            let key = |field: &str| format!("job[{}].{field}", i + 1);
+            if !valid_job_name(&job.name) {
+                return Err(check.fail(
+                    key("name"),
+                    format!(
+                        "{:?} is not a job name: use letters, digits, '_' and '-'",
+                        job.name
+                    ),
+                ));
+            }
+            if !names.insert(job.name.as_str()) {
+                return Err(check.fail(
+                    key("name"),
+                    format!(
+                        "a job named {:?} is already defined: job names must be unique",
+                        job.name
+                    ),
+                ));
+            }
+            validate_dataset(&job.source).map_err(|e| check.fail(key("source"), e.to_string()))?;
+            validate_dataset(&job.target_dataset)
+                .map_err(|e| check.fail(key("target_dataset"), e.to_string()))?;
+            // The timestamp adds 19 bytes; the result must be a valid name.
+            let sample = fjord_zfs::snapname::format_snapshot_name(&job.snapshot_prefix, 0);
+            validate_snapshot_short_name(&job.snapshot_prefix)
+                .and_then(|()| validate_snapshot_short_name(&sample))
+                .map_err(|e| check.fail(key("snapshot_prefix"), e.to_string()))?;
+            if job.parallelism == 0 {
+                return Err(check.fail(key("parallelism"), "must be at least 1"));
+            }
+            let port_ok = job
+                .target_host
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(check.fail(
+                    key("target_host"),
+                    format!(
+                        "{:?} is not host:port, such as \"10.10.0.2:7450\"",
+                        job.target_host
+                    ),
+                ));
+            }
+            if job.target_key.trim().is_empty() {
+                return Err(check.fail(
+                    key("target_key"),
+                    "is empty: give the receiver's public key",
+                ));
+            }
+        }
+        // Two jobs writing the same target (or one inside a recursive
+        // other's) would roll back and prune each other's snapshots.
+        for (i, a) in self.jobs.iter().enumerate() {
+            for b in &self.jobs[i + 1..] {
+                let clash = a.target_dataset == b.target_dataset
+                    || (a.recursive && is_within_prefix(&b.target_dataset, &a.target_dataset))
+                    || (b.recursive && is_within_prefix(&a.target_dataset, &b.target_dataset));
+                if clash && a.target_host == b.target_host {
+                    return Err(check.fail(
+                        format!("job[{}].target_dataset", i + 1),
+                        format!(
+                            "jobs {:?} and {:?} would both write {} on {}: give each job its own target",
+                            a.name, b.name, b.target_dataset, b.target_host
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RecvConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<RecvConfig, ConfigError> {
+        let path = path.as_ref();
+        Self::from_toml(path, &read(path)?)
+    }
+
+    /// Parses and checks `text`; `path` is only for messages.
+    pub fn from_toml(path: &Path, text: &str) -> Result<RecvConfig, ConfigError> {
+        let config: RecvConfig = parse(path, text)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let check = Checker { path };
+        if self.max_concurrent == 0 {
+            return Err(check.fail("max_concurrent", "must be at least 1"));
+        }
+        // Reuse RecvSpec's checks for the property names and values.
+        self.recv_spec("fjord/check", false)
+            .validate()
+            .map_err(|e| check.fail("recv", e.to_string()))?;
+        if self.clients.is_empty() {
+            return Err(check.fail(
+                "client",
+                "no [[client]] table: add the senders allowed to connect",
+            ));
+        }
+        let mut keys = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            let key = |field: &str| format!("client[{}].{field}", i + 1);
+            if client.name.trim().is_empty() {
+                return Err(check.fail(key("name"), "is empty: name the client"));
+            }
+            if !names.insert(client.name.as_str()) {
+                return Err(check.fail(
+                    key("name"),
+                    format!(
+                        "a client named {:?} is already defined: client names must be unique",
+                        client.name
+                    ),
+                ));
+            }
+            if client.key.trim().is_empty() {
+                return Err(check.fail(key("key"), "is empty: give the client's public key"));
+            }
+            if !keys.insert(client.key.trim()) {
+                return Err(check.fail(
+                    key("key"),
+                    format!("client {:?} has the same key as an earlier client: each client needs its own key", client.name),
+                ));
+            }
+            if client.prefixes.is_empty() {
+                return Err(check.fail(
+                    key("prefixes"),
+                    "is empty: list the datasets this client may write, such as [\"backup/oslo\"]",
+                ));
+            }
+            for prefix in &client.prefixes {
+                validate_dataset(prefix).map_err(|e| check.fail(key("prefixes"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEND: &str = include_str!("../examples/send.toml");
+    const RECV: &str = include_str!("../examples/recv.toml");
+
+    fn send(text: &str) -> Result<SendConfig, ConfigError> {
+        SendConfig::from_toml(Path::new("/etc/fjord/send.toml"), text)
+    }
+
+    fn recv(text: &str) -> Result<RecvConfig, ConfigError> {
+        RecvConfig::from_toml(Path::new("/etc/fjord/recv.toml"), text)
+    }
+
+    const MINIMAL_JOB: &str = r#"
+key = "/k"
+state_dir = "/s"
+[[job]]
+name = "home"
+source = "tank/home"
+target_host = "10.10.0.2:7450"
+target_key = "AAAA"
+target_dataset = "backup/oslo/home"
+"#;
+
+    #[test]
+    fn example_send_config_loads_with_every_field() {
+        let c = send(SEND).unwrap();
+        assert_eq!(c.key, PathBuf::from("/etc/fjord/send.key"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/fjord"));
+        assert!(c.metrics_file.is_some());
+        let job = &c.jobs[0];
+        assert_eq!(job.name, "home");
+        assert!(job.recursive);
+        assert_eq!(job.bwlimit, Some(50 << 20));
+        assert_eq!(job.grace, Some(Duration::from_secs(300)));
+        assert_eq!(job.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(job.parallelism, 2);
+        assert!(!job.raw && job.compressed && job.large_blocks);
+        assert_eq!(
+            job.retention.source,
+            Some(Retention {
+                hourly: 24,
+                daily: 14,
+                weekly: 8
+            })
+        );
+        assert_eq!(job.retention.target.as_ref().map(|r| r.daily), Some(30));
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_omitted() {
+        let c = send(MINIMAL_JOB).unwrap();
+        let job = &c.jobs[0];
+        assert_eq!(job.snapshot_prefix, "fjord");
+        assert!(job.intermediates && job.compressed && job.large_blocks);
+        assert!(!job.raw && !job.recursive);
+        assert_eq!(job.parallelism, 2);
+        assert_eq!(job.bwlimit, None);
+        assert_eq!(job.idle_timeout, None);
+        assert_eq!(job.retention, RetentionConfig::default());
+        assert_eq!(c.metrics_file, None);
+    }
+
+    #[test]
+    fn target_for_maps_children_below_the_target() {
+        let c = send(MINIMAL_JOB).unwrap();
+        let job = &c.jobs[0];
+        assert_eq!(
+            job.target_for("tank/home").as_deref(),
+            Some("backup/oslo/home")
+        );
+        assert_eq!(
+            job.target_for("tank/home/a/b").as_deref(),
+            Some("backup/oslo/home/a/b")
+        );
+        assert_eq!(job.target_for("tank/homework"), None);
+        assert_eq!(job.target_for("tank"), None);
+    }
+
+    fn invalid_key(err: ConfigError) -> (String, String) {
+        match err {
+            ConfigError::Invalid { key, message, .. } => (key, message),
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn send_validation_names_the_key() {
+        let bad_target = MINIMAL_JOB.replace("backup/oslo/home", "backup/../home");
+        let (key, msg) = invalid_key(send(&bad_target).unwrap_err());
+        assert_eq!(key, "job[1].target_dataset");
+        assert!(msg.contains("\"..\" component"), "{msg}");
+
+        let zero = format!("{MINIMAL_JOB}parallelism = 0\n");
+        assert_eq!(
+            invalid_key(send(&zero).unwrap_err()).0,
+            "job[1].parallelism"
+        );
+
+        let twice = format!(
+            "{MINIMAL_JOB}{}",
+            &MINIMAL_JOB[MINIMAL_JOB.find("[[job]]").unwrap()..]
+        );
+        let (key, msg) = invalid_key(send(&twice).unwrap_err());
+        assert_eq!(key, "job[2].name");
+        assert!(msg.contains("unique"), "{msg}");
+
+        let no_jobs = "key = \"/k\"\nstate_dir = \"/s\"\n";
+        assert_eq!(invalid_key(send(no_jobs).unwrap_err()).0, "job");
+
+        let bad_name = MINIMAL_JOB.replace("name = \"home\"", "name = \"my home\"");
+        assert_eq!(invalid_key(send(&bad_name).unwrap_err()).0, "job[1].name");
+
+        let no_port = MINIMAL_JOB.replace("10.10.0.2:7450", "10.10.0.2");
+        assert_eq!(
+            invalid_key(send(&no_port).unwrap_err()).0,
+            "job[1].target_host"
+        );
+
+        let bad_prefix = format!("{MINIMAL_JOB}snapshot_prefix = \"a@b\"\n");
+        assert_eq!(
+            invalid_key(send(&bad_prefix).unwrap_err()).0,
+            "job[1].snapshot_prefix"
+        );
+    }
+
+    #[test]
+    fn overlapping_targets_are_refused() {
+        let second = r#"
+[[job]]
+name = "mail"
+source = "tank/mail"
+target_host = "10.10.0.2:7450"
+target_key = "AAAA"
+target_dataset = "backup/oslo/home/mail"
+"#;
+        let nested = format!(
+            "{}{second}",
+            MINIMAL_JOB.replace("target_dataset", "recursive = true\ntarget_dataset")
+        );
+        let (key, msg) = invalid_key(send(&nested).unwrap_err());
+        assert_eq!(key, "job[1].target_dataset");
+        assert!(msg.contains("would both write"), "{msg}");
+        // Without `recursive`, the first job never writes below its target.
+        assert!(send(&format!("{MINIMAL_JOB}{second}")).is_ok());
+    }
+
+    #[test]
+    fn parse_errors_name_file_and_key() {
+        let bad_rate = format!("{MINIMAL_JOB}bwlimit = \"50Q\"\n");
+        let msg = send(&bad_rate).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("config file /etc/fjord/send.toml: "),
+            "{msg}"
+        );
+        assert!(msg.contains("bwlimit"), "{msg}");
+        assert!(msg.contains("is not a rate"), "{msg}");
+
+        let unknown = format!("{MINIMAL_JOB}snapshot_prefx = \"x\"\n");
+        let msg = send(&unknown).unwrap_err().to_string();
+        assert!(msg.contains("snapshot_prefx"), "{msg}");
+
+        let missing = MINIMAL_JOB.replace("target_key = \"AAAA\"\n", "");
+        let msg = send(&missing).unwrap_err().to_string();
+        assert!(msg.contains("target_key"), "{msg}");
+    }
+
+    #[test]
+    fn load_reports_a_missing_file() {
+        let err = SendConfig::load("/nonexistent/fjord/send.toml").unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/fjord/send.toml"));
+    }
+
+    #[test]
+    fn rates_and_durations() {
+        assert_eq!(parse_bwlimit("50M"), Ok(50 * 1024 * 1024));
+        assert_eq!(parse_bwlimit("1k"), Ok(1024));
+        assert_eq!(parse_bwlimit("2G"), Ok(2 << 30));
+        assert_eq!(parse_bwlimit("1000"), Ok(1000));
+        for bad in ["", "M", "0", "5MB", "-1", "1.5M"] {
+            assert!(parse_bwlimit(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "m", "5 m", "5y", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn example_recv_config_loads() {
+        let c = recv(RECV).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:7450".parse().unwrap());
+        assert_eq!(c.max_concurrent, 4);
+        assert_eq!(c.grace, Some(Duration::from_secs(300)));
+        assert_eq!(c.clients[0].prefixes, vec!["backup/oslo".to_string()]);
+        let spec = c.recv_spec("backup/oslo/home", true);
+        assert_eq!(
+            fjord_zfs::command::recv_argv(&spec).join(" "),
+            "recv -F -s -u -x mountpoint -o readonly=on backup/oslo/home"
+        );
+        assert_eq!(
+            c.client_by_key(&c.clients[0].key).map(|c| c.name.as_str()),
+            Some("oslo-primary")
+        );
+    }
+
+    #[test]
+    fn recv_validation() {
+        let base = r#"
+listen = "0.0.0.0:7450"
+key = "/k"
+[[client]]
+name = "a"
+key = "K1"
+prefixes = ["backup/a"]
+"#;
+        let c = recv(base).unwrap();
+        assert!(c.recv.resumable && c.recv.unmounted, "defaults");
+        let dup =
+            format!("{base}[[client]]\nname = \"b\"\nkey = \"K1\"\nprefixes = [\"backup/b\"]\n");
+        let (key, msg) = invalid_key(recv(&dup).unwrap_err());
+        assert_eq!(key, "client[2].key");
+        assert!(msg.contains("same key"), "{msg}");
+        let bad_prefix = base.replace("backup/a", "/backup/a");
+        assert_eq!(
+            invalid_key(recv(&bad_prefix).unwrap_err()).0,
+            "client[1].prefixes"
+        );
+        let no_prefix = base.replace("[\"backup/a\"]", "[]");
+        assert_eq!(
+            invalid_key(recv(&no_prefix).unwrap_err()).0,
+            "client[1].prefixes"
+        );
+        let no_client = "listen = \"0.0.0.0:7450\"\nkey = \"/k\"\n";
+        assert_eq!(invalid_key(recv(no_client).unwrap_err()).0, "client");
+        let bad_listen = base.replace("0.0.0.0:7450", "nowhere");
+        assert!(matches!(recv(&bad_listen), Err(ConfigError::Parse { .. })));
+        let bad_prop = format!("{base}[recv]\nexclude_props = [\"-F\"]\n");
+        assert_eq!(invalid_key(recv(&bad_prop).unwrap_err()).0, "recv");
+    }
+}

@@ -1,0 +1,108 @@
+//! # fjord-push
+//!
+//! The logic of `fjord-send push` (snapshot, plan, send, prune; run from
+//! cron) and the receiver's config, as pure functions around thin I/O:
+//!
+//! - [`config`]: [`SendConfig`] and [`RecvConfig`], loaded and checked.
+//! - [`plan`]: what to send to bring a target up to date ([`plan::plan`]).
+//! - [`retention`]: which of fjord's snapshots to destroy
+//!   ([`retention::plan_pruning`]).
+//! - [`lock`]: one run of a job at a time ([`JobLock`]).
+//! - [`status`] and [`metrics`]: each job's last run, as JSON and as
+//!   Prometheus text.
+//! - [`exit_code`]: the exit codes of `fjord-send push`.
+//!
+//! The `zfs` side (names, snapshots, commands) is `fjord-zfs`.
+//!
+//! ## The sender's config
+//!
+//! Unknown keys are errors. Omitted keys take the defaults shown.
+//!
+//! ```toml
+//! key = "/etc/fjord/send.key"             # this sender's private key file
+//! state_dir = "/var/lib/fjord"            # job locks and status files
+//! metrics_file = "/var/lib/prometheus/node-exporter/fjord.prom"  # optional
+//!
+//! [[job]]
+//! name = "home"                           # letters, digits, '_' and '-'
+//! source = "tank/home"
+//! recursive = true                        # also the child datasets (default false)
+//! target_host = "10.10.0.2:7450"
+//! target_key = "BASE64PUBKEY="            # the receiver's public key
+//! target_dataset = "backup/oslo/home"     # children land below it
+//! snapshot_prefix = "fjord"               # fjord_2026-01-31T120000Z (default "fjord")
+//! intermediates = true                    # zfs send -I (default) rather than -i
+//! parallelism = 2                         # datasets at once (default 2)
+//! bwlimit = "50M"                         # optional: bytes/s, K/M/G/T = powers of 1024
+//! raw = false                             # zfs send -w (default false)
+//! compressed = true                       # zfs send -c (default true)
+//! large_blocks = true                     # zfs send -L (default true)
+//! grace = "5m"                            # optional: s, m, h or d
+//! idle_timeout = "30s"                    # optional: silence = broken link
+//!
+//! # Keep the newest of fjord's snapshots in each of the N most recent
+//! # hours / days / weeks that have one; 0 = none of that class. Leave a
+//! # table out to never prune on that side.
+//! [job.retention.source]
+//! hourly = 24
+//! daily = 14
+//! weekly = 8
+//!
+//! [job.retention.target]
+//! hourly = 48
+//! daily = 30
+//! weekly = 12
+//! ```
+//!
+//! ## The receiver's config
+//!
+//! ```toml
+//! listen = "0.0.0.0:7450"
+//! key = "/etc/fjord/recv.key"
+//! max_concurrent = 4                      # transfers at once (default 4)
+//! grace = "5m"                            # optional
+//! idle_timeout = "30s"                    # optional
+//!
+//! [recv]                                  # zfs recv flags
+//! resumable = true                        # -s (default true)
+//! unmounted = true                        # -u (default true)
+//! exclude_props = ["mountpoint"]          # -x each
+//! set_props = { readonly = "on" }         # -o k=v each
+//!
+//! [[client]]
+//! name = "oslo-primary"
+//! key = "BASE64PUBKEY="
+//! prefixes = ["backup/oslo"]              # may only write at or below these
+//! ```
+//!
+//! Both examples are in `examples/send.toml` and `examples/recv.toml`, and
+//! the tests load them.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod lock;
+pub mod metrics;
+pub mod plan;
+pub mod retention;
+pub mod status;
+
+pub use config::{ConfigError, Job, RecvConfig, SendConfig};
+pub use lock::{JobLock, LockError};
+pub use plan::{Plan, PlanError, Planned, TargetState};
+pub use retention::Retention;
+pub use status::JobStatus;
+
+/// Exit codes of `fjord-send push`, continuing those of `fjord-cli`
+/// (0 ok, 1 invalid stream, 3 I/O error).
+pub mod exit_code {
+    /// Every job succeeded (or had nothing to do).
+    pub const OK: u8 = 0;
+    /// At least one job failed or found its target diverged; the status
+    /// files and the log say which and why.
+    pub const JOB_FAILED: u8 = 4;
+    /// The config file is missing or invalid; nothing was run.
+    pub const CONFIG_ERROR: u8 = 5;
+    /// Every requested job was already running (an overlapping cron run
+    /// skipped them).
+    pub const LOCKED: u8 = 6;
+}
