@@ -5,7 +5,9 @@
 
 use crate::config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
 use crate::identity::{Identity, IdentityError, PublicKey};
-use crate::message::{DataFrame, Message, MessageReader, Offer, RefuseCode, Report, SessionId};
+use crate::message::{
+    DataFrame, Message, MessageReader, Offer, RefuseCode, Report, Request, Response, SessionId,
+};
 use crate::sender::{SenderSession, SenderStats};
 use crate::{close_code, SessionError};
 use bytes::{Bytes, BytesMut};
@@ -511,4 +513,146 @@ async fn run_connection(
             },
         }
     }
+}
+
+/// Options for [`request`].
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    /// The receiver.
+    pub to: SocketAddr,
+    /// The receiver's public key.
+    pub server_key: PublicKey,
+    /// Link tuning.
+    pub link: LinkConfig,
+    /// How long to keep trying to reach the receiver.
+    pub patience: Duration,
+}
+
+/// Sends control `requests` (each idempotent) on one connection and
+/// returns the receiver's responses in order. An unreachable receiver is
+/// retried with backoff for `opts.patience`; a refused key fails at once.
+pub async fn request(
+    identity: &Identity,
+    opts: &RequestOptions,
+    requests: &[Request],
+) -> Result<Vec<Response>, SendError> {
+    let span = tracing::info_span!("control", to = %opts.to);
+    async {
+        let deadline = Instant::now() + opts.patience;
+        let mut backoff = Backoff::new(BackoffConfig::default());
+        loop {
+            match request_once(identity, opts, requests).await {
+                Ok(r) => return Ok(r),
+                Err(ConnectFailure::Fatal(e)) => return Err(e),
+                Err(ConnectFailure::Retry(why)) => {
+                    let delay = backoff.next_delay(fastrand::f64());
+                    if Instant::now() + delay > deadline {
+                        return Err(SessionError::GraceExpired {
+                            grace: opts.patience,
+                            delivered: 0,
+                        }
+                        .into());
+                    }
+                    warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot reach the receiver");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn request_once(
+    identity: &Identity,
+    opts: &RequestOptions,
+    requests: &[Request],
+) -> Result<Vec<Response>, ConnectFailure> {
+    let fatal = |e: SendError| ConnectFailure::Fatal(e);
+    let tls = identity
+        .client_tls(opts.server_key)
+        .map_err(|e| fatal(e.into()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| fatal(SendError::Setup(e.to_string())))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(
+        opts.link
+            .transport_arc()
+            .map_err(|e| fatal(SendError::Setup(e)))?,
+    );
+    let bind: SocketAddr = if opts.to.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| {
+        fatal(SendError::Setup(format!(
+            "cannot bind UDP socket {bind}: {e}"
+        )))
+    })?;
+    endpoint.set_default_client_config(cfg);
+    let send_opts = SendOptions {
+        link: opts.link.clone(),
+        ..SendOptions::new(
+            opts.to,
+            opts.server_key,
+            crate::message::Offer {
+                session: SessionId(0),
+                resuming: false,
+                dataset: String::new(),
+                from: None,
+                to: crate::message::Snapshot {
+                    name: String::new(),
+                    guid: 0,
+                },
+                flags: 0,
+                size_estimate: None,
+            },
+        )
+    };
+    let conn = connect(&endpoint, &send_opts).await?;
+    // A key the receiver does not pin fails after the client's half of the
+    // TLS 1.3 handshake, so it shows up as the connection closing.
+    let retry =
+        |e: &dyn std::fmt::Display| match conn.close_reason().as_ref().and_then(crypto_failure) {
+            Some(detail) => ConnectFailure::Fatal(SendError::KeyRefused {
+                addr: opts.to,
+                detail,
+            }),
+            None => ConnectFailure::Retry(e.to_string()),
+        };
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| retry(&e))?;
+    let mut incoming = spawn_message_reader(recv);
+    let hello = Message::Hello {
+        min_version: crate::message::MIN_PROTOCOL_VERSION,
+        max_version: crate::message::PROTOCOL_VERSION,
+        sender_key: identity.public_key().0,
+    };
+    send.write_all(&hello.to_bytes())
+        .await
+        .map_err(|e| retry(&e))?;
+    let mut responses = Vec::with_capacity(requests.len());
+    for r in requests {
+        send.write_all(&Message::Request(r.clone()).to_bytes())
+            .await
+            .map_err(|e| retry(&e))?;
+        match incoming.recv().await {
+            Some(Ok(Message::Response(resp))) => responses.push(resp),
+            Some(Ok(Message::Refuse { code, reason })) => {
+                return Err(fatal(SessionError::Refused { code, reason }.into()))
+            }
+            Some(Ok(other)) => {
+                return Err(fatal(
+                    SessionError::Protocol(format!("expected a response, got {}", other.kind()))
+                        .into(),
+                ))
+            }
+            Some(Err(e)) => return Err(retry(&e)),
+            None => return Err(retry(&"the receiver closed the stream")),
+        }
+    }
+    let _ = send.finish();
+    conn.close(close_code::DONE.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(responses)
 }

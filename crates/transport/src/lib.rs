@@ -10,6 +10,8 @@
 //! - [`identity`]: Ed25519 keys, self-signed certificates, and the rustls
 //!   verifiers that pin the peer's public key.
 //! - [`config`]: QUIC tuning for long fat links, backoff, rate limit.
+//! - [`control`]: how a receiver answers control requests (target
+//!   state, abort a resumable receive, prune snapshots).
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
 //! - [`client`] and [`server`]: the thin tokio + quinn drivers.
 //!
@@ -22,6 +24,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod message;
 pub mod receiver;
@@ -31,7 +34,10 @@ pub mod sink;
 
 pub use config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
 pub use identity::{Identity, IdentityError, PublicKey};
-pub use message::{Message, Offer, RefuseCode, SessionId, Snapshot};
+pub use message::{
+    offer_flags, Message, Offer, RefuseCode, Request, Response, SessionId, Snapshot,
+    TargetSnapshot, TargetState,
+};
 pub use receiver::{ReceiverSession, ReceiverStats};
 pub use sender::{SenderSession, SenderStats};
 

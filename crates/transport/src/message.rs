@@ -84,6 +84,104 @@ pub struct Offer {
     pub size_estimate: Option<u64>,
 }
 
+/// Bits of [`Offer::flags`].
+pub mod offer_flags {
+    /// Roll the target back to the offer's `from` snapshot (destroying
+    /// later snapshots and changes) before receiving: the sender's
+    /// `--force` for a diverged target.
+    pub const FORCE_ROLLBACK: u64 = 1;
+    /// The stream continues an interrupted `zfs recv -s` (it comes from
+    /// `zfs send -t TOKEN`); the receiver keeps the partial state.
+    pub const RESUME_TOKEN: u64 = 2;
+    /// Every bit this version understands; a receiver refuses others.
+    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN;
+}
+
+/// A snapshot of a target dataset, as a receiver reports it for the
+/// sender's planning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetSnapshot {
+    /// Short name (after the `@`).
+    pub name: String,
+    /// Its guid (the same on both sides for a replicated snapshot).
+    pub guid: u64,
+    /// The transaction group that created it (orders snapshots).
+    pub createtxg: u64,
+    /// Creation time, Unix seconds.
+    pub creation: i64,
+}
+
+/// What a receiver has of one target dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TargetState {
+    /// The dataset.
+    pub dataset: String,
+    /// Whether it exists (a partially received new dataset counts).
+    pub exists: bool,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<TargetSnapshot>,
+    /// `receive_resume_token`, when an interrupted `zfs recv -s` left one.
+    pub resume_token: Option<String>,
+    /// Bytes written since its newest snapshot (`written`): non-zero means
+    /// someone changed the target.
+    pub written: u64,
+}
+
+/// A control request from a sender, answered by one [`Response`]; sent
+/// instead of an offer on a stream of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Report the target's snapshots and resume token.
+    TargetState {
+        /// The target dataset.
+        dataset: String,
+    },
+    /// Discard the partial state of an interrupted receive (`zfs recv -A`),
+    /// because the sender cannot continue it (its snapshot is gone).
+    AbortResume {
+        /// The target dataset.
+        dataset: String,
+    },
+    /// Destroy these snapshots of the target (retention, after a
+    /// successful push).
+    DestroySnapshots {
+        /// The target dataset.
+        dataset: String,
+        /// Short snapshot names.
+        snapshots: Vec<String>,
+    },
+}
+
+impl Request {
+    /// The dataset the request is about.
+    pub fn dataset(&self) -> &str {
+        match self {
+            Request::TargetState { dataset }
+            | Request::AbortResume { dataset }
+            | Request::DestroySnapshots { dataset, .. } => dataset,
+        }
+    }
+}
+
+/// The receiver's answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Answer to [`Request::TargetState`].
+    TargetState(TargetState),
+    /// The request was carried out.
+    Done {
+        /// What was done.
+        message: String,
+    },
+    /// The request was refused or failed.
+    Failed {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// What the operator should know.
+        message: String,
+    },
+}
+
 /// Why a receiver refuses an offer or a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefuseCode {
@@ -257,6 +355,10 @@ pub enum Message {
         /// What went wrong.
         reason: String,
     },
+    /// Sender → receiver, after `Hello`, instead of an offer.
+    Request(Request),
+    /// Receiver → sender: the answer to a request.
+    Response(Response),
 }
 
 mod tag {
@@ -271,6 +373,12 @@ mod tag {
     pub const END: u8 = 9;
     pub const REPORT: u8 = 10;
     pub const ABORT: u8 = 11;
+    pub const REQ_TARGET_STATE: u8 = 12;
+    pub const REQ_ABORT_RESUME: u8 = 13;
+    pub const REQ_DESTROY: u8 = 14;
+    pub const RESP_TARGET_STATE: u8 = 15;
+    pub const RESP_DONE: u8 = 16;
+    pub const RESP_FAILED: u8 = 17;
 }
 
 /// Why bytes are not a valid message.
@@ -351,6 +459,8 @@ impl Message {
             Message::End { .. } => "end",
             Message::Report(_) => "report",
             Message::Abort { .. } => "abort",
+            Message::Request(_) => "request",
+            Message::Response(_) => "response",
         }
     }
 
@@ -433,6 +543,51 @@ impl Message {
             Message::Abort { reason } => {
                 out.put_u8(tag::ABORT);
                 put_str(out, reason);
+            }
+            Message::Request(Request::TargetState { dataset }) => {
+                out.put_u8(tag::REQ_TARGET_STATE);
+                put_str(out, dataset);
+            }
+            Message::Request(Request::AbortResume { dataset }) => {
+                out.put_u8(tag::REQ_ABORT_RESUME);
+                put_str(out, dataset);
+            }
+            Message::Request(Request::DestroySnapshots { dataset, snapshots }) => {
+                out.put_u8(tag::REQ_DESTROY);
+                put_str(out, dataset);
+                out.put_u32(snapshots.len() as u32);
+                for s in snapshots {
+                    put_str(out, s);
+                }
+            }
+            Message::Response(Response::TargetState(t)) => {
+                out.put_u8(tag::RESP_TARGET_STATE);
+                put_str(out, &t.dataset);
+                out.put_u8(t.exists as u8);
+                out.put_u32(t.snapshots.len() as u32);
+                for s in &t.snapshots {
+                    put_str(out, &s.name);
+                    out.put_u64(s.guid);
+                    out.put_u64(s.createtxg);
+                    out.put_i64(s.creation);
+                }
+                match &t.resume_token {
+                    Some(tok) => {
+                        out.put_u8(1);
+                        put_str(out, tok);
+                    }
+                    None => out.put_u8(0),
+                }
+                out.put_u64(t.written);
+            }
+            Message::Response(Response::Done { message }) => {
+                out.put_u8(tag::RESP_DONE);
+                put_str(out, message);
+            }
+            Message::Response(Response::Failed { code, message }) => {
+                out.put_u8(tag::RESP_FAILED);
+                out.put_u8(code.to_u8());
+                put_str(out, message);
             }
         }
         let len = (out.len() - start - 4) as u32;
@@ -572,6 +727,54 @@ impl Message {
             tag::ABORT => Message::Abort {
                 reason: r.string("reason")?,
             },
+            tag::REQ_TARGET_STATE => Message::Request(Request::TargetState {
+                dataset: r.string("dataset")?,
+            }),
+            tag::REQ_ABORT_RESUME => Message::Request(Request::AbortResume {
+                dataset: r.string("dataset")?,
+            }),
+            tag::REQ_DESTROY => {
+                let dataset = r.string("dataset")?;
+                let count = r.u32("snapshot_count")?;
+                // Grown one by one: the count is untrusted, the body bounds it.
+                let mut snapshots = Vec::new();
+                for _ in 0..count {
+                    snapshots.push(r.string("snapshot")?);
+                }
+                Message::Request(Request::DestroySnapshots { dataset, snapshots })
+            }
+            tag::RESP_TARGET_STATE => {
+                let dataset = r.string("dataset")?;
+                let exists = r.bool("exists")?;
+                let count = r.u32("snapshot_count")?;
+                let mut snapshots = Vec::new();
+                for _ in 0..count {
+                    snapshots.push(TargetSnapshot {
+                        name: r.string("snapshot")?,
+                        guid: r.u64("guid")?,
+                        createtxg: r.u64("createtxg")?,
+                        creation: r.u64("creation")? as i64,
+                    });
+                }
+                let resume_token = match r.bool("resume_token")? {
+                    true => Some(r.string("resume_token")?),
+                    false => None,
+                };
+                Message::Response(Response::TargetState(TargetState {
+                    dataset,
+                    exists,
+                    snapshots,
+                    resume_token,
+                    written: r.u64("written")?,
+                }))
+            }
+            tag::RESP_DONE => Message::Response(Response::Done {
+                message: r.string("message")?,
+            }),
+            tag::RESP_FAILED => Message::Response(Response::Failed {
+                code: RefuseCode::from_u8(r.u8("code")?),
+                message: r.string("message")?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if r.0.has_remaining() {
@@ -759,6 +962,48 @@ mod tests {
             Message::Abort {
                 reason: "nope".into(),
             },
+            Message::Request(Request::TargetState {
+                dataset: "backup/fs".into(),
+            }),
+            Message::Request(Request::AbortResume {
+                dataset: "backup/fs".into(),
+            }),
+            Message::Request(Request::DestroySnapshots {
+                dataset: "backup/fs".into(),
+                snapshots: vec!["a".into(), "b".into()],
+            }),
+            Message::Request(Request::DestroySnapshots {
+                dataset: "backup/fs".into(),
+                snapshots: vec![],
+            }),
+            Message::Response(Response::TargetState(TargetState {
+                dataset: "backup/fs".into(),
+                exists: true,
+                snapshots: vec![
+                    TargetSnapshot {
+                        name: "a".into(),
+                        guid: 1,
+                        createtxg: 10,
+                        creation: 1_700_000_000,
+                    },
+                    TargetSnapshot {
+                        name: "b".into(),
+                        guid: 2,
+                        createtxg: 12,
+                        creation: -1,
+                    },
+                ],
+                resume_token: Some("1-abc-def".into()),
+                written: 4096,
+            })),
+            Message::Response(Response::TargetState(TargetState::default())),
+            Message::Response(Response::Done {
+                message: "ok".into(),
+            }),
+            Message::Response(Response::Failed {
+                code: RefuseCode::BadDataset,
+                message: "outside prefix".into(),
+            }),
         ]
     }
 
@@ -799,6 +1044,19 @@ mod tests {
                 Err(DecodeError::Trailing { .. })
             ));
         }
+    }
+
+    #[test]
+    fn an_untrusted_count_cannot_outrun_the_body() {
+        let mut out = BytesMut::new();
+        out.put_u8(tag::REQ_DESTROY);
+        put_str(&mut out, "backup/fs");
+        out.put_u32(u32::MAX);
+        put_str(&mut out, "a");
+        assert_eq!(
+            Message::decode(out.freeze()),
+            Err(DecodeError::Truncated { field: "snapshot" })
+        );
     }
 
     #[test]

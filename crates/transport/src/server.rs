@@ -4,8 +4,9 @@
 //! connection is lost, so that a reconnecting sender resumes it.
 
 use crate::config::LinkConfig;
+use crate::control::{Control, NoControl};
 use crate::identity::{peer_key, Identity, IdentityError, PublicKey};
-use crate::message::{Message, MessageReader, RefuseCode, SessionId};
+use crate::message::{offer_flags, Message, MessageReader, RefuseCode, SessionId};
 use crate::receiver::{refuse, Action, Handshake, ReceiverSession, ReceiverStats};
 use crate::sink::{Sink, SinkError, SinkFactory};
 use crate::{close_code, SessionError};
@@ -45,6 +46,9 @@ pub struct ServeOptions {
     pub link: LinkConfig,
     /// How long a session whose connection was lost is kept.
     pub grace: Duration,
+    /// Most transfers held at once (attached or in their grace period);
+    /// further offers are answered `Busy` and the senders retry. 0: no limit.
+    pub max_sessions: usize,
 }
 
 /// What happened to a session, for the operator (and tests).
@@ -89,7 +93,9 @@ struct Entry {
 struct Shared {
     sessions: Mutex<HashMap<SessionId, Entry>>,
     factory: Arc<dyn SinkFactory>,
+    control: Arc<dyn Control>,
     grace: Duration,
+    max_sessions: usize,
     events: mpsc::UnboundedSender<ServerEvent>,
 }
 
@@ -108,11 +114,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts listening; sessions are served in background tasks.
+    /// Starts listening; sessions are served in background tasks. Control
+    /// requests are refused (see [`Server::bind_with_control`]).
     pub fn bind(
         identity: &Identity,
         opts: ServeOptions,
         factory: Arc<dyn SinkFactory>,
+    ) -> Result<Server, ServeError> {
+        Server::bind_with_control(identity, opts, factory, Arc::new(NoControl))
+    }
+
+    /// Starts listening, answering control requests with `control`.
+    pub fn bind_with_control(
+        identity: &Identity,
+        opts: ServeOptions,
+        factory: Arc<dyn SinkFactory>,
+        control: Arc<dyn Control>,
     ) -> Result<Server, ServeError> {
         let setup = |why: String| ServeError::Setup {
             addr: opts.listen,
@@ -130,7 +147,9 @@ impl Server {
         let shared = Arc::new(Shared {
             sessions: Mutex::new(HashMap::new()),
             factory,
+            control,
             grace: opts.grace,
+            max_sessions: opts.max_sessions,
             events: tx,
         });
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -161,6 +180,36 @@ impl Server {
     pub fn close(&self) {
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"receiver shutting down");
+    }
+
+    /// Stops accepting, closes every connection, and aborts every held
+    /// session's sink (a `zfs recv -s` sink then leaves a resumable partial
+    /// receive holding only verified bytes). Returns how many sessions were
+    /// aborted.
+    pub async fn shutdown(&self, why: &str) -> usize {
+        self.close();
+        // The session tasks see their connections end and let go of their
+        // slots; wait for each (bounded) before aborting its sink.
+        let entries: Vec<(SessionId, Arc<tokio::sync::Mutex<Slot>>)> = self
+            .shared
+            .table()
+            .drain()
+            .map(|(id, e)| (id, e.slot))
+            .collect();
+        let mut aborted = 0;
+        for (id, slot) in entries {
+            match tokio::time::timeout(Duration::from_secs(10), slot.lock_owned()).await {
+                Ok(mut slot) => {
+                    tokio::task::block_in_place(|| slot.sink.abort(why));
+                    warn!(session = %id, delivered = slot.session.stats().delivered, "session stopped by shutdown");
+                    aborted += 1;
+                }
+                Err(_) => {
+                    warn!(session = %id, "session busy at shutdown; its sink is dropped with the process")
+                }
+            }
+        }
+        aborted
     }
 }
 
@@ -333,6 +382,10 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     };
     let offer = match read_message(&mut recv, &mut reader).await {
         Ok(Message::Offer(o)) => o,
+        Ok(Message::Request(first)) => {
+            serve_requests(&shared, &key, first, &mut send, &mut recv, &mut reader).await;
+            return;
+        }
         Ok(other) => {
             let (m, err) = *refuse(
                 RefuseCode::Other,
@@ -346,6 +399,17 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             return;
         }
     };
+    if offer.flags & !offer_flags::KNOWN != 0 {
+        let (m, err) = *refuse(
+            RefuseCode::Other,
+            format!(
+                "offer flags {:#x} are not understood by this receiver; upgrade fjord-recv",
+                offer.flags
+            ),
+        );
+        refuse_conn(&conn, &mut send, &shared, m, err).await;
+        return;
+    }
     let id = offer.session;
     let span =
         tracing::info_span!("session", session = %id, dataset = %offer.dataset, sender = %key);
@@ -387,8 +451,19 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 refuse_conn(&conn, &mut send, &shared, m, err).await;
                 return;
             }
+            None if shared.max_sessions > 0 && shared.table().len() >= shared.max_sessions => {
+                let (m, err) = *refuse(
+                    RefuseCode::Busy,
+                    format!(
+                        "the receiver is at its limit of {} concurrent transfers; retrying",
+                        shared.max_sessions
+                    ),
+                );
+                refuse_conn(&conn, &mut send, &shared, m, err).await;
+                return;
+            }
             None => {
-                let sink = match tokio::task::block_in_place(|| shared.factory.open(&offer)) {
+                let sink = match tokio::task::block_in_place(|| shared.factory.open(&offer, &key)) {
                     Ok(s) => s,
                     Err(e) => {
                         let code = match e {
@@ -453,6 +528,44 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     }
     .instrument(span)
     .await
+}
+
+/// Answers control requests on one stream until the sender closes it.
+async fn serve_requests(
+    shared: &Shared,
+    key: &crate::identity::PublicKey,
+    first: crate::message::Request,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    reader: &mut MessageReader,
+) {
+    let mut next = Some(first);
+    while let Some(request) = next.take() {
+        let span = tracing::info_span!("request", dataset = %request.dataset(), sender = %key);
+        let response = async {
+            info!(request = ?request, "control request");
+            let response = shared.control.handle(key, request).await;
+            if let crate::message::Response::Failed { message, .. } = &response {
+                warn!(error = %message, "control request failed");
+            }
+            response
+        }
+        .instrument(span)
+        .await;
+        if write(send, &Message::Response(response)).await.is_err() {
+            return;
+        }
+        next = match read_message(recv, reader).await {
+            Ok(Message::Request(r)) => Some(r),
+            Ok(other) => {
+                warn!(got = other.kind(), "expected a request; closing the stream");
+                None
+            }
+            Err(_) => None, // the sender is done
+        };
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
 enum RunEnd {

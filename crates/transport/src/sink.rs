@@ -2,6 +2,7 @@
 //! [`Verifier`] that lets through only checksum-verified bytes, and the
 //! [`FileSink`] that stores each stream as a file in a directory.
 
+use crate::identity::PublicKey;
 use crate::message::Offer;
 use bytes::Bytes;
 use fjord_stream::{Body, Decoder, DecoderOptions, StreamError};
@@ -67,8 +68,9 @@ pub trait Sink: Send {
 
 /// Makes a sink for each accepted offer.
 pub trait SinkFactory: Send + Sync + 'static {
-    /// A sink for `offer`, or why it is refused.
-    fn open(&self, offer: &Offer) -> Result<Box<dyn Sink>, SinkError>;
+    /// A sink for `offer` from the sender whose key is `peer`, or why it
+    /// is refused (the factory decides what that sender may write).
+    fn open(&self, offer: &Offer, peer: &PublicKey) -> Result<Box<dyn Sink>, SinkError>;
 }
 
 /// A send-stream checker between the network and a downstream: bytes come
@@ -212,7 +214,13 @@ pub fn stream_file_name(offer: &Offer) -> Result<String, String> {
 }
 
 impl SinkFactory for FileSinkFactory {
-    fn open(&self, offer: &Offer) -> Result<Box<dyn Sink>, SinkError> {
+    fn open(&self, offer: &Offer, _peer: &PublicKey) -> Result<Box<dyn Sink>, SinkError> {
+        if offer.flags != 0 {
+            return Err(SinkError::Refused(format!(
+                "the file sink stores plain streams only; offer flags {:#x} (rollback or resume-token) need a ZFS target",
+                offer.flags
+            )));
+        }
         let name = stream_file_name(offer).map_err(SinkError::Refused)?;
         let target = self.dir.join(&name);
         if target.exists() {

@@ -48,6 +48,7 @@ pub fn start_receiver(allowed: &[&Identity], link: LinkConfig, grace: Duration) 
         allowed: allowed.iter().map(|i| i.public_key()).collect(),
         link,
         grace,
+        max_sessions: 0,
     };
     let factory = Arc::new(FileSinkFactory::new(dir.path().to_path_buf(), 256 << 20));
     let server = Server::bind(&identity, opts, factory).expect("bind");
