@@ -7,6 +7,7 @@ mod keygen;
 mod serve;
 mod unpack;
 mod verify;
+mod zfs_target;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,18 +1,36 @@
-//! `fjord-recv serve`: receive send streams from pinned senders over QUIC
-//! and store each, verified, as a file.
+//! `fjord-recv serve`: receive send streams from pinned senders over QUIC,
+//! verified, into `zfs recv` (`--config`) or as files (`--sink-dir`).
 
+use crate::zfs_target::{ClientPolicy, RecvFlags, SharedTarget, ZfsTarget};
 use anyhow::Context;
+use fjord_push::config::RecvConfig;
+use fjord_transport::control::{Control, NoControl};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
-use fjord_transport::sink::FileSinkFactory;
+use fjord_transport::sink::{FileSinkFactory, SinkFactory};
 use fjord_transport::{Identity, PublicKey};
+use fjord_zfs::Zfs;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 
-/// Receive ZFS send streams from `fjord-send send` and store them as files.
+/// Receive ZFS send streams from pinned senders, verified, into `zfs recv`
+/// (with --config) or as files (with --sink-dir).
 ///
-/// Only senders whose public keys are given with --allow-key can connect;
+/// With --config /etc/fjord/recv.toml (see examples/recv.toml): the DR node
+/// for `fjord-send push`. Each client key may only write datasets at or
+/// below its `prefixes`; every stream is verified record by record before
+/// its bytes reach `zfs recv` (`-s -u` by default: an interrupted receive
+/// is resumable, nothing is mounted). The sender asks for the target's
+/// snapshots and resume token to plan, and may prune its own snapshots
+/// (never the newest one). SIGTERM stops accepting, ends every running
+/// `zfs recv -s` (keeping what it verified as a resumable partial
+/// receive) and exits 0.
+///
+/// Without --config, streams from `fjord-send send` are stored as files:
+/// only senders whose public keys are given with --allow-key can connect;
 /// any other key is refused during the TLS handshake, before any work.
 /// Every stream is checked record by record (Fletcher-4 trailers and END
 /// checksums) and written to DIR/.<dataset>@<snap>.zsend.partial; only when
@@ -30,19 +48,26 @@ use std::time::Duration;
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
+    /// The receiver's config file: receive into ZFS (see examples/recv.toml).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "key", "allow_keys", "sink_dir"])]
+    config: Option<PathBuf>,
     /// Address and UDP port to listen on (e.g. 0.0.0.0:7450, [::]:7450).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: SocketAddr,
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "config")]
+    listen: Option<SocketAddr>,
     /// This receiver's private key (from `fjord-recv keygen`).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    key: Option<PathBuf>,
     /// Public key of a sender allowed to connect (from `fjord-send keygen`);
     /// repeat for several senders.
-    #[arg(long = "allow-key", value_name = "PUBKEY", required = true)]
+    #[arg(
+        long = "allow-key",
+        value_name = "PUBKEY",
+        required_unless_present = "config"
+    )]
     allow_keys: Vec<PublicKey>,
     /// Directory the streams are stored in (must exist).
-    #[arg(long, value_name = "DIR")]
-    sink_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "config")]
+    sink_dir: Option<PathBuf>,
     /// How long to keep a session whose connection was lost, waiting for
     /// the sender to come back (e.g. 300, 90s, 10m, 1h).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = fjord_cli::parse_duration)]
@@ -68,38 +93,126 @@ pub fn run(args: Args) -> u8 {
     }
 }
 
-fn run_inner(args: Args) -> anyhow::Result<()> {
-    let identity = Identity::load(&args.key)?;
-    anyhow::ensure!(
-        args.sink_dir.is_dir(),
-        "--sink-dir {} is not a directory; create it first",
-        args.sink_dir.display()
-    );
-    let link = args.link.link_config();
-    let opts = ServeOptions {
-        listen: args.listen,
-        allowed: args.allow_keys,
-        link,
-        grace: args.grace,
+/// What the server was set up with, for the start-up line.
+struct Setup {
+    identity: Identity,
+    opts: ServeOptions,
+    factory: Arc<dyn SinkFactory>,
+    control: Arc<dyn Control>,
+    what: String,
+}
+
+fn file_setup(args: &Args) -> anyhow::Result<Setup> {
+    let (Some(listen), Some(key), Some(sink_dir)) = (args.listen, &args.key, &args.sink_dir) else {
+        anyhow::bail!("give --config FILE, or --listen, --key, --allow-key and --sink-dir");
     };
-    let factory = Arc::new(FileSinkFactory::new(
-        args.sink_dir.clone(),
+    let identity = Identity::load(key)?;
+    anyhow::ensure!(
+        sink_dir.is_dir(),
+        "--sink-dir {} is not a directory; create it first",
+        sink_dir.display()
+    );
+    Ok(Setup {
+        identity,
+        opts: ServeOptions {
+            listen,
+            allowed: args.allow_keys.clone(),
+            link: args.link.link_config(),
+            grace: args.grace,
+            max_sessions: 0,
+        },
+        factory: Arc::new(FileSinkFactory::new(
+            sink_dir.clone(),
+            args.max_held_mib << 20,
+        )),
+        control: Arc::new(NoControl),
+        what: format!("storing streams in {}", sink_dir.display()),
+    })
+}
+
+fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
+    let config = RecvConfig::load(path)?;
+    let identity = Identity::load(&config.key)
+        .with_context(|| format!("loading the receiver key {}", config.key.display()))?;
+    let mut clients = HashMap::new();
+    for c in &config.clients {
+        let key: PublicKey = c
+            .key
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: client {}: key: {e}", path.display(), c.name))?;
+        clients.insert(
+            key,
+            ClientPolicy {
+                name: c.name.clone(),
+                prefixes: c.prefixes.clone(),
+            },
+        );
+    }
+    let allowed = clients.keys().copied().collect();
+    let flags = RecvFlags {
+        resumable: config.recv.resumable,
+        unmounted: config.recv.unmounted,
+        exclude_props: config.recv.exclude_props.clone(),
+        set_props: config
+            .recv
+            .set_props
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    let target = SharedTarget(Arc::new(ZfsTarget::new(
+        Zfs::new(),
+        clients,
+        flags,
         args.max_held_mib << 20,
-    ));
+    )));
+    let mut link = args.link.link_config();
+    if let Some(t) = config.idle_timeout {
+        link.idle_timeout = t;
+    }
+    Ok(Setup {
+        identity,
+        opts: ServeOptions {
+            listen: config.listen,
+            allowed,
+            link,
+            grace: config.grace.unwrap_or(args.grace),
+            max_sessions: config.max_concurrent,
+        },
+        factory: Arc::new(target.clone()),
+        control: Arc::new(target),
+        what: format!("receiving into zfs for {} client(s)", config.clients.len()),
+    })
+}
+
+fn run_inner(args: Args) -> anyhow::Result<()> {
+    let setup = match &args.config {
+        Some(path) => zfs_setup(&args, path)?,
+        None => file_setup(&args)?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mut server = Server::bind(&identity, opts, factory)?;
+        let mut server =
+            Server::bind_with_control(&setup.identity, setup.opts, setup.factory, setup.control)?;
         let addr = server.local_addr().context("reading the bound address")?;
         eprintln!(
-            "fjord-recv: listening on {addr} (UDP) as {}; storing streams in {}",
-            identity.public_key(),
-            args.sink_dir.display()
+            "fjord-recv: listening on {addr} (UDP) as {}; {}",
+            setup.identity.public_key(),
+            setup.what
         );
-        while let Some(event) = server.next_event().await {
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        loop {
+            let event = tokio::select! {
+                e = server.next_event() => e,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            };
+            let Some(event) = event else { break };
             match event {
                 ServerEvent::Completed {
                     session,
@@ -110,13 +223,15 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
                     stats.resumes, stats.bytes_duplicate
                 ),
                 ServerEvent::Failed { session, error } => {
-                    eprintln!("fjord-recv: session {session} failed, nothing stored: {error}")
+                    eprintln!("fjord-recv: session {session} failed: {error}")
                 }
                 ServerEvent::Refused { remote, reason } => {
                     eprintln!("fjord-recv: refused {remote}: {reason}")
                 }
             }
         }
+        let stopped = server.shutdown("fjord-recv is shutting down").await;
+        eprintln!("fjord-recv: shut down; {stopped} transfer(s) stopped (resumable where zfs recv -s was used)");
         anyhow::Ok(())
     })
 }

@@ -6,13 +6,19 @@
 mod inspect;
 mod keygen;
 mod pack;
+mod progress;
+mod push;
+mod replicate;
 mod send;
+mod status_cmd;
+mod zfs_source;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// fjord's sending side: inspect ZFS send streams, send them to a DR node
-/// over QUIC (surviving link flaps), pack them into files, make keys.
+/// fjord's sending side: push ZFS datasets to a DR node as configured
+/// (cron/systemd), send single streams over QUIC (surviving link flaps),
+/// inspect streams, pack them into files, make keys.
 #[derive(Parser)]
 #[command(name = "fjord-send", version, about, long_about = None)]
 struct Cli {
@@ -22,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Push(push::Args),
+    Status(status_cmd::Args),
     Inspect(inspect::Args),
     Send(send::Args),
     Keygen(keygen::Args),
@@ -34,6 +42,8 @@ fn main() -> ExitCode {
     fjord_cli::init_logging();
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Push(args) => push::run(args),
+        Command::Status(args) => status_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Send(args) => send::run(args),
         Command::Keygen(args) => match keygen::run(args) {
