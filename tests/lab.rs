@@ -242,3 +242,79 @@ fn quic_transfer_survives_wireguard_link_flaps() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
+    let results = run_scenario(
+        "push.sh",
+        &[
+            ("LAB_FJORD_SEND", binary("fjord-send")),
+            ("LAB_FJORD_RECV", binary("fjord-recv")),
+        ],
+    );
+    let asserts = Asserts::read(&results.join("results.txt"));
+    let mut problems = asserts.failures();
+    let mut required = vec![
+        "full-exit",
+        "full-guid",
+        "base-held",
+        "dry-run-exit",
+        "dry-run-prints-plan",
+        "dry-run-no-source-snapshot",
+        "dry-run-no-target-change",
+        "incr-exit",
+        "incr-was-incremental",
+        "flaps-exit",
+        "flaps-mid-transfer",
+        "flaps-reconnected",
+        "killed-push-failed",
+        "killed-token-saved",
+        "resumed-exit",
+        "resumed-from-token",
+        "resumed-no-token-left",
+        "sigterm-exits",
+        "sigterm-token-saved",
+        "stale-exit",
+        "stale-token-aborted",
+        "stale-no-token-left",
+        "diverged-exit",
+        "diverged-names-snapshot",
+        "diverged-target-kept",
+        "forced-exit",
+        "forced-rolled-back",
+        "retention-exit",
+        "retention-old-pruned-source",
+        "retention-old-pruned-target",
+        "retention-foreign-kept",
+        "retention-base-kept-source",
+        "retention-base-kept-target",
+        "retention-base-held",
+        "stranger-refused",
+        "stranger-wrote-nothing",
+        "outside-prefix-refused",
+        "outside-prefix-says-why",
+        "outside-prefix-wrote-nothing",
+        "overlap-second-locked",
+        "overlap-first-ok",
+        "status-exit",
+        "status-ok",
+        "metrics-last-success",
+        "metrics-lag",
+    ];
+    // Every push's data is compared on both datasets (parent and child).
+    let compared = [
+        "full", "incr", "flaps", "resumed", "stale", "forced", "retention", "overlap",
+    ];
+    let names: Vec<String> = compared
+        .iter()
+        .flat_map(|c| [format!("{c}-data"), format!("{c}-child")])
+        .collect();
+    required.extend(names.iter().map(String::as_str));
+    problems.extend(asserts.require(&required));
+    assert!(
+        problems.is_empty(),
+        "lab assertions failed ({}):\n{}",
+        results.display(),
+        problems.join("\n")
+    );
+}

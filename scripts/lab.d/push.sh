@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Lab scenario (issue 6): the product end to end. `fjord-recv serve --config` on the DR side
+# receives into real `zfs recv`; `fjord-send push --config` on the primary plans and sends
+# over WireGuard. Every push is checked by comparing file hashes on both sides.
+#   LAB_FJORD_SEND=/path/fjord-send LAB_FJORD_RECV=/path/fjord-recv \
+#       scripts/lab run scripts/lab.d/push.sh DIR
+# Cases: initial full push of a dataset with a child, then incrementals; --dry-run sends
+# nothing; a push through 3 link flaps; kill -9 of fjord-recv mid-transfer, then the next
+# push resumes from the receive_resume_token; SIGTERM of fjord-recv leaves a resumable
+# receive, and a token whose snapshot was destroyed on the source is aborted and the push
+# falls back to the common snapshot; a diverged target is refused, then --force rolls it
+# back; retention prunes old snapshots but never the base nor foreign ones; an unknown key
+# and a key writing outside its prefix are refused with nothing written; two overlapping
+# pushes of one job (the second exits "locked"); status and Prometheus metrics.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$(realpath "$0")")/lib.sh"
+
+send=${LAB_FJORD_SEND:?set LAB_FJORD_SEND to the fjord-send binary}
+recv=${LAB_FJORD_RECV:?set LAB_FJORD_RECV to the fjord-recv binary}
+work=/tmp/lab/push
+mkdir -p "$work/state" "$work/metrics"
+R=$LAB_RESULTS
+
+lab_step topology lab_topology
+lab_step pools lab_pools src dst
+zfs create src/data
+zfs create src/data/child
+zfs create dst/backup
+smnt=$(lab_mountpoint src/data)
+cmnt=$(lab_mountpoint src/data/child)
+lab_step fill lab_fill "$smnt" 21 "${LAB_FILL_SIZE:-6M}"
+lab_step fill-child lab_fill "$cmnt" 22 2M
+
+spub=$("$send" keygen --key "$work/send.key")
+opub=$("$send" keygen --key "$work/other.key")
+"$send" keygen --key "$work/stranger.key" >/dev/null
+rpub=$("$recv" keygen --key "$work/recv.key")
+
+cat >"$work/recv.toml" <<EOF
+listen = "$LAB_DR_WG_IP:7450"
+key = "$work/recv.key"
+max_concurrent = 4
+grace = "60s"
+idle_timeout = "3s"
+
+[recv]
+resumable = true
+unmounted = true
+
+[[client]]
+name = "primary"
+key = "$spub"
+prefixes = ["dst/backup"]
+
+[[client]]
+name = "other-site"
+key = "$opub"
+prefixes = ["dst/other"]
+EOF
+
+# send_config FILE KEY [EXTRA JOB LINES]: a config with the one job "data"
+send_config() {
+    cat >"$1" <<EOF
+key = "$2"
+state_dir = "$work/state"
+metrics_file = "$work/metrics/fjord.prom"
+
+[[job]]
+name = "data"
+source = "src/data"
+recursive = true
+target_host = "$LAB_DR_WG_IP:7450"
+target_key = "$rpub"
+target_dataset = "dst/backup/data"
+snapshot_prefix = "fjord"
+intermediates = true
+parallelism = 2
+grace = "60s"
+idle_timeout = "3s"
+$3
+
+[job.retention.source]
+hourly = 3
+daily = 0
+weekly = 0
+
+[job.retention.target]
+hourly = 5
+daily = 0
+weekly = 0
+EOF
+}
+send_config "$work/send.toml" "$work/send.key" ""
+send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
+send_config "$work/stranger.toml" "$work/stranger.key" ""
+send_config "$work/other.toml" "$work/other.key" ""
+
+serve_start() {
+    FJORD_LOG=info ip netns exec dr "$recv" serve --config "$work/recv.toml" >>"$R/serve.log" 2>&1 &
+    serve_pid=$!
+    sleep 2
+}
+# push NAME CONFIG [ARGS]: runs a push from the primary namespace; output in $R/NAME.{out,err}
+push() {
+    local name=$1 cfg=$2 rc=0
+    shift 2
+    ip netns exec primary timeout 600 "$send" push --config "$cfg" --verbose "$@" \
+        >"$R/$name.out" 2>"$R/$name.err" || rc=$?
+    lab_log "push $name exit $rc"
+    sed 's/^/    /' "$R/$name.out" "$R/$name.err"
+    return "$rc"
+}
+# compare_target NAME: file hashes of src/data and its child against the target (mounted read-only for it)
+compare_target() {
+    local ds rc=0
+    for ds in dst/backup/data dst/backup/data/child; do
+        zfs mount -o ro "$ds" 2>/dev/null || true
+    done
+    lab_assert "$1-data" lab_compare "$smnt" "$(lab_mountpoint dst/backup/data)" || rc=1
+    lab_assert "$1-child" lab_compare "$cmnt" "$(lab_mountpoint dst/backup/data/child)" || rc=1
+    for ds in dst/backup/data/child dst/backup/data; do
+        zfs unmount "$ds" 2>/dev/null || true
+    done
+    return "$rc"
+}
+newest() { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" | tail -n1; }
+snaps() { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null | sed 's/.*@//' | tr '\n' ' '; }
+token() { zfs get -H -o value receive_resume_token "$1" 2>/dev/null || echo -; }
+# wait_target_bytes DATASET: until a receive into DATASET is under way (a partial clone or a new dataset)
+wait_receiving() {
+    local i
+    for i in $(seq 1 100); do
+        if grep -q 'zfs recv started' "$R/serve.log" 2>/dev/null && (($(grep -c 'zfs recv started' "$R/serve.log") > ${1:-0})); then
+            sleep 3
+            return 0
+        fi
+        sleep 0.3
+    done
+    return 1
+}
+started_count() { grep -c 'zfs recv started' "$R/serve.log" 2>/dev/null || echo 0; }
+
+serve_start
+
+# 1. initial full push (parent and child), then --dry-run, then an incremental
+rc=0
+push full "$work/send.toml" || rc=$?
+lab_assert_eq full-exit 0 "$rc"
+compare_target full
+lab_assert_eq full-guid "$(lab_guid "$(newest src/data)")" "$(lab_guid "dst/backup/data@$(newest src/data | sed 's/.*@//')" 2>/dev/null || echo none)"
+lab_assert base-held sh -c "zfs holds -H '$(newest src/data)' | grep -q fjord"
+
+before_src=$(snaps src/data)
+before_dst=$(snaps dst/backup/data)
+rc=0
+push dry "$work/send.toml" --dry-run || rc=$?
+lab_assert_eq dry-run-exit 0 "$rc"
+lab_assert dry-run-prints-plan grep -qiE 'up to date|incremental|full' "$R/dry.out"
+lab_assert_eq dry-run-no-source-snapshot "$before_src" "$(snaps src/data)"
+lab_assert_eq dry-run-no-target-change "$before_dst" "$(snaps dst/backup/data)"
+
+lab_step mutate-1 lab_mutate "$smnt" 31 256K
+rc=0
+push incr "$work/send.toml" || rc=$?
+lab_assert_eq incr-exit 0 "$rc"
+lab_assert incr-was-incremental grep -qi incremental "$R/incr.out"
+compare_target incr
+
+# 2. a push through three link flaps
+lab_step mutate-2 lab_mutate "$smnt" 32 10M
+(
+    sleep 4 && lab_flap primary veth-p 5
+    sleep 2 && lab_flap primary veth-p 4
+    sleep 2 && lab_flap primary veth-p 4
+) >"$R/flaps.log" 2>&1 &
+flaps=$!
+t0=$SECONDS
+rc=0
+push flaps "$work/slow.toml" || rc=$?
+took=$((SECONDS - t0))
+wait "$flaps" || true
+lab_assert_eq flaps-exit 0 "$rc"
+lab_assert flaps-mid-transfer test "$took" -ge 17
+lab_assert flaps-reconnected grep -qE 'reconnect(s|ed)? *[:=]? *[1-9]|[1-9][0-9]* reconnects' "$R/flaps.out"
+compare_target flaps
+
+# 3. kill -9 of fjord-recv mid-transfer; the next push resumes from the token
+lab_step mutate-3 lab_mutate "$smnt" 33 10M
+n=$(started_count)
+push killed "$work/slow.toml" &
+killed=$!
+if wait_receiving "$n"; then
+    kill -9 "$serve_pid"
+    lab_log "killed fjord-recv (-9) mid-transfer"
+fi
+# A restarted receiver does not know the session: the running push fails at once.
+sleep 1
+serve_start
+rc=0
+wait "$killed" || rc=$?
+lab_assert killed-push-failed test "$rc" -ne 0
+lab_assert killed-token-saved test "$(token dst/backup/data)" != -
+rc=0
+push resumed "$work/send.toml" || rc=$?
+lab_assert_eq resumed-exit 0 "$rc"
+lab_assert resumed-from-token grep -qi 'resum.*token' "$R/resumed.out"
+lab_assert_eq resumed-no-token-left - "$(token dst/backup/data)"
+compare_target resumed
+
+# 4. SIGTERM of fjord-recv: a resumable state, a clean exit; then the token goes stale
+lab_step mutate-4 lab_mutate "$smnt" 34 10M
+n=$(started_count)
+push termed "$work/slow.toml" &
+termed=$!
+sigterm_rc=none
+if wait_receiving "$n"; then
+    kill -TERM "$serve_pid"
+    t1=$SECONDS
+    sigterm_rc=0
+    timeout 30 tail --pid="$serve_pid" -f /dev/null || sigterm_rc=timeout
+    lab_log "fjord-recv exited $((SECONDS - t1)) s after SIGTERM"
+fi
+lab_assert_eq sigterm-exits 0 "$sigterm_rc"
+serve_start
+wait "$termed" || true
+lab_assert sigterm-token-saved test "$(token dst/backup/data)" != -
+# The snapshot that push was sending goes away on the source: the token is stale.
+stale=$(newest src/data)
+zfs destroy -r "$stale"
+lab_log "destroyed $stale (the token's snapshot)"
+rc=0
+push stale "$work/send.toml" || rc=$?
+lab_assert_eq stale-exit 0 "$rc"
+lab_assert stale-token-aborted grep -qi stale "$R/stale.out"
+lab_assert_eq stale-no-token-left - "$(token dst/backup/data)"
+compare_target stale
+
+# 5. a diverged target is refused; --force rolls it back
+zfs snapshot dst/backup/data@made-on-dr
+lab_step mutate-5 lab_mutate "$smnt" 35 128K
+rc=0
+push diverged "$work/send.toml" || rc=$?
+lab_assert_eq diverged-exit 4 "$rc"
+lab_assert diverged-names-snapshot grep -q made-on-dr "$R/diverged.err"
+lab_assert diverged-target-kept sh -c "zfs list dst/backup/data@made-on-dr"
+rc=0
+push forced "$work/send.toml" --force || rc=$?
+lab_assert_eq forced-exit 0 "$rc"
+lab_assert forced-rolled-back sh -c "! zfs list dst/backup/data@made-on-dr 2>/dev/null"
+compare_target forced
+
+# 6. retention: an old snapshot with our prefix goes on both sides; a foreign one and the base stay
+zfs snapshot src/data@fjord_2026-01-01T000000Z
+zfs snapshot src/data@manual-keep
+lab_step mutate-6 lab_mutate "$smnt" 36 128K
+rc=0
+push retention "$work/send.toml" || rc=$?
+lab_assert_eq retention-exit 0 "$rc"
+lab_log "source: $(snaps src/data)"
+lab_log "target: $(snaps dst/backup/data)"
+lab_assert retention-old-pruned-source sh -c "! zfs list src/data@fjord_2026-01-01T000000Z 2>/dev/null"
+lab_assert retention-old-pruned-target sh -c "! zfs list dst/backup/data@fjord_2026-01-01T000000Z 2>/dev/null"
+lab_assert retention-foreign-kept zfs list src/data@manual-keep
+base=$(newest src/data)
+lab_assert retention-base-kept-source zfs list "$base"
+lab_assert retention-base-kept-target zfs list "dst/backup/${base#src/}"
+lab_assert retention-base-held sh -c "zfs holds -H '$base' | grep -q fjord"
+compare_target retention
+
+# 7. an unknown key, and a known key writing outside its prefix: refused, nothing written
+before_dst=$(snaps dst/backup/data)
+rc=0
+push stranger "$work/stranger.toml" || rc=$?
+lab_assert stranger-refused test "$rc" -ne 0
+lab_assert_eq stranger-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+rc=0
+push outside "$work/other.toml" || rc=$?
+lab_assert outside-prefix-refused test "$rc" -ne 0
+lab_assert outside-prefix-says-why grep -q 'prefix' "$R/outside.err"
+lab_assert_eq outside-prefix-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+
+# 8. two overlapping pushes of one job: the second exits "locked", the first completes
+lab_step mutate-8 lab_mutate "$smnt" 38 6M
+push overlap-a "$work/slow.toml" &
+a=$!
+sleep 1
+rc=0
+push overlap-b "$work/send.toml" || rc=$?
+lab_assert_eq overlap-second-locked 6 "$rc"
+rc=0
+wait "$a" || rc=$?
+lab_assert_eq overlap-first-ok 0 "$rc"
+compare_target overlap
+
+# 9. status and metrics
+rc=0
+ip netns exec primary "$send" status --config "$work/send.toml" --json >"$R/status.json" 2>"$R/status.err" || rc=$?
+lab_assert_eq status-exit 0 "$rc"
+lab_assert status-ok grep -q '"last_result": *"ok"' "$R/status.json"
+cp "$work/metrics/fjord.prom" "$R/fjord.prom" 2>/dev/null || true
+lab_assert metrics-last-success grep -q '^fjord_job_last_success_timestamp_seconds{job="data"}' "$work/metrics/fjord.prom"
+lab_assert metrics-lag grep -q '^fjord_job_replication_lag_seconds{job="data"}' "$work/metrics/fjord.prom"
+
+kill "$serve_pid" 2>/dev/null || true
+wait "$serve_pid" 2>/dev/null || true
+lab_summary
