@@ -280,6 +280,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "diverged-exit",
         "diverged-names-snapshot",
         "diverged-target-kept",
+        "diverged-status",
         "forced-exit",
         "forced-rolled-back",
         "retention-exit",

@@ -19,9 +19,12 @@ pub mod exit {
     pub const IO_ERROR: u8 = 3;
 }
 
-/// Logs to stderr through `tracing`, filtered by `FJORD_LOG` (default `warn`).
+/// Logs to stderr through `tracing`, filtered by `FJORD_LOG` (default `warn`);
+/// colours only on a terminal, so journald and log files stay plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -62,10 +65,9 @@ impl LinkArgs {
         LinkConfig {
             bandwidth_bps: self.link_mbit * 1_000_000,
             rtt: Duration::from_millis(self.link_rtt_ms),
-            idle_timeout: self.idle_timeout,
-            keep_alive: (self.idle_timeout / 4).max(Duration::from_millis(100)),
             ..LinkConfig::default()
         }
+        .with_idle_timeout(self.idle_timeout)
     }
 }
 

@@ -168,7 +168,7 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
     )));
     let mut link = args.link.link_config();
     if let Some(t) = config.idle_timeout {
-        link.idle_timeout = t;
+        link = link.with_idle_timeout(t);
     }
     Ok(Setup {
         identity,

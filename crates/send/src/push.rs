@@ -9,6 +9,7 @@ use fjord_push::config::{Job, SendConfig};
 use fjord_push::exit_code;
 use fjord_push::lock::JobLock;
 use fjord_push::metrics;
+use fjord_push::plan::PlanError;
 use fjord_push::status::{self, JobStatus};
 use fjord_transport::{Identity, LinkConfig, PublicKey};
 use fjord_zfs::{snapname, SendKind, SendSpec, Zfs};
@@ -71,6 +72,8 @@ pub struct Args {
 enum JobResult {
     Ok,
     Locked,
+    /// Failed because a target diverged (needs an operator: --force).
+    Diverged,
     Failed,
 }
 
@@ -117,7 +120,7 @@ pub fn run(args: Args) -> u8 {
     match worst {
         JobResult::Ok => exit_code::OK,
         JobResult::Locked => exit_code::LOCKED,
-        JobResult::Failed => exit_code::JOB_FAILED,
+        JobResult::Failed | JobResult::Diverged => exit_code::JOB_FAILED,
     }
 }
 
@@ -151,7 +154,7 @@ async fn run_job(config: &SendConfig, job: &Job, args: &Args, talk: bool) -> Job
     let attempt = now_unix();
     let outcome = push_job(config, job, args).await;
     let (result, lines, error, totals) = match outcome {
-        Ok((reports, failures)) => {
+        Ok((reports, failures, diverged)) => {
             let mut lines = Vec::new();
             let mut totals = (0u64, 0u64, None::<i64>);
             for r in &reports {
@@ -164,11 +167,13 @@ async fn run_job(config: &SendConfig, job: &Job, args: &Args, talk: bool) -> Job
                     (a, b) => a.or(b),
                 };
             }
-            if failures.is_empty() {
-                (JobResult::Ok, lines, None, totals)
-            } else {
-                (JobResult::Failed, lines, Some(failures.join("; ")), totals)
-            }
+            let result = match (failures.is_empty(), diverged) {
+                (true, _) => JobResult::Ok,
+                (false, true) => JobResult::Diverged,
+                (false, false) => JobResult::Failed,
+            };
+            let error = (!failures.is_empty()).then(|| failures.join("; "));
+            (result, lines, error, totals)
         }
         Err(e) => (
             JobResult::Failed,
@@ -206,10 +211,10 @@ async fn run_job(config: &SendConfig, job: &Job, args: &Args, talk: bool) -> Job
         } else {
             previous.as_ref().and_then(|p| p.last_success)
         },
-        last_result: if result == JobResult::Ok {
-            "ok"
-        } else {
-            "failed"
+        last_result: match result {
+            JobResult::Ok => status::result::OK,
+            JobResult::Diverged => status::result::DIVERGED,
+            JobResult::Locked | JobResult::Failed => status::result::FAILED,
         }
         .to_string(),
         last_error: error,
@@ -233,12 +238,13 @@ async fn run_job(config: &SendConfig, job: &Job, args: &Args, talk: bool) -> Job
     result
 }
 
-/// Runs one job: returns each dataset's report and the failures.
+/// Runs one job: returns each dataset's report, the failures, and whether
+/// one of them is a diverged target.
 async fn push_job(
     config: &SendConfig,
     job: &Job,
     args: &Args,
-) -> anyhow::Result<(Vec<DatasetReport>, Vec<String>)> {
+) -> anyhow::Result<(Vec<DatasetReport>, Vec<String>, bool)> {
     let zfs = Zfs::new();
     let identity = Identity::load(&config.key)
         .with_context(|| format!("loading the sender key {}", config.key.display()))?;
@@ -264,13 +270,13 @@ async fn push_job(
             .with_context(|| format!("taking snapshot {}@{short}", job.source))?;
         tracing::info!(snapshot = %short, "snapshot taken");
     }
-    let link = LinkConfig {
+    let mut link = LinkConfig {
         rate_limit: job.bwlimit,
-        idle_timeout: job
-            .idle_timeout
-            .unwrap_or(LinkConfig::default().idle_timeout),
         ..LinkConfig::default()
     };
+    if let Some(t) = job.idle_timeout {
+        link = link.with_idle_timeout(t);
+    }
     let progress = Progress::default();
     let ctx = Arc::new(JobContext {
         job: job.name.clone(),
@@ -310,7 +316,7 @@ async fn replicate_tree(
     ctx: Arc<JobContext>,
     job: &Job,
     datasets: Vec<String>,
-) -> (Vec<DatasetReport>, Vec<String>) {
+) -> (Vec<DatasetReport>, Vec<String>, bool) {
     let mut by_depth: Vec<Vec<String>> = Vec::new();
     for d in datasets {
         let depth = d.matches('/').count() - job.source.matches('/').count();
@@ -322,6 +328,7 @@ async fn replicate_tree(
     let limit = Arc::new(Semaphore::new(job.parallelism.max(1)));
     let mut reports = Vec::new();
     let mut failures: Vec<String> = Vec::new();
+    let mut diverged = false;
     let mut failed: HashMap<String, ()> = HashMap::new();
     for level in by_depth {
         let mut set = JoinSet::new();
@@ -351,6 +358,12 @@ async fn replicate_tree(
             match joined {
                 Ok((_, Ok(report))) => reports.push(report),
                 Ok((source, Err(e))) => {
+                    diverged |= e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<PlanError>(),
+                            Some(PlanError::Diverged { .. })
+                        )
+                    });
                     failures.push(format!("{e:#}"));
                     failed.insert(source, ());
                 }
@@ -358,5 +371,5 @@ async fn replicate_tree(
             }
         }
     }
-    (reports, failures)
+    (reports, failures, diverged)
 }

@@ -146,7 +146,7 @@ pub async fn replicate(
             .with_context(|| format!("listing the snapshots of {source}"))?;
         let tgt = ctx.target_state(&target).await?;
         let planned = plan(&src, &plan_target(&tgt), ctx.intermediates, ctx.force)
-            .map_err(|e| anyhow!("{source} -> {target}: {e}"))?;
+            .map_err(|e| anyhow::Error::new(e).context(format!("{source} -> {target}")))?;
         if let Some(stale) = &planned.abort_stale_token {
             let line = format!("{target}: stale resume token ({stale}); discarding it");
             if ctx.dry_run {

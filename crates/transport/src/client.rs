@@ -26,7 +26,7 @@ pub enum SendError {
     #[error(transparent)]
     Session(#[from] SessionError),
     /// The TLS handshake was refused (keys not pinned).
-    #[error("the receiver at {addr} and this sender do not trust each other's keys: {detail}. Check that --server-key is the receiver's public key and that the receiver lists this sender's public key with --allow-key")]
+    #[error("the receiver at {addr} and this sender do not trust each other's keys: {detail}. Check that the receiver's public key given here (--server-key, or target_key in send.toml) is right, and that the receiver allows this sender's public key (--allow-key, or a [[client]] key in recv.toml)")]
     KeyRefused {
         /// The receiver.
         addr: SocketAddr,

@@ -41,6 +41,16 @@ impl Default for LinkConfig {
 }
 
 impl LinkConfig {
+    /// This configuration with another idle timeout, and keep-alives at a
+    /// quarter of it (so a quiet but healthy link never looks dead).
+    pub fn with_idle_timeout(self, idle_timeout: Duration) -> LinkConfig {
+        LinkConfig {
+            idle_timeout,
+            keep_alive: (idle_timeout / 4).max(Duration::from_millis(100)),
+            ..self
+        }
+    }
+
     /// The bandwidth-delay product in bytes.
     pub fn bdp(&self) -> u64 {
         (self.bandwidth_bps as u128 * self.rtt.as_micros() / 8 / 1_000_000) as u64
