@@ -304,7 +304,14 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [
-        "full", "incr", "flaps", "resumed", "stale", "forced", "retention", "overlap",
+        "full",
+        "incr",
+        "flaps",
+        "resumed",
+        "stale",
+        "forced",
+        "retention",
+        "overlap",
     ];
     let names: Vec<String> = compared
         .iter()

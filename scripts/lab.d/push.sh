@@ -87,7 +87,7 @@ daily = 0
 weekly = 0
 
 [job.retention.target]
-hourly = 5
+hourly = 3
 daily = 0
 weekly = 0
 EOF
@@ -299,7 +299,11 @@ lab_assert_eq outside-prefix-wrote-nothing "$before_dst" "$(snaps dst/backup/dat
 lab_step mutate-8 lab_mutate "$smnt" 38 6M
 push overlap-a "$work/slow.toml" &
 a=$!
-sleep 1
+# until the first push holds the job's lock (flock(2), as the job lock uses)
+for _ in $(seq 1 150); do
+    flock -n "$work/state/data.lock" true 2>/dev/null || break
+    sleep 0.2
+done
 rc=0
 push overlap-b "$work/send.toml" || rc=$?
 lab_assert_eq overlap-second-locked 6 "$rc"

@@ -132,6 +132,10 @@ pub struct Job {
     /// `zfs send -L` (default true).
     #[serde(default = "default_true")]
     pub large_blocks: bool,
+    /// Pack the stream on the wire (fjord-pack: BLAKE3 dedup within the
+    /// stream, adaptive zstd); default true.
+    #[serde(default = "default_true")]
+    pub pack: bool,
     /// How long a broken link may stay down before the transfer is given
     /// up, from `"5m"` (s, m, h, d); `None` for the transport's default.
     #[serde(default, deserialize_with = "de_duration")]
@@ -577,7 +581,7 @@ target_dataset = "backup/oslo/home"
         assert_eq!(job.grace, Some(Duration::from_secs(300)));
         assert_eq!(job.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(job.parallelism, 2);
-        assert!(!job.raw && job.compressed && job.large_blocks);
+        assert!(!job.raw && job.compressed && job.large_blocks && job.pack);
         assert_eq!(
             job.retention.source,
             Some(Retention {

@@ -37,6 +37,7 @@
 //! raw = false                             # zfs send -w (default false)
 //! compressed = true                       # zfs send -c (default true)
 //! large_blocks = true                     # zfs send -L (default true)
+//! pack = true                             # dedup + zstd on the wire (default true)
 //! grace = "5m"                            # optional: s, m, h or d
 //! idle_timeout = "30s"                    # optional: silence = broken link
 //!

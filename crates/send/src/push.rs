@@ -89,7 +89,7 @@ pub fn run(args: Args) -> u8 {
     let jobs: Vec<&Job> = config
         .jobs
         .iter()
-        .filter(|j| args.job.as_ref().map_or(true, |n| *n == j.name))
+        .filter(|j| args.job.as_ref().is_none_or(|n| *n == j.name))
         .collect();
     if jobs.is_empty() {
         eprintln!(
@@ -296,6 +296,7 @@ async fn push_job(
             embedded: job.compressed || job.raw,
         },
         intermediates: job.intermediates,
+        pack: job.pack,
         prefix: job.snapshot_prefix.clone(),
         keep_source: job.retention.source,
         keep_target: job.retention.target,

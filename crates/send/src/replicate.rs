@@ -7,10 +7,12 @@
 use crate::progress::Progress;
 use crate::zfs_source::CheckedSend;
 use anyhow::{anyhow, bail, Context};
+use fjord_pack::PackOptions;
 use fjord_push::plan::{plan, Plan, TargetState as PlanTarget};
 use fjord_push::retention::{plan_pruning, Retention};
 use fjord_transport::client::{request, Counters, RequestOptions, SendOptions};
 use fjord_transport::message::offer_flags;
+use fjord_transport::packed::PackReader;
 use fjord_transport::{
     Identity, LinkConfig, Offer, PublicKey, Request, Response, SessionId, Snapshot, TargetState,
 };
@@ -39,6 +41,8 @@ pub struct JobContext {
     pub send_flags: SendSpec,
     /// `-I` rather than `-i`.
     pub intermediates: bool,
+    /// Pack the stream on the wire (dedup + zstd).
+    pub pack: bool,
     /// Snapshot name prefix (retention only touches these).
     pub prefix: String,
     /// Retention on the source (none: never prune).
@@ -295,9 +299,12 @@ async fn send_one(
     spec: SendSpec,
     from: Option<&SnapshotInfo>,
     to: &SnapshotInfo,
-    flags: u64,
+    mut flags: u64,
     what: &str,
 ) -> anyhow::Result<(u64, u64, u64)> {
+    if ctx.pack {
+        flags |= offer_flags::PACKED;
+    }
     let estimate = ctx.zfs.send_size_estimate(&spec).await.unwrap_or(None);
     let offer = Offer {
         session: SessionId::random(),
@@ -326,10 +333,17 @@ async fn send_one(
         .progress
         .add(source.to_string(), counters.clone(), estimate);
     tracing::info!(dataset = source, target, estimate, "{what}");
-    let out =
-        fjord_transport::client::send(&ctx.identity, opts, CheckedSend::new(process), counters)
-            .await
-            .with_context(|| format!("{what} failed"))?;
+    let stream: Box<dyn std::io::Read + Send> = if ctx.pack {
+        Box::new(
+            PackReader::spawn(CheckedSend::new(process), PackOptions::default())
+                .context("starting the pack threads")?,
+        )
+    } else {
+        Box::new(CheckedSend::new(process))
+    };
+    let out = fjord_transport::client::send(&ctx.identity, opts, stream, counters)
+        .await
+        .with_context(|| format!("{what} failed"))?;
     tracing::info!(
         dataset = source,
         bytes = out.length,

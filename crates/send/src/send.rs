@@ -2,8 +2,11 @@
 //! over QUIC, surviving link flaps.
 
 use anyhow::{bail, Context};
+use fjord_pack::PackOptions;
 use fjord_stream::{Body, Decoder};
 use fjord_transport::client::{Counters, SendError, SendOptions};
+use fjord_transport::message::offer_flags;
+use fjord_transport::packed::PackReader;
 use fjord_transport::{Identity, LinkConfig, Offer, PublicKey, SessionError, SessionId, Snapshot};
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -57,6 +60,12 @@ pub struct Args {
     /// suffix (1024-based), e.g. 50M.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     bwlimit: Option<u64>,
+    /// Pack the stream on the wire: record-aligned frames, BLAKE3 dedup
+    /// within the stream, zstd where it pays (fjord-pack). The receiver
+    /// decodes and verifies it before storing; what it stores is the
+    /// original stream.
+    #[arg(long)]
+    pack: bool,
     #[command(flatten)]
     link: fjord_cli::LinkArgs,
 }
@@ -163,7 +172,7 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
         dataset: args.dataset.clone(),
         from,
         to: snap,
-        flags: 0,
+        flags: if args.pack { offer_flags::PACKED } else { 0 },
         size_estimate,
     };
     let mut opts = SendOptions::new(to, args.server_key, offer);
@@ -174,6 +183,14 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
         ..args.link.link_config()
     };
     let source = std::io::Cursor::new(prefix).chain(source);
+    let source: Box<dyn Read + Send> = if args.pack {
+        Box::new(
+            PackReader::spawn(source, PackOptions::default())
+                .context("starting the pack threads")?,
+        )
+    } else {
+        Box::new(source)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -193,7 +193,7 @@ pub fn encode(t: &ResumeToken) -> String {
 }
 
 fn from_hex(hex: &str) -> Result<Vec<u8>, TokenError> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(TokenError::Hex);
     }
     let digit = |c: u8| (c as char).to_digit(16).ok_or(TokenError::Hex);

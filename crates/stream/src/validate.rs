@@ -133,7 +133,7 @@ fn check_object(o: &Object, features: FeatureFlags) -> Result<(), Reason> {
             o.blksz
         ));
     }
-    if o.blksz as u64 % MIN_BLOCK_SIZE != 0 {
+    if !(o.blksz as u64).is_multiple_of(MIN_BLOCK_SIZE) {
         return Err(format!(
             "DRR_OBJECT block size {} is not a multiple of {}",
             o.blksz, MIN_BLOCK_SIZE

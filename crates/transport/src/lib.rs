@@ -12,6 +12,7 @@
 //! - [`config`]: QUIC tuning for long fat links, backoff, rate limit.
 //! - [`control`]: how a receiver answers control requests (target
 //!   state, abort a resumable receive, prune snapshots).
+//! - [`packed`]: packed transfers (fjord-pack frames over the transport).
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
 //! - [`client`] and [`server`]: the thin tokio + quinn drivers.
 //!
@@ -27,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod identity;
 pub mod message;
+pub mod packed;
 pub mod receiver;
 pub mod sender;
 pub mod server;

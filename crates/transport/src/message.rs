@@ -93,8 +93,11 @@ pub mod offer_flags {
     /// The stream continues an interrupted `zfs recv -s` (it comes from
     /// `zfs send -t TOKEN`); the receiver keeps the partial state.
     pub const RESUME_TOKEN: u64 = 2;
+    /// The transfer carries a `fjord-pack` pack of the stream (offsets
+    /// count pack bytes); the receiver decodes it before its sink.
+    pub const PACKED: u64 = 4;
     /// Every bit this version understands; a receiver refuses others.
-    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN;
+    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN | PACKED;
 }
 
 /// A snapshot of a target dataset, as a receiver reports it for the

@@ -464,6 +464,12 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             }
             None => {
                 let sink = match tokio::task::block_in_place(|| shared.factory.open(&offer, &key)) {
+                    Ok(s) if offer.flags & offer_flags::PACKED != 0 => {
+                        Ok(Box::new(crate::packed::PackedSink::new(s)) as Box<dyn Sink>)
+                    }
+                    other => other,
+                };
+                let sink = match sink {
                     Ok(s) => s,
                     Err(e) => {
                         let code = match e {

@@ -215,7 +215,9 @@ pub fn stream_file_name(offer: &Offer) -> Result<String, String> {
 
 impl SinkFactory for FileSinkFactory {
     fn open(&self, offer: &Offer, _peer: &PublicKey) -> Result<Box<dyn Sink>, SinkError> {
-        if offer.flags != 0 {
+        let zfs_only =
+            crate::message::offer_flags::FORCE_ROLLBACK | crate::message::offer_flags::RESUME_TOKEN;
+        if offer.flags & zfs_only != 0 {
             return Err(SinkError::Refused(format!(
                 "the file sink stores plain streams only; offer flags {:#x} (rollback or resume-token) need a ZFS target",
                 offer.flags

@@ -1,0 +1,142 @@
+//! Packed transfers: the sender runs the send stream through `fjord-pack`
+//! (record-aligned frames, BLAKE3 dedup within the stream, adaptive zstd)
+//! and the transport carries the pack bytes like any stream; offsets,
+//! acks and resumes count pack bytes. The receiver decodes them back
+//! (checking each frame's BLAKE3, every record's checksum, and the receipt)
+//! before its sink sees a byte. Offers say so with
+//! [`offer_flags::PACKED`](crate::message::offer_flags::PACKED).
+
+use crate::sink::{Sink, SinkError, SinkOutcome};
+use bytes::Bytes;
+use fjord_pack::{NoCache, PackDecoder, PackOptions, PackSummary, UnpackOptions};
+use std::io::Read;
+use std::thread::JoinHandle;
+
+/// A `Read` of the pack of `input`, produced on a worker pool: what the
+/// transport sends for a packed transfer. A pack failure (an invalid
+/// stream, or `input` failing) surfaces as a read error at the end, never
+/// as a clean end of stream.
+pub struct PackReader {
+    pipe: std::io::PipeReader,
+    worker: Option<JoinHandle<Result<PackSummary, fjord_pack::PackError>>>,
+}
+
+impl PackReader {
+    /// Starts packing `input` with `opts`.
+    pub fn spawn<R: Read + Send + 'static>(
+        input: R,
+        opts: PackOptions,
+    ) -> std::io::Result<PackReader> {
+        let (pipe, writer) = std::io::pipe()?;
+        let worker = std::thread::Builder::new()
+            .name("fjord-pack".into())
+            .spawn(move || fjord_pack::pack(input, writer, &opts, &mut NoCache))?;
+        Ok(PackReader {
+            pipe,
+            worker: Some(worker),
+        })
+    }
+}
+
+impl Read for PackReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.pipe.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            if let Some(worker) = self.worker.take() {
+                match worker.join() {
+                    Ok(Ok(summary)) => {
+                        tracing::info!(stream_bytes = summary.receipt.stream_len, "pack complete")
+                    }
+                    Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                    Err(_) => return Err(std::io::Error::other("the pack thread panicked")),
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Decodes a packed transfer in front of another sink: `inner` gets the
+/// original stream, verified, at stream offsets.
+pub struct PackedSink {
+    inner: Box<dyn Sink>,
+    decoder: PackDecoder,
+    /// Next pack offset expected.
+    next: u64,
+    /// Stream bytes handed to `inner`.
+    out: u64,
+    decoded: Vec<Bytes>,
+}
+
+impl PackedSink {
+    /// Wraps `inner`.
+    pub fn new(inner: Box<dyn Sink>) -> PackedSink {
+        PackedSink {
+            inner,
+            decoder: PackDecoder::new(UnpackOptions {
+                store_chunks: false,
+                ..UnpackOptions::default()
+            }),
+            next: 0,
+            out: 0,
+            decoded: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) -> Result<(), SinkError> {
+        for b in self.decoded.drain(..) {
+            let len = b.len() as u64;
+            self.inner.write(self.out, b)?;
+            self.out += len;
+        }
+        Ok(())
+    }
+}
+
+fn invalid(e: fjord_pack::UnpackError) -> SinkError {
+    SinkError::Refused(format!("the packed stream is invalid: {e}"))
+}
+
+impl Sink for PackedSink {
+    fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
+        if start != self.next {
+            return Err(SinkError::Refused(format!(
+                "internal: pack write at {start}, expected {}",
+                self.next
+            )));
+        }
+        self.next += data.len() as u64;
+        self.decoder.feed(&data);
+        let r = self.decoder.decode(&mut NoCache, &mut self.decoded);
+        // What decoded before an error is verified: pass it on first.
+        self.drain()?;
+        r.map_err(invalid)
+    }
+
+    fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
+        if length != self.next {
+            return Err(SinkError::Refused(format!(
+                "the sender announced {length} pack bytes but {} arrived",
+                self.next
+            )));
+        }
+        let receipt = self.decoder.finish().map_err(invalid)?;
+        self.drain()?;
+        if receipt.stream_len != self.out {
+            return Err(SinkError::Refused(format!(
+                "the pack's receipt says {} stream bytes but {} were decoded",
+                receipt.stream_len, self.out
+            )));
+        }
+        let mut outcome = self.inner.finish(self.out)?;
+        outcome.message = format!(
+            "{} (packed: {length} bytes on the wire for {} stream bytes)",
+            outcome.message, self.out
+        );
+        Ok(outcome)
+    }
+
+    fn abort(&mut self, why: &str) {
+        self.inner.abort(why);
+    }
+}
