@@ -473,9 +473,23 @@ async fn run_connection(
                     tokio::time::sleep(wait).await;
                 }
             }
-            buf.clear();
-            msg.encode(&mut buf);
-            if let Err(e) = send.write_all(&buf).await {
+            let written = match &msg {
+                // The payload goes to quinn by reference, not copied into a
+                // message buffer first.
+                Message::Data(f) => {
+                    let mut chunks = [
+                        Bytes::copy_from_slice(&f.encode_header()),
+                        f.payload.clone(),
+                    ];
+                    send.write_all_chunks(&mut chunks).await
+                }
+                _ => {
+                    buf.clear();
+                    msg.encode(&mut buf);
+                    send.write_all(&buf).await
+                }
+            };
+            if let Err(e) = written {
                 return lost(&e);
             }
             continue;
