@@ -14,6 +14,7 @@
 //!   state, abort a resumable receive, prune snapshots).
 //! - [`packed`]: packed transfers (fjord-pack frames over the transport).
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
+//! - [`threaded`]: a sink on its own thread, overlapping network and disk.
 //! - [`client`] and [`server`]: the thin tokio + quinn drivers.
 //!
 //! A transfer is one session, identified by a random [`SessionId`]; it
@@ -33,6 +34,7 @@ pub mod receiver;
 pub mod sender;
 pub mod server;
 pub mod sink;
+pub mod threaded;
 
 pub use config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
 pub use identity::{Identity, IdentityError, PublicKey};

@@ -469,6 +469,12 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                     }
                     other => other,
                 };
+                // Decoding, verifying and writing run beside the network loop.
+                let sink = sink.and_then(|s| {
+                    crate::threaded::ThreadedSink::spawn(s)
+                        .map(|t| Box::new(t) as Box<dyn Sink>)
+                        .map_err(|e| SinkError::Refused(format!("cannot start the sink thread: {e}")))
+                });
                 let sink = match sink {
                     Ok(s) => s,
                     Err(e) => {

@@ -1,0 +1,230 @@
+//! A sink on a thread of its own, so that the receiver's network loop
+//! (QUIC, decryption, message framing) runs while the previous frames are
+//! decoded, verified and written: the two overlap instead of alternating.
+//!
+//! Frames are acknowledged when queued, a little before they are written.
+//! That is safe: acks only let the sender drop its replay copy, and a
+//! queued frame is lost only together with the session (receiver crash),
+//! which is then refused as unknown and sent again from the start or from
+//! ZFS's resume token.
+
+use crate::sink::{Sink, SinkError, SinkOutcome};
+use bytes::Bytes;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Frames queued ahead of the writer (about 1 MiB each): bounds memory.
+const QUEUE_FRAMES: usize = 16;
+
+enum Command {
+    Write(u64, Bytes),
+    Finish(u64, SyncSender<Result<SinkOutcome, SinkError>>),
+    Abort(String),
+}
+
+/// Runs another sink on its own thread (see the module docs).
+pub struct ThreadedSink {
+    tx: Option<SyncSender<Command>>,
+    thread: Option<JoinHandle<()>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl ThreadedSink {
+    /// Starts the thread that owns `inner`.
+    pub fn spawn(inner: Box<dyn Sink>) -> std::io::Result<ThreadedSink> {
+        let (tx, rx) = sync_channel(QUEUE_FRAMES);
+        let failed = Arc::new(Mutex::new(None));
+        let flag = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("fjord-sink".into())
+            .spawn(move || run(inner, rx, flag))?;
+        Ok(ThreadedSink {
+            tx: Some(tx),
+            thread: Some(thread),
+            failed,
+        })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn gone(&self) -> SinkError {
+        SinkError::Refused(
+            self.failure()
+                .unwrap_or_else(|| "the sink thread ended unexpectedly".into()),
+        )
+    }
+}
+
+fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Option<String>>>) {
+    let mut broken = false;
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::Write(start, data) => {
+                if broken {
+                    continue;
+                }
+                if let Err(e) = inner.write(start, data) {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    broken = true;
+                }
+            }
+            Command::Finish(length, reply) => {
+                let r = match failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    Some(why) => Err(SinkError::Refused(why)),
+                    None => inner.finish(length),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Abort(why) => {
+                inner.abort(&why);
+                return;
+            }
+        }
+    }
+    // The session dropped the sink without finishing: `inner`'s own drop
+    // discards what it holds.
+}
+
+impl Sink for ThreadedSink {
+    fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
+        if let Some(why) = self.failure() {
+            return Err(SinkError::Refused(why));
+        }
+        match &self.tx {
+            Some(tx) => tx
+                .send(Command::Write(start, data))
+                .map_err(|_| self.gone()),
+            None => Err(self.gone()),
+        }
+    }
+
+    fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
+        let Some(tx) = &self.tx else {
+            return Err(self.gone());
+        };
+        let (reply_tx, reply_rx) = sync_channel(1);
+        tx.send(Command::Finish(length, reply_tx))
+            .map_err(|_| self.gone())?;
+        reply_rx.recv().map_err(|_| self.gone())?
+    }
+
+    fn abort(&mut self, why: &str) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Command::Abort(why.to_string()));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ThreadedSink {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread, which drops the inner sink.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Log {
+        writes: Vec<(u64, usize)>,
+        finished: Option<u64>,
+        aborted: Option<String>,
+    }
+
+    struct Recording {
+        log: Arc<Mutex<Log>>,
+        fail_at: Option<u64>,
+    }
+
+    impl Sink for Recording {
+        fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
+            if Some(start) == self.fail_at {
+                return Err(SinkError::Refused(format!("disk full at {start}")));
+            }
+            self.log.lock().unwrap().writes.push((start, data.len()));
+            Ok(())
+        }
+        fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
+            self.log.lock().unwrap().finished = Some(length);
+            Ok(SinkOutcome {
+                message: format!("stored {length}"),
+                ..SinkOutcome::default()
+            })
+        }
+        fn abort(&mut self, why: &str) {
+            self.log.lock().unwrap().aborted = Some(why.into());
+        }
+    }
+
+    fn sink(fail_at: Option<u64>) -> (ThreadedSink, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let inner = Recording {
+            log: log.clone(),
+            fail_at,
+        };
+        (ThreadedSink::spawn(Box::new(inner)).unwrap(), log)
+    }
+
+    #[test]
+    fn writes_arrive_in_order_before_finish() {
+        let (mut s, log) = sink(None);
+        for i in 0..100u64 {
+            s.write(i * 10, Bytes::from(vec![0u8; 10])).unwrap();
+        }
+        let out = s.finish(1000).unwrap();
+        assert_eq!(out.message, "stored 1000");
+        let log = log.lock().unwrap();
+        assert_eq!(log.writes.len(), 100);
+        assert!(log
+            .writes
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w.0 == i as u64 * 10));
+        assert_eq!(log.finished, Some(1000));
+    }
+
+    #[test]
+    fn a_write_error_fails_later_writes_and_the_finish() {
+        let (mut s, log) = sink(Some(30));
+        let mut first_err = None;
+        for i in 0..50u64 {
+            if let Err(e) = s.write(i * 10, Bytes::from(vec![0u8; 10])) {
+                first_err = Some((i, e.to_string()));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let err = s.finish(500).expect_err("finish after a failed write");
+        assert!(err.to_string().contains("disk full at 30"), "{err}");
+        if let Some((i, e)) = first_err {
+            assert!(i > 3 && e.contains("disk full at 30"), "{i}: {e}");
+        }
+        assert_eq!(log.lock().unwrap().finished, None);
+    }
+
+    #[test]
+    fn abort_reaches_the_inner_sink() {
+        let (mut s, log) = sink(None);
+        s.write(0, Bytes::from_static(b"abc")).unwrap();
+        s.abort("grace expired");
+        assert_eq!(
+            log.lock().unwrap().aborted.as_deref(),
+            Some("grace expired")
+        );
+        assert!(s.write(3, Bytes::from_static(b"d")).is_err());
+    }
+}
