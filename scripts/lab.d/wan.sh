@@ -41,7 +41,8 @@ AuthorizedKeysFile $work/ssh/authorized_keys
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 StrictModes no
-UsePAM no
+# PAM lets key logins in although the shared rootfs has root's password locked
+UsePAM yes
 PidFile $work/ssh/sshd.pid
 EOF
 lab_step topology-ready lab_ping primary "$LAB_DR_WG_IP" 2
@@ -75,8 +76,8 @@ run() {
     fi
     t0=$(date +%s.%N)
     case $tool in
-    fjord)
-        ip netns exec primary timeout 900 "$send" send --pack --stream "$work/stream.zsend" \
+    fjord-*)
+        ip netns exec primary timeout 900 "$send" send --pack --congestion "${tool#fjord-}" --stream "$work/stream.zsend" \
             --to "$LAB_DR_WG_IP:7450" --key "$work/send.key" --server-key "$rpub" \
             --dataset "backup/$case" --idle-timeout 3s --grace 120s --link-mbit 100 --link-rtt-ms 50 \
             >"$R/$case-$tool.out" 2>"$R/$case-$tool.err" || rc=$?
@@ -105,13 +106,17 @@ run() {
 }
 
 run steady zstd-ssh
-run steady fjord
+run steady fjord-cubic
+run steady fjord-bbr
 FLAP=1 run flap zstd-ssh
-FLAP=1 run flap fjord
+FLAP=1 run flap fjord-cubic
+FLAP=1 run flap fjord-bbr
 
-lab_assert steady-fjord-ok grep -qP '^steady\tfjord\t.*\tok ' "$R/wan.tsv"
+lab_assert steady-fjord-ok grep -qP '^steady\tfjord-cubic\t.*\tok ' "$R/wan.tsv"
+lab_assert steady-fjord-bbr-ok grep -qP '^steady\tfjord-bbr\t.*\tok ' "$R/wan.tsv"
 lab_assert steady-ssh-ok grep -qP '^steady\tzstd-ssh\t.*\tok ' "$R/wan.tsv"
-lab_assert flap-fjord-ok grep -qP '^flap\tfjord\t.*\tok ' "$R/wan.tsv"
+lab_assert flap-fjord-ok grep -qP '^flap\tfjord-cubic\t.*\tok ' "$R/wan.tsv"
+lab_assert flap-fjord-bbr-ok grep -qP '^flap\tfjord-bbr\t.*\tok ' "$R/wan.tsv"
 {
     echo "| case | tool | seconds | stream MB/s | result | detail |"
     echo "| --- | --- | ---: | ---: | --- | --- |"

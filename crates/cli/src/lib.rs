@@ -56,6 +56,10 @@ pub struct LinkArgs {
     /// (the session survives it; see --grace).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Congestion controller for what this end sends: cubic (like TCP,
+    /// backs off on every loss) or bbr (keeps a lossy long link full).
+    #[arg(long, value_name = "cubic|bbr", default_value = "cubic")]
+    pub congestion: fjord_transport::Congestion,
 }
 
 impl LinkArgs {
@@ -65,6 +69,7 @@ impl LinkArgs {
         LinkConfig {
             bandwidth_bps: self.link_mbit * 1_000_000,
             rtt: Duration::from_millis(self.link_rtt_ms),
+            congestion: self.congestion,
             ..LinkConfig::default()
         }
         .with_idle_timeout(self.idle_timeout)

@@ -91,6 +91,17 @@ pub struct RetentionConfig {
     pub target: Option<Retention>,
 }
 
+/// A job's congestion controller (see `fjord_transport::Congestion`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionChoice {
+    /// CUBIC.
+    #[default]
+    Cubic,
+    /// BBR.
+    Bbr,
+}
+
 /// One `[[job]]`: replicate `source` (and, if `recursive`, its
 /// descendants) to `target_dataset` on `target_host`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -132,6 +143,10 @@ pub struct Job {
     /// `zfs send -L` (default true).
     #[serde(default = "default_true")]
     pub large_blocks: bool,
+    /// Congestion controller for the transfer: `"cubic"` (default, like
+    /// TCP) or `"bbr"` (keeps a lossy long link full).
+    #[serde(default)]
+    pub congestion: CongestionChoice,
     /// Pack the stream on the wire (fjord-pack: BLAKE3 dedup within the
     /// stream, adaptive zstd); default true.
     #[serde(default = "default_true")]

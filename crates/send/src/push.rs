@@ -5,13 +5,13 @@
 use crate::progress::Progress;
 use crate::replicate::{replicate, DatasetReport, JobContext};
 use anyhow::Context;
-use fjord_push::config::{Job, SendConfig};
+use fjord_push::config::{CongestionChoice, Job, SendConfig};
 use fjord_push::exit_code;
 use fjord_push::lock::JobLock;
 use fjord_push::metrics;
 use fjord_push::plan::PlanError;
 use fjord_push::status::{self, JobStatus};
-use fjord_transport::{Identity, LinkConfig, PublicKey};
+use fjord_transport::{Congestion, Identity, LinkConfig, PublicKey};
 use fjord_zfs::{snapname, SendKind, SendSpec, Zfs};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -272,6 +272,10 @@ async fn push_job(
     }
     let mut link = LinkConfig {
         rate_limit: job.bwlimit,
+        congestion: match job.congestion {
+            CongestionChoice::Cubic => Congestion::Cubic,
+            CongestionChoice::Bbr => Congestion::Bbr,
+        },
         ..LinkConfig::default()
     };
     if let Some(t) = job.idle_timeout {

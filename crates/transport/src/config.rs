@@ -24,6 +24,34 @@ pub struct LinkConfig {
     pub max_udp_payload: u16,
     /// Sending rate limit in bytes per second (data frames only).
     pub rate_limit: Option<u64>,
+    /// The congestion controller of the sending side.
+    pub congestion: Congestion,
+}
+
+/// Which congestion controller paces what this end sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC, as Linux TCP: backs off on every loss. Fair to other
+    /// traffic on a shared link.
+    #[default]
+    Cubic,
+    /// BBR (v1, quinn's implementation): paces at the measured bottleneck
+    /// rate and does not take random loss for congestion, so a lossy long
+    /// link (a WAN with 0.1 % loss) stays full.
+    Bbr,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Congestion, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: use cubic or bbr"
+            )),
+        }
+    }
 }
 
 impl Default for LinkConfig {
@@ -36,6 +64,7 @@ impl Default for LinkConfig {
             keep_alive: Duration::from_secs(5),
             max_udp_payload: WIREGUARD_UDP_PAYLOAD,
             rate_limit: None,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -101,6 +130,16 @@ impl LinkConfig {
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(self.max_udp_payload);
         t.mtu_discovery_config(Some(mtu));
+        match self.congestion {
+            Congestion::Cubic => {
+                t.congestion_controller_factory(
+                    Arc::new(quinn::congestion::CubicConfig::default()),
+                );
+            }
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+            }
+        }
         Ok(t)
     }
 

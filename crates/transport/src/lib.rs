@@ -36,7 +36,7 @@ pub mod server;
 pub mod sink;
 pub mod threaded;
 
-pub use config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
+pub use config::{Backoff, BackoffConfig, Congestion, LinkConfig, RateLimiter};
 pub use identity::{Identity, IdentityError, PublicKey};
 pub use message::{
     offer_flags, Message, Offer, RefuseCode, Request, Response, SessionId, Snapshot,
