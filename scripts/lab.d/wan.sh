@@ -90,7 +90,7 @@ run() {
             "$work/stream.zsend" "$out" "${ssh_cmd[@]}" \
             >"$R/$case-$tool.out" 2>"$R/$case-$tool.err" || rc=$?
         t1=$(date +%s.%N)
-        detail=$(tail -n1 "$R/$case-$tool.err" | tr '\t' ' ')
+        ((rc == 0)) || detail=$(grep -v pyenv "$R/$case-$tool.err" | tail -n1 | tr '\t' ' ')
         ;;
     esac
     [[ -z $flap_pid ]] || wait "$flap_pid" || true
