@@ -118,7 +118,9 @@ pub struct FrameCutter {
     seq: u64,
     /// The current substream is raw (`zfs send -w`): its blocks are encrypted.
     raw_stream: bool,
-    receipt: blake3::Hasher,
+    /// `None` when the caller computes the receipt itself
+    /// ([`FrameCutter::without_receipt`]).
+    receipt: Option<Box<blake3::Hasher>>,
     stream_len: u64,
 }
 
@@ -131,15 +133,27 @@ impl FrameCutter {
             pending_len: 0,
             seq: 0,
             raw_stream: false,
-            receipt: blake3::Hasher::new(),
+            receipt: Some(Box::new(blake3::Hasher::new())),
             stream_len: 0,
+        }
+    }
+
+    /// A cutter that leaves the receipt's BLAKE3 to its caller (the pack
+    /// pipeline computes it off the reading thread, from the frames in
+    /// order: see [`receipt_update`]); [`FrameCutter::receipt`] then
+    /// carries the stream length and a zero digest.
+    pub fn without_receipt(target: usize) -> FrameCutter {
+        FrameCutter {
+            receipt: None,
+            ..FrameCutter::new(target)
         }
     }
 
     /// Adds the next record; returns a frame when one is complete.
     pub fn push(&mut self, record: Record) -> Option<RawFrame> {
-        self.receipt.update(&record.raw_header);
-        self.receipt.update(&record.payload);
+        if let Some(receipt) = &mut self.receipt {
+            receipt_update(receipt, &record);
+        }
         let len = record.wire_len() as usize;
         self.stream_len += len as u64;
         if let Body::Begin(b) = &record.header.body {
@@ -173,7 +187,10 @@ impl FrameCutter {
     pub fn receipt(&self) -> Receipt {
         Receipt {
             stream_len: self.stream_len,
-            digest: *self.receipt.finalize().as_bytes(),
+            digest: self
+                .receipt
+                .as_ref()
+                .map_or([0; 32], |r| *r.finalize().as_bytes()),
         }
     }
 
@@ -191,6 +208,12 @@ impl FrameCutter {
         };
         PayloadClass::Addressed { try_compress }
     }
+}
+
+/// Adds `record`, as it appears in the stream, to a receipt hasher.
+pub fn receipt_update(receipt: &mut blake3::Hasher, record: &Record) {
+    receipt.update(&record.raw_header);
+    receipt.update(&record.payload);
 }
 
 /// The analysis of one addressed payload.
@@ -372,7 +395,10 @@ impl FramePlanner {
         }
 
         let header = self.header(FrameKind::Data, frame.raw.raw_len as u32);
-        let mut ops = Ops::with_capacity(frame.raw.raw_len / 2);
+        // Room for everything inline (the most the section can take):
+        // growing it would copy it and touch fresh pages several times;
+        // pages reserved but not written cost nothing.
+        let mut ops = Ops::with_capacity(frame.raw.raw_len + 48 * frame.raw.records.len() + 64);
         let mut stored = Vec::new();
         let st = &mut self.stats;
         for ((record, _), info) in frame.raw.records.iter().zip(&frame.chunks) {

@@ -291,7 +291,7 @@ impl StartParams {
 }
 
 /// What an END frame carries: the receipt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Receipt {
     /// Length of the original stream.
     pub stream_len: u64,

@@ -7,14 +7,18 @@
 //! order) and writes sealed frames in order. At most `2 × workers + 2`
 //! frames are in flight, which bounds memory whatever the stream's size.
 
-use crate::decoder::{PackDecoder, UnpackOptions, UnpackStats};
+use crate::decoder::{
+    parse_header, prepare, BufferPool, Frame, PrepareScratch, PreparedFrame, UnpackOptions,
+    UnpackStats, Unpacker,
+};
 use crate::encoder::{
-    analyze, compressor, seal, AnalyzedFrame, FrameCutter, FramePlanner, PackOptions, PackStats,
-    RawFrame, SealJob,
+    analyze, compressor, receipt_update, seal, AnalyzedFrame, FrameCutter, FramePlanner,
+    PackOptions, PackStats, RawFrame, SealJob,
 };
 use crate::error::{PackError, UnpackError, UnpackFailed};
-use crate::format::Receipt;
+use crate::format::{FrameKind, Receipt, HEADER_LEN};
 use crate::holdings::{ChunkStore, ReceiverHoldings};
+use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use fjord_stream::{Decoder, DecoderOptions};
 use std::collections::BTreeMap;
@@ -103,7 +107,7 @@ pub fn pack<R: Read, W: Write + Send>(
             (Err(e @ (PackError::Stream(_) | PackError::Read { .. })), _) => Err(e),
             // A writer that failed explains a reader told to stop.
             (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
-            (Ok((_, receipt)), Ok(stats)) => Ok(PackSummary { stats, receipt }),
+            (Ok(_), Ok((stats, receipt))) => Ok(PackSummary { stats, receipt }),
         }
     })
 }
@@ -120,7 +124,9 @@ fn read_and_cut<R: Read>(
         verify_checksums: true,
         allow_missing_end: opts.allow_missing_end,
     });
-    let mut cutter = FrameCutter::new(opts.frame_target);
+    // The receipt's BLAKE3 is the coordinator's: this thread already
+    // reads, copies and runs Fletcher-4 over every byte.
+    let mut cutter = FrameCutter::without_receipt(opts.frame_target);
     let mut frames = 0u64;
     // The coordinator stopped (write error): it reports why.
     let stopped = || PackError::Compress("the pack writer stopped".into());
@@ -186,8 +192,9 @@ fn coordinate<W: Write>(
     jobs: Sender<Job>,
     events: Receiver<Event>,
     slots: Receiver<()>,
-) -> Result<PackStats, PackError> {
+) -> Result<(PackStats, Receipt), PackError> {
     let mut planner = FramePlanner::new(opts);
+    let mut receipt_hasher = blake3::Hasher::new();
     let mut zstd = compressor(opts.zstd_level)?;
     let mut written = 0u64;
     let mut write = |bytes: &[u8], stats: &mut PackStats| -> Result<(), PackError> {
@@ -208,15 +215,16 @@ fn coordinate<W: Write>(
     let (mut next_plan, mut next_write) = (0u64, 1u64);
     let mut input_done: Option<(u64, Receipt)> = None;
     loop {
-        if let Some((data_frames, receipt)) = input_done {
+        if let Some((data_frames, mut receipt)) = input_done {
             if next_write == data_frames + 1 {
+                receipt.digest = *receipt_hasher.finalize().as_bytes();
                 let end = seal(planner.end(&receipt), &mut zstd)?;
                 write(&end, &mut planner.stats)?;
                 output.flush().map_err(|source| PackError::Write {
                     at: written,
                     source,
                 })?;
-                return Ok(planner.stats);
+                return Ok((planner.stats, receipt));
             }
         }
         let Ok(event) = events.recv() else {
@@ -226,6 +234,9 @@ fn coordinate<W: Write>(
             Event::Analyzed(frame) => {
                 analyzed.insert(frame.raw.seq, frame);
                 while let Some(frame) = analyzed.remove(&next_plan) {
+                    for (record, _) in &frame.raw.records {
+                        receipt_update(&mut receipt_hasher, record);
+                    }
                     let plan = planner.plan(frame, holdings)?;
                     let index = plan.header.index;
                     let packed = plan.packed.len() as u64;
@@ -250,7 +261,7 @@ fn coordinate<W: Write>(
                 data_frames,
                 receipt,
             } => input_done = Some((data_frames, receipt)),
-            Event::InputFailed => return Ok(planner.stats),
+            Event::InputFailed => return Ok((planner.stats, Receipt::default())),
         }
     }
 }
@@ -274,57 +285,313 @@ pub struct UnpackSummary {
 /// Rebuilds the original stream from the pack read from `input`, writing
 /// only verified bytes to `output`; references outside the dedup window
 /// are resolved from `store`.
+///
+/// Threads: the caller's reads whole frames, resolves references, verifies
+/// the rebuilt stream with [`fjord_stream::Decoder`] in frame order and
+/// writes what that released; one worker per core checks frame digests,
+/// decompresses, checks stored chunks and lays out each frame's bytes
+/// (frames are independent for that); one thread computes the receipt. At
+/// most `2 × workers + 2` frames are in flight.
 pub fn unpack<R: Read, W: Write>(
     mut input: R,
     mut output: W,
     store: &mut dyn ChunkStore,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, UnpackFailed> {
-    let mut decoder = PackDecoder::new(opts.clone());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let depth = 2 * workers + 2;
+    let mut unpacker = Unpacker::new(opts.clone());
     let mut written = 0u64;
-    let mut chunk = vec![0u8; READ_CHUNK];
-    let mut ready = Vec::new();
-    let mut read_at = 0u64;
-    let result = (|| -> Result<Receipt, UnpackError> {
-        loop {
-            let n = match input.read(&mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(UnpackError::Read {
-                        at: read_at,
-                        source,
-                    })
+    let result = std::thread::scope(|scope| -> Result<Receipt, UnpackError> {
+        let (job_tx, job_rx) = unbounded::<Frame>();
+        let (done_tx, done_rx) = unbounded::<PreparedFrame>();
+        let raw_pool = BufferPool::default();
+        for _ in 0..workers {
+            let (jobs, done) = (job_rx.clone(), done_tx.clone());
+            let pool = raw_pool.clone();
+            scope.spawn(move || {
+                let mut scratch = PrepareScratch::with_pool(pool);
+                for frame in jobs {
+                    if done.send(prepare(frame, &mut scratch)).is_err() {
+                        return;
+                    }
                 }
-            };
-            read_at += n as u64;
-            if n == 0 {
-                return decoder.finish();
-            }
-            decoder.feed(&chunk[..n]);
-            let decoded = decoder.decode(store, &mut ready);
-            // What was released before an error is verified: write it.
-            for piece in ready.drain(..) {
-                output
-                    .write_all(&piece)
-                    .map_err(|source| UnpackError::Write {
-                        at: written,
-                        source,
-                    })?;
-                written += piece.len() as u64;
-            }
-            decoded?;
+            });
         }
-    })();
+        drop((job_rx, done_tx));
+        // Bounded: a receipt thread starved of CPU holds back the
+        // verifier rather than letting rebuilt frames pile up.
+        let (bytes_tx, bytes_rx) = bounded::<Bytes>(depth);
+        let (digest_tx, digest_rx) = bounded::<[u8; 32]>(1);
+        scope.spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for b in bytes_rx {
+                hasher.update(&b);
+            }
+            let _ = digest_tx.send(*hasher.finalize().as_bytes());
+        });
+        unpacker.offload_receipt(bytes_tx, digest_rx);
+
+        let mut reader = FrameSource::default();
+        let mut ready = Vec::new();
+        let mut prepared: BTreeMap<u64, PreparedFrame> = BTreeMap::new();
+        let (mut submitted, mut applied) = (0u64, 0u64);
+        // How reading ended, once it has: after `submitted` frames.
+        let mut input_end: Option<Result<(), UnpackError>> = None;
+        let run = (|| -> Result<Receipt, UnpackError> {
+            loop {
+                while input_end.is_none() && submitted - applied < depth as u64 {
+                    match reader.next(&mut input) {
+                        Ok(Some(frame)) => {
+                            submitted += 1;
+                            let _ = job_tx.send(frame);
+                        }
+                        Ok(None) => input_end = Some(Ok(())),
+                        Err(e) => input_end = Some(Err(e)),
+                    }
+                }
+                if applied == submitted {
+                    break;
+                }
+                let frame = match prepared.remove(&applied) {
+                    Some(frame) => frame,
+                    None => {
+                        let frame = done_rx.recv().map_err(|_| UnpackError::Malformed {
+                            frame: applied,
+                            offset: reader.offset,
+                            reason: "internal: the unpack workers stopped".into(),
+                        })?;
+                        if frame.index() != applied {
+                            prepared.insert(frame.index(), frame);
+                            continue;
+                        }
+                        frame
+                    }
+                };
+                applied += 1;
+                let decoded = unpacker.apply(frame, store, &mut ready);
+                // What was released before an error is verified: write it.
+                for piece in ready.drain(..) {
+                    output
+                        .write_all(&piece)
+                        .map_err(|source| UnpackError::Write {
+                            at: written,
+                            source,
+                        })?;
+                    written += piece.len() as u64;
+                }
+                decoded?;
+            }
+            input_end.take().unwrap_or(Ok(()))?;
+            unpacker.receipt().ok_or(UnpackError::MissingEnd {
+                frames: reader.index,
+                offset: reader.offset,
+            })
+        })();
+        drop(job_tx);
+        // Closes the receipt thread's input if END never came.
+        unpacker.drop_receipt_offload();
+        run
+    });
     let flushed = output.flush().map_err(|source| UnpackError::Write {
         at: written,
         source,
     });
     match result.and_then(|r| flushed.map(|_| r)) {
         Ok(receipt) => Ok(UnpackSummary {
-            stats: decoder.stats().clone(),
+            stats: unpacker.stats.clone(),
             receipt,
         }),
         Err(source) => Err(UnpackFailed { written, source }),
+    }
+}
+
+/// Reads whole frames straight into buffers of their own (no copy beyond
+/// the read); stops after the END frame, refusing bytes after it.
+#[derive(Default)]
+struct FrameSource {
+    /// Where frame buffers come from and return to.
+    pool: BufferPool,
+    /// Pack bytes read.
+    offset: u64,
+    /// Index of the next frame.
+    index: u64,
+    /// The END frame was read.
+    ended: bool,
+}
+
+impl FrameSource {
+    fn next<R: Read>(&mut self, input: &mut R) -> Result<Option<Frame>, UnpackError> {
+        let (frame, offset) = (self.index, self.offset);
+        let read_err = |at: u64| move |source| UnpackError::Read { at, source };
+        if self.ended {
+            let mut probe = [0u8; 4096];
+            let n = read_full(input, &mut probe).map_err(read_err(offset))?;
+            if n > 0 {
+                return Err(UnpackError::TrailingData {
+                    offset,
+                    len: n as u64,
+                });
+            }
+            return Ok(None);
+        }
+        let mut raw = [0u8; HEADER_LEN];
+        let n = read_full(input, &mut raw).map_err(read_err(offset))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n < HEADER_LEN {
+            return Err(UnpackError::Truncated {
+                frame,
+                offset,
+                have: n as u64,
+                need: HEADER_LEN as u64,
+            });
+        }
+        let header = parse_header(&raw, frame, offset)?;
+        let body_len = (header.packed_len as u64 + header.stored_len as u64) as usize;
+        let mut body = self.pool.get(body_len);
+        let got = input
+            .take(body_len as u64)
+            .read_to_end(&mut body)
+            .map_err(read_err(offset + HEADER_LEN as u64))?;
+        if got < body_len {
+            return Err(UnpackError::Truncated {
+                frame,
+                offset,
+                have: (HEADER_LEN + got) as u64,
+                need: header.wire_len(),
+            });
+        }
+        self.offset += header.wire_len();
+        self.index += 1;
+        self.ended = header.kind == FrameKind::End;
+        let body = self.pool.wrap(body);
+        let packed = body.slice(..header.packed_len as usize);
+        let stored = body.slice(header.packed_len as usize..);
+        Ok(Some(Frame {
+            header,
+            offset,
+            packed,
+            stored,
+        }))
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decoder::PackDecoder;
+    use crate::holdings::NoCache;
+    use crate::PackOptions;
+    use fjord_stream::builder::StreamBuilder;
+    use fjord_stream::{ByteOrder, FeatureFlags};
+    use fjord_suite::XorShift;
+
+    const BLOCK: usize = 32 * 1024;
+
+    /// Random, text and repeated blocks: STORED, CHUNK and REF ops.
+    fn stream() -> Vec<u8> {
+        let features = FeatureFlags(FeatureFlags::LARGE_BLOCKS | FeatureFlags::EMBED_DATA);
+        let mut b = StreamBuilder::with(ByteOrder::Little, "tank/fs@a", 7, 0, features, None);
+        let mut rng = XorShift(11);
+        b.object(2, BLOCK as u32, &[0u8; 168]);
+        let mut blocks = Vec::new();
+        for i in 0..40u64 {
+            let block: Vec<u8> = match i % 3 {
+                0 => (0..BLOCK).map(|_| rng.next_u64() as u8).collect(),
+                1 => format!("line {i} of some text\n")
+                    .repeat(BLOCK)
+                    .into_bytes()[..BLOCK]
+                    .to_vec(),
+                _ => blocks.get(i as usize / 2).cloned().unwrap_or_default(),
+            };
+            let block = if block.is_empty() {
+                vec![7u8; BLOCK]
+            } else {
+                block
+            };
+            b.write(2, i * BLOCK as u64, &block);
+            blocks.push(block);
+        }
+        b.finish()
+    }
+
+    /// The sans-IO decoder's verdict: released bytes and error text.
+    fn reference(packed: &[u8]) -> (Vec<u8>, Option<String>) {
+        let mut d = PackDecoder::new(UnpackOptions::default());
+        let (mut out, mut released) = (Vec::new(), Vec::new());
+        d.feed_bytes(Bytes::copy_from_slice(packed));
+        let r = d.decode(&mut NoCache, &mut out);
+        released.extend(out.drain(..).flat_map(|b| b.to_vec()));
+        let err = r.err().or_else(|| d.finish().err());
+        (released, err.map(|e| e.to_string()))
+    }
+
+    fn pipelined(packed: &[u8]) -> (Vec<u8>, Option<String>) {
+        let mut out = Vec::new();
+        // Small reads: frames arrive in pieces.
+        let input = std::io::BufReader::with_capacity(1000, packed);
+        match unpack(input, &mut out, &mut NoCache, &UnpackOptions::default()) {
+            Ok(_) => (out, None),
+            Err(e) => {
+                assert_eq!(e.written, out.len() as u64);
+                (out, Some(e.source.to_string()))
+            }
+        }
+    }
+
+    #[test]
+    fn the_pipeline_decodes_and_fails_exactly_as_the_sans_io_decoder() {
+        let stream = stream();
+        let opts = PackOptions {
+            frame_target: 100 * 1024,
+            ..Default::default()
+        };
+        let mut packed = Vec::new();
+        let s = pack(&stream[..], &mut packed, &opts, &mut NoCache).expect("packs");
+        assert!(s.stats.window_refs > 0 && s.stats.stored_bytes > 0 && s.stats.chunk_bytes > 0);
+        let (out, err) = pipelined(&packed);
+        assert_eq!(err, None);
+        assert!(out == stream);
+
+        let mut rng = XorShift(3);
+        for _ in 0..60 {
+            let pos = rng.range(0, packed.len() - 1);
+            let mut damaged = packed.clone();
+            damaged[pos] ^= 1 << rng.range(0, 7);
+            let (want, want_err) = reference(&damaged);
+            let (got, got_err) = pipelined(&damaged);
+            assert!(got_err.is_some(), "flip at {pos} went unnoticed");
+            assert_eq!(got_err, want_err, "flip at {pos}");
+            assert!(got == want, "flip at {pos}: released bytes differ");
+        }
+        for _ in 0..30 {
+            let cut = rng.range(0, packed.len() - 1);
+            let (want, want_err) = reference(&packed[..cut]);
+            let (got, got_err) = pipelined(&packed[..cut]);
+            assert!(got_err.is_some(), "cut at {cut} went unnoticed");
+            assert_eq!(got_err, want_err, "cut at {cut}");
+            assert!(got == want, "cut at {cut}: released bytes differ");
+        }
+        let mut trailing = packed.clone();
+        trailing.extend_from_slice(b"more");
+        let (got, got_err) = pipelined(&trailing);
+        assert!(got == stream);
+        assert!(got_err.is_some_and(|e| e.contains("follow the END frame")));
     }
 }

@@ -106,7 +106,7 @@ impl Sink for PackedSink {
             )));
         }
         self.next += data.len() as u64;
-        self.decoder.feed(&data);
+        self.decoder.feed_bytes(data);
         let r = self.decoder.decode(&mut NoCache, &mut self.decoded);
         // What decoded before an error is verified: pass it on first.
         self.drain()?;
