@@ -54,7 +54,7 @@ grace = "2m"
 TOML
 say "DR: fjord-recv serve --config recv.toml"
 cat "$work/recv.toml"
-ip netns exec dr "$recv" serve --config "$work/recv.toml" 2>"$work/serve.log" &
+FJORD_LOG=info ip netns exec dr "$recv" serve --config "$work/recv.toml" 2>"$work/serve.log" &
 serve=$!
 sleep 2
 
@@ -66,9 +66,17 @@ lab_step mutate lab_mutate "$mnt" 6 6M >/dev/null
 echo "src/home now $(du -sh --apparent-size "$mnt" | cut -f1)"
 
 say "primary: fjord-send push (incremental) while the link goes down twice (5 s, 4 s)"
-( sleep 3 && lab_flap primary veth-p 5 && sleep 2 && lab_flap primary veth-p 4 ) >/dev/null 2>&1 &
+# The flaps start once the stream flows (the second `zfs recv` in the receiver's log).
+(
+    for _ in $(seq 1 300); do
+        (($(grep -c 'zfs recv started' "$work/serve.log" || true) >= 2)) && break
+        sleep 0.2
+    done
+    sleep 2 && lab_flap primary veth-p 5 && sleep 2 && lab_flap primary veth-p 4
+) >/dev/null 2>&1 &
+flaps=$!
 ip netns exec primary "$send" push --config "$work/send.toml" --verbose
-wait
+wait "$flaps" || true
 
 say "snapshots on the primary"
 zfs list -t snapshot -o name,guid,used -r src/home
@@ -91,4 +99,4 @@ zfs unmount dst/backup/home
 kill "$serve"
 wait "$serve" || true
 say "receiver log"
-cat "$work/serve.log"
+grep -v ' INFO ' "$work/serve.log" || true
