@@ -130,7 +130,8 @@ compare_target() {
 newest() { { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null || true; } | tail -n1; }
 snaps() { { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null || true; } | sed 's/.*@//' | tr '\n' ' '; }
 token() { zfs get -H -o value receive_resume_token "$1" 2>/dev/null || echo -; }
-# wait_receiving N: until more than N receives have started (per serve.log), plus 3 s of data
+# wait_receiving N: until more than N receives have verified bytes flowing into zfs recv
+# (per serve.log), plus 3 s of data
 wait_receiving() {
     local i
     for i in $(seq 1 200); do
@@ -144,7 +145,7 @@ wait_receiving() {
 }
 started_count() {
     local n
-    n=$(grep -c 'zfs recv started' "$R/serve.log" 2>/dev/null || true)
+    n=$(grep -c 'verified bytes flowing into zfs recv' "$R/serve.log" 2>/dev/null || true)
     echo "${n:-0}"
 }
 

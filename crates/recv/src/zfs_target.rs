@@ -247,6 +247,7 @@ impl SinkFactory for SharedTarget {
             verifier: Verifier::new(t.held_limit),
             next: 0,
             target: format!("{}@{short}", offer.dataset),
+            flowing: false,
             _guard: guard,
         }))
     }
@@ -305,6 +306,8 @@ struct ZfsSink {
     verifier: Verifier,
     next: u64,
     target: String,
+    /// Whether verified bytes have reached `zfs recv` yet (logged once).
+    flowing: bool,
     _guard: ReceivingGuard,
 }
 
@@ -348,7 +351,13 @@ impl Sink for ZfsSink {
         });
         match (r, failed) {
             (Err(_), Some(e)) => Err(self.child_failed(e)),
-            (r, _) => r,
+            (r, _) => {
+                if r.is_ok() && !self.flowing && self.verifier.released() > 0 {
+                    self.flowing = true;
+                    tracing::info!(target = %self.target, "verified bytes flowing into zfs recv");
+                }
+                r
+            }
         }
     }
 
