@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 use fjord_transport::message::offer_flags;
-use fjord_transport::sink::{Sink, SinkError, SinkFactory, SinkOutcome, Verifier};
+use fjord_transport::sink::{
+    advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
+};
 use fjord_transport::{
     control::{Control, ResponseFuture},
     Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState,
@@ -331,13 +333,7 @@ impl ZfsSink {
 
 impl Sink for ZfsSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
-        if start != self.next {
-            return Err(SinkError::Refused(format!(
-                "internal: write at {start}, expected {}",
-                self.next
-            )));
-        }
-        self.next += data.len() as u64;
+        advance_contiguous(&mut self.next, start, data.len())?;
         let Some(child) = self.child.as_mut() else {
             return Err(SinkError::Refused("zfs recv has already ended".into()));
         };

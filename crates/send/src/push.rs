@@ -13,7 +13,7 @@ use fjord_push::plan::PlanError;
 use fjord_push::status::{self, JobStatus};
 use fjord_transport::{Congestion, Identity, LinkConfig, PublicKey};
 use fjord_zfs::{snapname, SendKind, SendSpec, Zfs};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -334,13 +334,13 @@ async fn replicate_tree(
     let mut reports = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     let mut diverged = false;
-    let mut failed: HashMap<String, ()> = HashMap::new();
+    let mut failed: HashSet<String> = HashSet::new();
     for level in by_depth {
         let mut set = JoinSet::new();
         for source in level {
-            if let Some(parent) = failed.keys().find(|f| source.starts_with(&format!("{f}/"))) {
+            if let Some(parent) = failed.iter().find(|f| source.starts_with(&format!("{f}/"))) {
                 failures.push(format!("{source}: skipped, its parent {parent} failed"));
-                failed.insert(source, ());
+                failed.insert(source);
                 continue;
             }
             let Some(target) = job.target_for(&source) else {
@@ -348,7 +348,7 @@ async fn replicate_tree(
                     "{source}: no valid target name below {} for it",
                     job.target_dataset
                 ));
-                failed.insert(source, ());
+                failed.insert(source);
                 continue;
             };
             let ctx = ctx.clone();
@@ -370,7 +370,7 @@ async fn replicate_tree(
                         )
                     });
                     failures.push(format!("{e:#}"));
-                    failed.insert(source, ());
+                    failed.insert(source);
                 }
                 Err(e) => failures.push(format!("internal error: {e}")),
             }

@@ -76,11 +76,7 @@ impl SendOptions {
     /// Defaults for sending `offer` to `to`: 64 MiB replay window, 1 MiB
     /// frames, 5 minutes of grace.
     pub fn new(to: SocketAddr, server_key: PublicKey, offer: Offer) -> SendOptions {
-        let bind: SocketAddr = if to.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
+        let bind = any_address_for(to);
         SendOptions {
             to,
             server_key,
@@ -212,14 +208,7 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
         )));
     }
     let started = Instant::now();
-    let tls = identity.client_tls(opts.server_key)?;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| SendError::Setup(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(opts.link.transport_arc().map_err(SendError::Setup)?);
-    let mut endpoint = quinn::Endpoint::client(opts.bind)
-        .map_err(|e| SendError::Setup(format!("cannot bind UDP socket {}: {e}", opts.bind)))?;
-    endpoint.set_default_client_config(cfg);
+    let endpoint = client_endpoint(identity, opts.server_key, &opts.link, opts.bind)?;
 
     let mut session = SenderSession::new(
         opts.offer.clone(),
@@ -243,7 +232,11 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
         let deadline = session
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + opts.grace);
-        let attempt = tokio::time::timeout_at(deadline.into(), connect(&endpoint, &opts)).await;
+        let attempt = tokio::time::timeout_at(
+            deadline.into(),
+            connect(&endpoint, opts.to, opts.link.idle_timeout),
+        )
+        .await;
         let conn = match attempt {
             Err(_) => continue, // grace check at the top of the loop
             Ok(Ok(c)) => c,
@@ -334,19 +327,48 @@ fn crypto_failure(e: &quinn::ConnectionError) -> Option<String> {
     (0x100..=0x1ff).contains(&code).then(|| e.to_string())
 }
 
+/// The unspecified address of `to`'s family, port 0: where a client binds.
+fn any_address_for(to: SocketAddr) -> SocketAddr {
+    if to.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
+/// A client endpoint on `bind` that trusts only `server_key` and uses
+/// `link`'s tuning.
+fn client_endpoint(
+    identity: &Identity,
+    server_key: PublicKey,
+    link: &LinkConfig,
+    bind: SocketAddr,
+) -> Result<quinn::Endpoint, SendError> {
+    let tls = identity.client_tls(server_key)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| SendError::Setup(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(link.transport_arc().map_err(SendError::Setup)?);
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| SendError::Setup(format!("cannot bind UDP socket {bind}: {e}")))?;
+    endpoint.set_default_client_config(cfg);
+    Ok(endpoint)
+}
+
 async fn connect(
     endpoint: &quinn::Endpoint,
-    opts: &SendOptions,
+    to: SocketAddr,
+    handshake_timeout: Duration,
 ) -> Result<quinn::Connection, ConnectFailure> {
     let connecting = endpoint
-        .connect(opts.to, "fjord")
+        .connect(to, "fjord")
         .map_err(|e| ConnectFailure::Fatal(SendError::Setup(e.to_string())))?;
-    match tokio::time::timeout(opts.link.idle_timeout, connecting).await {
+    match tokio::time::timeout(handshake_timeout, connecting).await {
         Err(_) => Err(ConnectFailure::Retry("handshake timed out".into())),
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => match crypto_failure(&e) {
             Some(detail) => Err(ConnectFailure::Fatal(SendError::KeyRefused {
-                addr: opts.to,
+                addr: to,
                 detail,
             })),
             None => Err(ConnectFailure::Retry(e.to_string())),
@@ -582,49 +604,14 @@ async fn request_once(
     opts: &RequestOptions,
     requests: &[Request],
 ) -> Result<Vec<Response>, ConnectFailure> {
-    let fatal = |e: SendError| ConnectFailure::Fatal(e);
-    let tls = identity
-        .client_tls(opts.server_key)
-        .map_err(|e| fatal(e.into()))?;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| fatal(SendError::Setup(e.to_string())))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(
-        opts.link
-            .transport_arc()
-            .map_err(|e| fatal(SendError::Setup(e)))?,
-    );
-    let bind: SocketAddr = if opts.to.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| {
-        fatal(SendError::Setup(format!(
-            "cannot bind UDP socket {bind}: {e}"
-        )))
-    })?;
-    endpoint.set_default_client_config(cfg);
-    let send_opts = SendOptions {
-        link: opts.link.clone(),
-        ..SendOptions::new(
-            opts.to,
-            opts.server_key,
-            crate::message::Offer {
-                session: SessionId(0),
-                resuming: false,
-                dataset: String::new(),
-                from: None,
-                to: crate::message::Snapshot {
-                    name: String::new(),
-                    guid: 0,
-                },
-                flags: 0,
-                size_estimate: None,
-            },
-        )
-    };
-    let conn = connect(&endpoint, &send_opts).await?;
+    let endpoint = client_endpoint(
+        identity,
+        opts.server_key,
+        &opts.link,
+        any_address_for(opts.to),
+    )
+    .map_err(ConnectFailure::Fatal)?;
+    let conn = connect(&endpoint, opts.to, opts.link.idle_timeout).await?;
     // A key the receiver does not pin fails after the client's half of the
     // TLS 1.3 handshake, so it shows up as the connection closing.
     let retry =
@@ -653,10 +640,12 @@ async fn request_once(
         match incoming.recv().await {
             Some(Ok(Message::Response(resp))) => responses.push(resp),
             Some(Ok(Message::Refuse { code, reason })) => {
-                return Err(fatal(SessionError::Refused { code, reason }.into()))
+                return Err(ConnectFailure::Fatal(
+                    SessionError::Refused { code, reason }.into(),
+                ))
             }
             Some(Ok(other)) => {
-                return Err(fatal(
+                return Err(ConnectFailure::Fatal(
                     SessionError::Protocol(format!("expected a response, got {}", other.kind()))
                         .into(),
                 ))

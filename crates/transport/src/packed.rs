@@ -6,7 +6,7 @@
 //! before its sink sees a byte. Offers say so with
 //! [`offer_flags::PACKED`](crate::message::offer_flags::PACKED).
 
-use crate::sink::{Sink, SinkError, SinkOutcome};
+use crate::sink::{advance_contiguous, Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
 use fjord_pack::{NoCache, PackDecoder, PackOptions, PackSummary, UnpackOptions};
 use std::io::Read;
@@ -99,13 +99,7 @@ fn invalid(e: fjord_pack::UnpackError) -> SinkError {
 
 impl Sink for PackedSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
-        if start != self.next {
-            return Err(SinkError::Refused(format!(
-                "internal: pack write at {start}, expected {}",
-                self.next
-            )));
-        }
-        self.next += data.len() as u64;
+        advance_contiguous(&mut self.next, start, data.len())?;
         self.decoder.feed_bytes(data);
         let r = self.decoder.decode(&mut NoCache, &mut self.decoded);
         // What decoded before an error is verified: pass it on first.

@@ -66,6 +66,20 @@ pub trait Sink: Send {
     fn abort(&mut self, why: &str);
 }
 
+/// Checks that a write at `start` continues where the last one ended
+/// (`next`), then moves `next` past its `len` bytes. Every sink keeps this
+/// invariant of the session layer; a gap is a bug, refused rather than
+/// written.
+pub fn advance_contiguous(next: &mut u64, start: u64, len: usize) -> Result<(), SinkError> {
+    if start != *next {
+        return Err(SinkError::Refused(format!(
+            "internal: write at {start}, expected {next}"
+        )));
+    }
+    *next += len as u64;
+    Ok(())
+}
+
 /// Makes a sink for each accepted offer.
 pub trait SinkFactory: Send + Sync + 'static {
     /// A sink for `offer` from the sender whose key is `peer`, or why it
@@ -277,13 +291,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
 
 impl Sink for FileSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
-        if start != self.next {
-            return Err(SinkError::Refused(format!(
-                "internal: write at {start}, expected {}",
-                self.next
-            )));
-        }
-        self.next += data.len() as u64;
+        advance_contiguous(&mut self.next, start, data.len())?;
         let Some(file) = self.file.as_mut() else {
             return Err(SinkError::Refused("the sink is closed".into()));
         };
