@@ -4,10 +4,12 @@
 //! [`ChunkStore`].
 //!
 //! Recency survives restarts through file modification times (a hit
-//! touches the file). Chunks the cache has said "yes" to in
-//! [`ReceiverHoldings::holds`] are pinned until the cache is dropped, so a
-//! sender's reference can always be resolved; new chunks only evict
-//! unpinned ones, and are not kept when everything is pinned.
+//! touches the file). A chunk the cache has promised is pinned, so a
+//! sender's reference to it can always be resolved: chunks said "yes" to
+//! in [`ReceiverHoldings::holds`] until the cache is dropped, chunks named
+//! in an [`inventory`](DiskChunkCache::inventory) until its lease is
+//! released or expires unclaimed. New chunks only evict unpinned ones,
+//! and are not kept when everything is pinned.
 
 use crate::error::CacheError;
 use crate::hash::{BuildPrefixHasher, ChunkHash};
@@ -16,12 +18,23 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 struct Entry {
     len: u64,
     tick: u64,
-    pinned: bool,
+    /// Promises outstanding: leases naming the chunk, plus local `holds`.
+    pins: u32,
+}
+
+/// Names the promise one [`DiskChunkCache::inventory`] made (the
+/// transport uses the transfer's session id).
+pub type LeaseId = u128;
+
+struct Lease {
+    hashes: Vec<ChunkHash>,
+    /// When an unclaimed lease lapses; `None` once a transfer claimed it.
+    expires: Option<Instant>,
 }
 
 /// A directory of chunks, bounded in bytes.
@@ -32,6 +45,7 @@ pub struct DiskChunkCache {
     tick: u64,
     entries: HashMap<ChunkHash, Entry, BuildPrefixHasher>,
     by_age: BTreeMap<u64, ChunkHash>,
+    leases: HashMap<LeaseId, Lease>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -77,9 +91,10 @@ impl DiskChunkCache {
             tick: 0,
             entries: HashMap::default(),
             by_age: BTreeMap::new(),
+            leases: HashMap::new(),
         };
         for (_, hash, len) in found {
-            cache.track(hash, len, false);
+            cache.track(hash, len, 0);
         }
         cache.evict_for(0);
         tracing::debug!(dir = %dir.display(), chunks = cache.entries.len(), bytes = cache.used, "chunk cache opened");
@@ -106,7 +121,103 @@ impl DiskChunkCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    fn track(&mut self, hash: ChunkHash, len: u64, pinned: bool) {
+    /// Bytes of chunks pinned by a promise.
+    pub fn pinned(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| e.pins > 0)
+            .map(|e| e.len)
+            .sum()
+    }
+
+    /// The most recently used chunks, newest first, up to `budget` bytes
+    /// and `max` chunks: what a sender may reference without sending.
+    /// They stay pinned under `lease` until [`release`](Self::release),
+    /// or until `expires` if no transfer [`claim`](Self::claim)s the
+    /// lease first. Asking again under the same lease replaces the
+    /// earlier promise.
+    ///
+    /// The budget is the caller's policy: keeping it below the capacity
+    /// leaves room for the chunks the transfer brings.
+    pub fn inventory(
+        &mut self,
+        lease: LeaseId,
+        budget: u64,
+        max: usize,
+        expires: Instant,
+        now: Instant,
+    ) -> Vec<ChunkHash> {
+        self.release(lease);
+        self.expire_leases(now);
+        let mut hashes = Vec::new();
+        let mut bytes = 0u64;
+        for hash in self.by_age.values().rev() {
+            if hashes.len() >= max {
+                break;
+            }
+            let Some(e) = self.entries.get(hash) else {
+                continue;
+            };
+            if bytes + e.len > budget {
+                break;
+            }
+            bytes += e.len;
+            hashes.push(*hash);
+        }
+        for hash in &hashes {
+            if let Some(e) = self.entries.get_mut(hash) {
+                e.pins += 1;
+            }
+        }
+        self.leases.insert(
+            lease,
+            Lease {
+                hashes: hashes.clone(),
+                expires: Some(expires),
+            },
+        );
+        hashes
+    }
+
+    /// A transfer took up the lease: it holds until released, whatever
+    /// its expiry. False when there is no such lease (never given, or
+    /// lapsed): the transfer must then not rely on any promise.
+    pub fn claim(&mut self, lease: LeaseId) -> bool {
+        match self.leases.get_mut(&lease) {
+            Some(l) => {
+                l.expires = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a lease: its chunks may be evicted again.
+    pub fn release(&mut self, lease: LeaseId) {
+        if let Some(l) = self.leases.remove(&lease) {
+            for hash in l.hashes {
+                if let Some(e) = self.entries.get_mut(&hash) {
+                    e.pins = e.pins.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Releases unclaimed leases whose time has passed.
+    pub fn expire_leases(&mut self, now: Instant) {
+        let lapsed: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lapsed {
+            tracing::debug!(lease = %format_args!("{id:032x}"), "chunk lease lapsed unclaimed");
+            self.release(id);
+        }
+    }
+
+    fn track(&mut self, hash: ChunkHash, len: u64, pins: u32) {
         self.tick += 1;
         self.used += len;
         self.by_age.insert(self.tick, hash);
@@ -115,7 +226,7 @@ impl DiskChunkCache {
             Entry {
                 len,
                 tick: self.tick,
-                pinned,
+                pins,
             },
         );
     }
@@ -129,7 +240,7 @@ impl DiskChunkCache {
         };
         self.by_age.remove(&e.tick);
         e.tick = tick;
-        e.pinned |= pin;
+        e.pins += pin as u32;
         self.by_age.insert(tick, *hash);
         let path = self.path(hash);
         // Recency across restarts; losing it only makes eviction less exact.
@@ -161,7 +272,7 @@ impl DiskChunkCache {
                     break;
                 }
                 if let Some(e) = self.entries.get(hash) {
-                    if !e.pinned {
+                    if e.pins == 0 {
                         need = need.saturating_sub(e.len);
                         v.push(*hash);
                     }
@@ -220,7 +331,90 @@ impl ChunkStore for DiskChunkCache {
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, data).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        self.track(*hash, len, false);
+        self.track(*hash, len, 0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn chunk(i: u8, len: usize) -> (ChunkHash, Vec<u8>) {
+        let data = vec![i; len];
+        (ChunkHash::of(&data), data)
+    }
+
+    #[test]
+    fn an_inventory_names_the_newest_chunks_within_its_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cache = DiskChunkCache::open(dir.path(), 1 << 20).expect("opens");
+        let chunks: Vec<_> = (0..8).map(|i| chunk(i, 1000)).collect();
+        for (h, d) in &chunks {
+            cache.put(h, d).expect("put");
+        }
+        let now = Instant::now();
+        let inv = cache.inventory(1, 3500, 100, now + Duration::from_secs(60), now);
+        let newest: Vec<_> = chunks.iter().rev().take(3).map(|(h, _)| *h).collect();
+        assert_eq!(inv, newest);
+        assert_eq!(cache.pinned(), 3000);
+        let inv = cache.inventory(2, 1 << 20, 2, now + Duration::from_secs(60), now);
+        assert_eq!(inv.len(), 2, "the count limit applies too");
+    }
+
+    #[test]
+    fn leased_chunks_survive_eviction_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cache = DiskChunkCache::open(dir.path(), 4000).expect("opens");
+        let old: Vec<_> = (0..2).map(|i| chunk(i, 1000)).collect();
+        for (h, d) in &old {
+            cache.put(h, d).expect("put");
+        }
+        let now = Instant::now();
+        let inv = cache.inventory(7, 2000, 100, now + Duration::from_secs(60), now);
+        assert_eq!(inv.len(), 2);
+        assert!(cache.claim(7));
+        // Six new chunks pass through a 4000-byte cache: only the two
+        // unpinned slots turn over.
+        for i in 10..16 {
+            let (h, d) = chunk(i, 1000);
+            cache.put(&h, &d).expect("put");
+            assert!(cache.used() <= 4000);
+        }
+        for (h, d) in &old {
+            assert_eq!(cache.get(h, d.len()).expect("get").as_deref(), Some(&d[..]));
+        }
+        cache.release(7);
+        assert_eq!(cache.pinned(), 0);
+        for i in 20..24 {
+            let (h, d) = chunk(i, 1000);
+            cache.put(&h, &d).expect("put");
+        }
+        for (h, d) in &old {
+            assert_eq!(
+                cache.get(h, d.len()).expect("get"),
+                None,
+                "evicted once released"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unclaimed_lease_lapses_and_a_claimed_one_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cache = DiskChunkCache::open(dir.path(), 1 << 20).expect("opens");
+        let (h, d) = chunk(1, 1000);
+        cache.put(&h, &d).expect("put");
+        let now = Instant::now();
+        let later = now + Duration::from_secs(61);
+        cache.inventory(1, 1 << 20, 10, now + Duration::from_secs(60), now);
+        cache.inventory(2, 1 << 20, 10, now + Duration::from_secs(60), now);
+        assert!(cache.claim(2));
+        cache.expire_leases(later);
+        assert!(!cache.claim(1), "lapsed");
+        assert_eq!(cache.pinned(), 1000, "lease 2 still pins the chunk");
+        cache.release(2);
+        assert_eq!(cache.pinned(), 0);
     }
 }

@@ -3,8 +3,9 @@
 //! session can answer them.
 
 use crate::error::CacheError;
-use crate::hash::ChunkHash;
+use crate::hash::{BuildPrefixHasher, ChunkHash};
 use bytes::Bytes;
+use std::collections::HashSet;
 
 /// The sender's question: which of these chunks does the receiver already
 /// hold in its persistent cache? Asked once per frame with every chunk of
@@ -50,5 +51,39 @@ impl ChunkStore for NoCache {
 
     fn put(&mut self, _: &ChunkHash, _: &[u8]) -> Result<(), CacheError> {
         Ok(())
+    }
+}
+
+/// The sender's copy of a receiver's inventory
+/// ([`DiskChunkCache::inventory`](crate::cache::DiskChunkCache::inventory)):
+/// the chunks it promised to hold for this transfer. Answers locally, so
+/// asking costs no round trip.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    held: HashSet<ChunkHash, BuildPrefixHasher>,
+}
+
+impl Inventory {
+    /// The inventory of these chunks.
+    pub fn new(hashes: impl IntoIterator<Item = ChunkHash>) -> Inventory {
+        Inventory {
+            held: hashes.into_iter().collect(),
+        }
+    }
+
+    /// Number of chunks promised.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// True when nothing is promised.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+impl ReceiverHoldings for Inventory {
+    fn holds(&mut self, hashes: &[ChunkHash]) -> Result<Vec<bool>, CacheError> {
+        Ok(hashes.iter().map(|h| self.held.contains(h)).collect())
     }
 }

@@ -33,11 +33,11 @@ pub mod pipeline;
 pub mod probe;
 pub mod window;
 
-pub use cache::DiskChunkCache;
+pub use cache::{DiskChunkCache, LeaseId};
 pub use decoder::{PackDecoder, UnpackOptions, UnpackStats};
 pub use encoder::{PackOptions, PackStats};
 pub use error::{CacheError, PackError, UnpackError, UnpackFailed};
 pub use format::Receipt;
 pub use hash::ChunkHash;
-pub use holdings::{ChunkStore, NoCache, ReceiverHoldings};
+pub use holdings::{ChunkStore, Inventory, NoCache, ReceiverHoldings};
 pub use pipeline::{pack, unpack, PackSummary, UnpackSummary};

@@ -226,6 +226,19 @@ impl Default for RecvOptions {
     }
 }
 
+/// `[chunk_cache]`: where the receiver keeps the chunks of past transfers,
+/// so that a sender references instead of sending them again.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkCacheConfig {
+    /// Its directory (one subdirectory per client key).
+    pub dir: PathBuf,
+    /// Most bytes kept per client, e.g. `"4G"`; least recently used
+    /// chunks go first.
+    #[serde(deserialize_with = "de_size")]
+    pub size: u64,
+}
+
 /// One `[[client]]`: a sender allowed to write at or below `prefixes`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +273,10 @@ pub struct RecvConfig {
     /// The `zfs recv` flags.
     #[serde(default)]
     pub recv: RecvOptions,
+    /// The persistent chunk cache for dedup across transfers; none when
+    /// absent.
+    #[serde(default)]
+    pub chunk_cache: Option<ChunkCacheConfig>,
     /// The senders allowed in.
     #[serde(rename = "client", default)]
     pub clients: Vec<Client>,
@@ -293,6 +310,21 @@ impl RecvConfig {
 /// Parses a byte rate: digits with an optional K, M, G or T suffix
 /// (powers of 1024, either case). Zero is refused: omit the key instead.
 pub fn parse_bwlimit(text: &str) -> Result<u64, String> {
+    let n = parse_quantity(text, "rate", "bytes per second such as \"50M\"")?;
+    if n == 0 {
+        return Err("a rate of 0 would stop every transfer: remove bwlimit for no limit".into());
+    }
+    Ok(n)
+}
+
+/// Parses a size in bytes: digits with an optional K, M, G or T suffix
+/// (powers of 1024), e.g. `"4G"` for a chunk cache.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    parse_quantity(text, "size", "bytes such as \"4G\"")
+}
+
+/// Digits with an optional K, M, G or T suffix (powers of 1024).
+fn parse_quantity(text: &str, what: &str, example: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
@@ -304,14 +336,15 @@ pub fn parse_bwlimit(text: &str) -> Result<u64, String> {
         "M" => 1 << 20,
         "G" => 1 << 30,
         "T" => 1 << 40,
-        _ => return Err(format!("{text:?} is not a rate: write bytes per second such as \"50M\" (K, M, G, T = powers of 1024)")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a {what}: write {example} (K, M, G, T = powers of 1024)"
+            ))
+        }
     };
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a rate: write bytes per second such as \"50M\""))?;
-    if n == 0 {
-        return Err("a rate of 0 would stop every transfer: remove bwlimit for no limit".into());
-    }
+        .map_err(|_| format!("{text:?} is not a {what}: write {example}"))?;
     n.checked_mul(multiplier)
         .ok_or_else(|| format!("{text:?} is too large"))
 }
@@ -347,6 +380,11 @@ fn de_bwlimit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
     let text: Option<String> = Option::deserialize(d)?;
     text.map(|t| parse_bwlimit(&t).map_err(serde::de::Error::custom))
         .transpose()
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_size(&text).map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -512,6 +550,22 @@ impl RecvConfig {
         self.recv_spec("fjord/check", false)
             .validate()
             .map_err(|e| check.fail("recv", e.to_string()))?;
+        if let Some(cache) = &self.chunk_cache {
+            // A cache that holds less than a couple of 16 MiB blocks
+            // would never keep anything.
+            if cache.size < 64 << 20 {
+                return Err(check.fail(
+                    "chunk_cache.size",
+                    "is below 64M: give a size such as \"4G\", or remove [chunk_cache]",
+                ));
+            }
+            if !cache.dir.is_absolute() {
+                return Err(check.fail(
+                    "chunk_cache.dir",
+                    "must be an absolute path, such as \"/var/cache/fjord/chunks\"",
+                ));
+            }
+        }
         if self.clients.is_empty() {
             return Err(check.fail(
                 "client",
@@ -757,6 +811,13 @@ target_dataset = "backup/oslo/home/mail"
         assert_eq!(c.max_concurrent, 4);
         assert_eq!(c.grace, Some(Duration::from_secs(300)));
         assert_eq!(c.clients[0].prefixes, vec!["backup/oslo".to_string()]);
+        assert_eq!(
+            c.chunk_cache,
+            Some(ChunkCacheConfig {
+                dir: PathBuf::from("/var/cache/fjord/chunks"),
+                size: 4 << 30,
+            })
+        );
         let spec = c.recv_spec("backup/oslo/home", true);
         assert_eq!(
             fjord_zfs::command::recv_argv(&spec).join(" "),
@@ -766,6 +827,33 @@ target_dataset = "backup/oslo/home/mail"
             c.client_by_key(&c.clients[0].key).map(|c| c.name.as_str()),
             Some("oslo-primary")
         );
+    }
+
+    #[test]
+    fn a_chunk_cache_needs_a_real_size_and_an_absolute_dir() {
+        let with = |cache: &str| {
+            recv(&format!(
+                "listen = \"0.0.0.0:7450\"\nkey = \"/k\"\n{cache}\n[[client]]\nname = \"a\"\nkey = \"K1\"\nprefixes = [\"backup/a\"]\n"
+            ))
+        };
+        let ok = with("[chunk_cache]\ndir = \"/c\"\nsize = \"512M\"").unwrap();
+        assert_eq!(ok.chunk_cache.map(|c| c.size), Some(512 << 20));
+        let e = with("[chunk_cache]\ndir = \"/c\"\nsize = \"1M\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunk_cache.size"), "{e}");
+        let e = with("[chunk_cache]\ndir = \"c\"\nsize = \"1G\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunk_cache.dir"), "{e}");
+        let e = with("[chunk_cache]\ndir = \"/c\"\nsize = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a size"), "{e}");
+        let e = with("[chunk_cache]\ndir = \"/c\"\nsize = \"1G\"\nttl = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ttl"), "{e}");
     }
 
     #[test]

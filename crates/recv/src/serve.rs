@@ -4,6 +4,7 @@
 use crate::zfs_target::{ClientPolicy, RecvFlags, SharedTarget, ZfsTarget};
 use anyhow::Context;
 use fjord_push::config::RecvConfig;
+use fjord_transport::chunk_cache::ChunkCacheOptions;
 use fjord_transport::control::{Control, NoControl};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
 use fjord_transport::sink::{FileSinkFactory, SinkFactory};
@@ -49,7 +50,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The receiver's config file: receive into ZFS (see examples/recv.toml).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "key", "allow_keys", "sink_dir"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "key", "allow_keys", "sink_dir", "chunk_cache"])]
     config: Option<PathBuf>,
     /// Address and UDP port to listen on (e.g. 0.0.0.0:7450, [::]:7450).
     #[arg(long, value_name = "ADDR:PORT", required_unless_present = "config")]
@@ -77,6 +78,15 @@ pub struct Args {
     /// come near it).
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     max_held_mib: u64,
+    /// Keep the chunks of packed transfers in DIR (one subdirectory per
+    /// sender key), so that a later transfer references them instead of
+    /// sending them again (with --config: the [chunk_cache] table).
+    #[arg(long, value_name = "DIR")]
+    chunk_cache: Option<PathBuf>,
+    /// Most bytes the chunk cache keeps per sender key (K, M, G, T);
+    /// least recently used chunks go first.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = fjord_push::config::parse_size)]
+    chunk_cache_size: u64,
     #[command(flatten)]
     link: fjord_cli::LinkArgs,
 }
@@ -120,6 +130,10 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
             link: args.link.link_config(),
             grace: args.grace,
             max_sessions: 0,
+            chunk_cache: args.chunk_cache.as_ref().map(|dir| ChunkCacheOptions {
+                dir: dir.clone(),
+                capacity: args.chunk_cache_size,
+            }),
         },
         factory: Arc::new(FileSinkFactory::new(
             sink_dir.clone(),
@@ -178,6 +192,10 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
             link,
             grace: config.grace.unwrap_or(args.grace),
             max_sessions: config.max_concurrent,
+            chunk_cache: config.chunk_cache.as_ref().map(|c| ChunkCacheOptions {
+                dir: c.dir.clone(),
+                capacity: c.size,
+            }),
         },
         factory: Arc::new(target.clone()),
         control: Arc::new(target),

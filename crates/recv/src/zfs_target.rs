@@ -277,6 +277,10 @@ impl Control for SharedTarget {
                     .destroy(&dataset, &snapshots)
                     .await
                     .map(|message| Response::Done { message }),
+                // The server answers these from its chunk cache.
+                Request::ChunkInventory { .. } => Err(
+                    "chunk inventories are answered by the transport, not the ZFS target".into(),
+                ),
             };
             result.unwrap_or_else(|message| Response::Failed {
                 code: RefuseCode::SinkFailed,

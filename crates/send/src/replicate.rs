@@ -7,10 +7,10 @@
 use crate::progress::Progress;
 use crate::zfs_source::CheckedSend;
 use anyhow::{anyhow, bail, Context};
-use fjord_pack::PackOptions;
+use fjord_pack::{NoCache, PackOptions, ReceiverHoldings};
 use fjord_push::plan::{plan, Plan, TargetState as PlanTarget};
 use fjord_push::retention::{plan_pruning, Retention};
-use fjord_transport::client::{request, Counters, RequestOptions, SendOptions};
+use fjord_transport::client::{chunk_inventory, request, Counters, RequestOptions, SendOptions};
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
 use fjord_transport::{
@@ -321,6 +321,18 @@ async fn send_one(
         flags,
         size_estimate: estimate,
     };
+    // Asked before zfs send starts: the pack consults it from the first frame.
+    let holdings: Box<dyn ReceiverHoldings + Send> = if ctx.pack {
+        Box::new(
+            chunk_inventory(&ctx.identity, &ctx.request_opts(), offer.session)
+                .await
+                .with_context(|| {
+                    format!("asking the receiver at {} for its chunk inventory", ctx.to)
+                })?,
+        )
+    } else {
+        Box::new(NoCache)
+    };
     let process = ctx
         .zfs
         .spawn_send(&spec)
@@ -335,7 +347,7 @@ async fn send_one(
     tracing::info!(dataset = source, target, estimate, "{what}");
     let stream: Box<dyn std::io::Read + Send> = if ctx.pack {
         Box::new(
-            PackReader::spawn(CheckedSend::new(process), PackOptions::default())
+            PackReader::spawn(CheckedSend::new(process), PackOptions::default(), holdings)
                 .context("starting the pack threads")?,
         )
     } else {

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use fjord_pack::PackOptions;
 use fjord_stream::{Body, Decoder};
-use fjord_transport::client::{Counters, SendError, SendOptions};
+use fjord_transport::client::{chunk_inventory, Counters, RequestOptions, SendError, SendOptions};
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
 use fjord_transport::{Identity, LinkConfig, Offer, PublicKey, SessionError, SessionId, Snapshot};
@@ -182,20 +182,29 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
         rate_limit: args.bwlimit,
         ..args.link.link_config()
     };
-    let source = std::io::Cursor::new(prefix).chain(source);
-    let source: Box<dyn Read + Send> = if args.pack {
-        Box::new(
-            PackReader::spawn(source, PackOptions::default())
-                .context("starting the pack threads")?,
-        )
-    } else {
-        Box::new(source)
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let source = std::io::Cursor::new(prefix).chain(source);
+    let source: Box<dyn Read + Send> = if args.pack {
+        let request = RequestOptions {
+            to,
+            server_key: args.server_key,
+            link: opts.link.clone(),
+            patience: args.grace,
+        };
+        let holdings = runtime
+            .block_on(chunk_inventory(&identity, &request, opts.offer.session))
+            .with_context(|| format!("asking {} for its chunk inventory", args.to))?;
+        Box::new(
+            PackReader::spawn(source, PackOptions::default(), Box::new(holdings))
+                .context("starting the pack threads")?,
+        )
+    } else {
+        Box::new(source)
+    };
     let counters = Arc::new(Counters::default());
     let out = runtime.block_on(fjord_transport::client::send(
         &identity, opts, source, counters,

@@ -599,6 +599,32 @@ pub async fn request(
     .await
 }
 
+/// Asks the receiver which chunks its cache promises to hold for transfer
+/// `session` (offer it next; see [`crate::chunk_cache`]): the sender's
+/// pack then references them instead of sending them. A receiver without
+/// a chunk cache promises nothing.
+pub async fn chunk_inventory(
+    identity: &Identity,
+    opts: &RequestOptions,
+    session: SessionId,
+) -> Result<fjord_pack::Inventory, SendError> {
+    let mut responses = request(identity, opts, &[Request::ChunkInventory { session }]).await?;
+    match responses.pop() {
+        Some(Response::ChunkInventory { hashes }) => {
+            tracing::info!(%session, chunks = hashes.len(), "chunk inventory received");
+            Ok(fjord_pack::Inventory::new(hashes))
+        }
+        Some(Response::Failed { code, message }) => Err(SessionError::Refused {
+            code,
+            reason: message,
+        }
+        .into()),
+        other => {
+            Err(SessionError::Protocol(format!("expected a chunk inventory, got {other:?}")).into())
+        }
+    }
+}
+
 async fn request_once(
     identity: &Identity,
     opts: &RequestOptions,

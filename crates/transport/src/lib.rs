@@ -13,6 +13,8 @@
 //! - [`control`]: how a receiver answers control requests (target
 //!   state, abort a resumable receive, prune snapshots).
 //! - [`packed`]: packed transfers (fjord-pack frames over the transport).
+//! - [`chunk_cache`]: the receiver's per-sender chunk caches and the
+//!   inventories that let a sender reference what they hold.
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
 //! - [`threaded`]: a sink on its own thread, overlapping network and disk.
 //! - [`client`] and [`server`]: the thin tokio + quinn drivers.
@@ -24,6 +26,7 @@
 //! replay window is sent again.
 #![warn(missing_docs)]
 
+pub mod chunk_cache;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -38,6 +38,9 @@ pub const MAX_STRING_LEN: usize = 4096;
 pub const MAX_RECEIPT_LEN: usize = 1 << 20;
 /// Length of a raw Ed25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
+/// Most chunk addresses in one [`Response::ChunkInventory`] (8 MiB of
+/// addresses: 32 GiB of 128 KiB blocks).
+pub const MAX_INVENTORY: usize = 1 << 18;
 
 /// Identifies one transfer across reconnections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,15 +156,24 @@ pub enum Request {
         /// Short snapshot names.
         snapshots: Vec<String>,
     },
+    /// Which chunks does the receiver's chunk cache promise to hold for the
+    /// packed transfer `session` (sent next)? Answered by the transport
+    /// itself, not by the [`Control`](crate::control::Control).
+    ChunkInventory {
+        /// The transfer the promise is for.
+        session: SessionId,
+    },
 }
 
 impl Request {
-    /// The dataset the request is about.
+    /// The dataset the request is about (empty for a chunk inventory,
+    /// which is about the sender's cache, not a dataset).
     pub fn dataset(&self) -> &str {
         match self {
             Request::TargetState { dataset }
             | Request::AbortResume { dataset }
             | Request::DestroySnapshots { dataset, .. } => dataset,
+            Request::ChunkInventory { .. } => "",
         }
     }
 }
@@ -171,6 +183,13 @@ impl Request {
 pub enum Response {
     /// Answer to [`Request::TargetState`].
     TargetState(TargetState),
+    /// Answer to [`Request::ChunkInventory`]: chunks the receiver holds
+    /// (newest first) and keeps until the transfer ends. References to
+    /// them need not carry their bytes.
+    ChunkInventory {
+        /// BLAKE3 addresses, at most [`MAX_INVENTORY`].
+        hashes: Vec<fjord_pack::ChunkHash>,
+    },
     /// The request was carried out.
     Done {
         /// What was done.
@@ -401,6 +420,8 @@ mod tag {
     pub const RESP_TARGET_STATE: u8 = 15;
     pub const RESP_DONE: u8 = 16;
     pub const RESP_FAILED: u8 = 17;
+    pub const REQ_CHUNK_INVENTORY: u8 = 18;
+    pub const RESP_CHUNK_INVENTORY: u8 = 19;
 }
 
 /// Why bytes are not a valid message.
@@ -602,6 +623,19 @@ impl Message {
                 }
                 out.put_u64(t.written);
             }
+            Message::Request(Request::ChunkInventory { session }) => {
+                out.put_u8(tag::REQ_CHUNK_INVENTORY);
+                out.put_u128(session.0);
+            }
+            Message::Response(Response::ChunkInventory { hashes }) => {
+                out.put_u8(tag::RESP_CHUNK_INVENTORY);
+                // Encoders clip rather than emit a frame the peer refuses.
+                let hashes = &hashes[..hashes.len().min(MAX_INVENTORY)];
+                out.put_u32(hashes.len() as u32);
+                for h in hashes {
+                    out.put_slice(&h.0);
+                }
+            }
             Message::Response(Response::Done { message }) => {
                 out.put_u8(tag::RESP_DONE);
                 put_str(out, message);
@@ -789,6 +823,26 @@ impl Message {
                     resume_token,
                     written: r.u64("written")?,
                 }))
+            }
+            tag::REQ_CHUNK_INVENTORY => Message::Request(Request::ChunkInventory {
+                session: SessionId(r.u128("session")?),
+            }),
+            tag::RESP_CHUNK_INVENTORY => {
+                let count = r.u32("hash_count")? as usize;
+                if count > MAX_INVENTORY {
+                    return Err(DecodeError::Invalid {
+                        field: "hash_count",
+                        why: "more addresses than MAX_INVENTORY",
+                    });
+                }
+                r.need(count * 32, "hashes")?;
+                let mut hashes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let mut h = [0u8; 32];
+                    r.0.copy_to_slice(&mut h);
+                    hashes.push(fjord_pack::ChunkHash(h));
+                }
+                Message::Response(Response::ChunkInventory { hashes })
             }
             tag::RESP_DONE => Message::Response(Response::Done {
                 message: r.string("message")?,
@@ -1019,6 +1073,16 @@ mod tests {
                 written: 4096,
             })),
             Message::Response(Response::TargetState(TargetState::default())),
+            Message::Request(Request::ChunkInventory {
+                session: SessionId(u128::MAX - 3),
+            }),
+            Message::Response(Response::ChunkInventory {
+                hashes: vec![
+                    fjord_pack::ChunkHash::of(b"a"),
+                    fjord_pack::ChunkHash::of(b"b"),
+                ],
+            }),
+            Message::Response(Response::ChunkInventory { hashes: vec![] }),
             Message::Response(Response::Done {
                 message: "ok".into(),
             }),

@@ -8,7 +8,9 @@
 
 use crate::sink::{advance_contiguous, Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
-use fjord_pack::{NoCache, PackDecoder, PackOptions, PackSummary, UnpackOptions};
+use fjord_pack::{
+    ChunkStore, NoCache, PackDecoder, PackOptions, PackSummary, ReceiverHoldings, UnpackOptions,
+};
 use std::io::Read;
 use std::thread::JoinHandle;
 
@@ -22,15 +24,18 @@ pub struct PackReader {
 }
 
 impl PackReader {
-    /// Starts packing `input` with `opts`.
+    /// Starts packing `input` with `opts`; `holdings` says which chunks
+    /// the receiver promised to hold (its
+    /// [`Inventory`](fjord_pack::Inventory), or [`NoCache`]).
     pub fn spawn<R: Read + Send + 'static>(
         input: R,
         opts: PackOptions,
+        mut holdings: Box<dyn ReceiverHoldings + Send>,
     ) -> std::io::Result<PackReader> {
         let (pipe, writer) = std::io::pipe()?;
         let worker = std::thread::Builder::new()
             .name("fjord-pack".into())
-            .spawn(move || fjord_pack::pack(input, writer, &opts, &mut NoCache))?;
+            .spawn(move || fjord_pack::pack(input, writer, &opts, &mut *holdings))?;
         Ok(PackReader {
             pipe,
             worker: Some(worker),
@@ -45,7 +50,15 @@ impl Read for PackReader {
             if let Some(worker) = self.worker.take() {
                 match worker.join() {
                     Ok(Ok(summary)) => {
-                        tracing::info!(stream_bytes = summary.receipt.stream_len, "pack complete")
+                        let s = &summary.stats;
+                        tracing::info!(
+                            stream_bytes = summary.receipt.stream_len,
+                            wire_bytes = s.wire_bytes,
+                            window_ref_bytes = s.window_ref_bytes,
+                            cache_refs = s.cache_refs,
+                            cache_ref_bytes = s.cache_ref_bytes,
+                            "pack complete"
+                        )
                     }
                     Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
                     Err(_) => return Err(std::io::Error::other("the pack thread panicked")),
@@ -60,6 +73,8 @@ impl Read for PackReader {
 /// original stream, verified, at stream offsets.
 pub struct PackedSink {
     inner: Box<dyn Sink>,
+    /// The sender's chunk cache, when the receiver keeps one.
+    store: Box<dyn ChunkStore + Send>,
     decoder: PackDecoder,
     /// Next pack offset expected.
     next: u64,
@@ -69,12 +84,15 @@ pub struct PackedSink {
 }
 
 impl PackedSink {
-    /// Wraps `inner`.
-    pub fn new(inner: Box<dyn Sink>) -> PackedSink {
+    /// Wraps `inner`; references outside the stream resolve from `store`,
+    /// which also keeps the stream's new chunks.
+    pub fn new(inner: Box<dyn Sink>, store: Option<Box<dyn ChunkStore + Send>>) -> PackedSink {
+        let store_chunks = store.is_some();
         PackedSink {
             inner,
+            store: store.unwrap_or_else(|| Box::new(NoCache)),
             decoder: PackDecoder::new(UnpackOptions {
-                store_chunks: false,
+                store_chunks,
                 ..UnpackOptions::default()
             }),
             next: 0,
@@ -101,7 +119,7 @@ impl Sink for PackedSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
         advance_contiguous(&mut self.next, start, data.len())?;
         self.decoder.feed_bytes(data);
-        let r = self.decoder.decode(&mut NoCache, &mut self.decoded);
+        let r = self.decoder.decode(&mut *self.store, &mut self.decoded);
         // What decoded before an error is verified: pass it on first.
         self.drain()?;
         r.map_err(invalid)

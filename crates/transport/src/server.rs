@@ -3,6 +3,7 @@
 //! each session (with its open sink) for the grace period after its
 //! connection is lost, so that a reconnecting sender resumes it.
 
+use crate::chunk_cache::{ChunkCacheOptions, ChunkCaches};
 use crate::config::LinkConfig;
 use crate::control::{Control, NoControl};
 use crate::identity::{peer_key, Identity, IdentityError, PublicKey};
@@ -49,6 +50,9 @@ pub struct ServeOptions {
     /// Most transfers held at once (attached or in their grace period);
     /// further offers are answered `Busy` and the senders retry. 0: no limit.
     pub max_sessions: usize,
+    /// The persistent chunk cache for dedup across packed transfers; none
+    /// answers inventories with nothing.
+    pub chunk_cache: Option<ChunkCacheOptions>,
 }
 
 /// What happened to a session, for the operator (and tests).
@@ -94,6 +98,7 @@ struct Shared {
     sessions: Mutex<HashMap<SessionId, Entry>>,
     factory: Arc<dyn SinkFactory>,
     control: Arc<dyn Control>,
+    caches: Option<ChunkCaches>,
     grace: Duration,
     max_sessions: usize,
     events: mpsc::UnboundedSender<ServerEvent>,
@@ -148,6 +153,12 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             factory,
             control,
+            // A sender asks for the inventory just before its offer; the
+            // lease waits as long as a lost session would.
+            caches: opts
+                .chunk_cache
+                .clone()
+                .map(|c| ChunkCaches::new(c, opts.grace.max(Duration::from_secs(600)))),
             grace: opts.grace,
             max_sessions: opts.max_sessions,
             events: tx,
@@ -465,7 +476,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             None => {
                 let sink = match tokio::task::block_in_place(|| shared.factory.open(&offer, &key)) {
                     Ok(s) if offer.flags & offer_flags::PACKED != 0 => {
-                        Ok(Box::new(crate::packed::PackedSink::new(s)) as Box<dyn Sink>)
+                        tokio::task::block_in_place(|| packed_sink(&shared, s, &offer, &key))
                     }
                     other => other,
                 };
@@ -542,6 +553,52 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     .await
 }
 
+/// The decoder in front of `inner` for a packed offer, with the sender's
+/// chunk cache when the receiver keeps one.
+fn packed_sink(
+    shared: &Shared,
+    inner: Box<dyn Sink>,
+    offer: &crate::message::Offer,
+    key: &crate::identity::PublicKey,
+) -> Result<Box<dyn Sink>, SinkError> {
+    let store = match &shared.caches {
+        None => None,
+        Some(caches) => Some(
+            caches
+                .store_for(key, offer.session)
+                .map_err(|e| SinkError::Io {
+                    path: "chunk cache".into(),
+                    source: std::io::Error::other(format!("{e}; check --chunk-cache")),
+                })?,
+        ),
+    };
+    let store = store.map(|s| Box::new(s) as Box<dyn fjord_pack::ChunkStore + Send>);
+    Ok(Box::new(crate::packed::PackedSink::new(inner, store)))
+}
+
+/// The answer to a chunk-inventory request: the sender's cache's
+/// promise, or nothing when this receiver keeps no cache.
+async fn chunk_inventory(
+    shared: &Shared,
+    key: &crate::identity::PublicKey,
+    session: SessionId,
+) -> crate::message::Response {
+    use crate::message::Response;
+    let Some(caches) = &shared.caches else {
+        return Response::ChunkInventory { hashes: Vec::new() };
+    };
+    match tokio::task::block_in_place(|| caches.inventory(key, session)) {
+        Ok(hashes) => {
+            info!(%session, chunks = hashes.len(), "chunk inventory promised");
+            Response::ChunkInventory { hashes }
+        }
+        Err(e) => Response::Failed {
+            code: RefuseCode::SinkFailed,
+            message: format!("the chunk cache cannot be read: {e}; check --chunk-cache"),
+        },
+    }
+}
+
 /// Answers control requests on one stream until the sender closes it.
 async fn serve_requests(
     shared: &Shared,
@@ -556,7 +613,12 @@ async fn serve_requests(
         let span = tracing::info_span!("request", dataset = %request.dataset(), sender = %key);
         let response = async {
             info!(request = ?request, "control request");
-            let response = shared.control.handle(key, request).await;
+            let response = match request {
+                crate::message::Request::ChunkInventory { session } => {
+                    chunk_inventory(shared, key, session).await
+                }
+                request => shared.control.handle(key, request).await,
+            };
             if let crate::message::Response::Failed { message, .. } = &response {
                 warn!(error = %message, "control request failed");
             }

@@ -65,6 +65,7 @@ fn start(allowed: &[&Identity]) -> (Server, Identity, Arc<Recording>, tempfile::
         link: support::fast_link(),
         grace: Duration::from_secs(10),
         max_sessions: 0,
+        chunk_cache: None,
     };
     let factory = Arc::new(FileSinkFactory::new(dir.path().to_path_buf(), 1 << 20));
     let server =

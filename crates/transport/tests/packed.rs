@@ -2,11 +2,15 @@
 //! pack and stores the original stream byte for byte; a pack damaged in
 //! transit (here: before it) is refused and nothing is stored. A
 //! compressible stream costs fewer bytes on the wire than its length.
+//! With the receiver's chunk cache, blocks a past transfer brought cost
+//! references only; a promise the cache cannot keep fails the transfer
+//! with nothing stored.
 
 mod support;
 
 use fjord_pack::PackOptions;
-use fjord_transport::client::Counters;
+use fjord_transport::chunk_cache::ChunkCacheOptions;
+use fjord_transport::client::{chunk_inventory, Counters, RequestOptions};
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
 use fjord_transport::server::ServerEvent;
@@ -53,8 +57,12 @@ async fn packed_streams_arrive_as_the_original_and_cost_fewer_wire_bytes() {
     for (dataset, bytes) in &streams {
         let mut opts = send_options(rx.addr, &rx, dataset);
         opts.offer.flags = offer_flags::PACKED;
-        let source = PackReader::spawn(std::io::Cursor::new(bytes.clone()), PackOptions::default())
-            .expect("pack threads");
+        let source = PackReader::spawn(
+            std::io::Cursor::new(bytes.clone()),
+            PackOptions::default(),
+            Box::new(fjord_pack::NoCache),
+        )
+        .expect("pack threads");
         let out =
             fjord_transport::client::send(&sender, opts, source, Arc::new(Counters::default()))
                 .await
@@ -116,4 +124,183 @@ async fn a_damaged_pack_is_refused_and_nothing_is_stored() {
         "{:?}",
         files(rx.dir.path())
     );
+}
+
+/// A full stream of `blocks` 128 KiB pseudo-random blocks from `seed`,
+/// written to object `object` of a snapshot with guid `guid`: two such
+/// streams with the same seed carry the same blocks in different records.
+fn blocks_stream(seed: u64, blocks: u64, object: u64, guid: u64) -> Vec<u8> {
+    use fjord_stream::builder::StreamBuilder;
+    use fjord_stream::ByteOrder;
+    let mut b = StreamBuilder::full(ByteOrder::Little, "tank/fs@snap", guid);
+    b.object(object, 131072, &[0u8; 168]);
+    let mut x = fjord_suite::XorShift(seed | 1);
+    let mut block = vec![0u8; 131072];
+    for i in 0..blocks {
+        for w in block.chunks_mut(8) {
+            w.copy_from_slice(&x.next_u64().to_le_bytes());
+        }
+        b.write(object, i * 131072, &block);
+    }
+    b.finish()
+}
+
+fn request_options(rx: &Receiver) -> RequestOptions {
+    RequestOptions {
+        to: rx.addr,
+        server_key: rx.identity.public_key(),
+        link: LinkConfig::default(),
+        patience: Duration::from_secs(10),
+    }
+}
+
+/// Sends `stream` packed, asking the receiver's inventory first.
+async fn send_with_inventory(
+    sender: &Identity,
+    rx: &Receiver,
+    dataset: &str,
+    stream: &[u8],
+) -> (
+    usize,
+    Result<fjord_transport::client::SendOutcome, fjord_transport::client::SendError>,
+) {
+    let mut opts = send_options(rx.addr, rx, dataset);
+    opts.offer.flags = offer_flags::PACKED;
+    let inventory = chunk_inventory(sender, &request_options(rx), opts.offer.session)
+        .await
+        .expect("inventory");
+    let promised = inventory.len();
+    let source = PackReader::spawn(
+        std::io::Cursor::new(stream.to_vec()),
+        PackOptions::default(),
+        Box::new(inventory),
+    )
+    .expect("pack threads");
+    let out =
+        fjord_transport::client::send(sender, opts, source, Arc::new(Counters::default())).await;
+    (promised, out)
+}
+
+fn cache_options(dir: &std::path::Path) -> Option<ChunkCacheOptions> {
+    Some(ChunkCacheOptions {
+        dir: dir.to_path_buf(),
+        capacity: 64 << 20,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_a_past_transfer_brought_cost_only_references() {
+    init_tracing();
+    let sender = Identity::generate().expect("keygen");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut rx = start_receiver_with_cache(
+        &[&sender],
+        LinkConfig::default(),
+        Duration::from_secs(60),
+        cache_options(cache.path()),
+    );
+    // 4 MiB of incompressible blocks, then a different snapshot whose
+    // object holds the same blocks (a copied file) plus one new block.
+    let first = blocks_stream(5, 32, 2, 0x1111);
+    let second = blocks_stream(5, 33, 9, 0x2222);
+    let (promised, out) = send_with_inventory(&sender, &rx, "backup/first", &first).await;
+    let out = out.expect("first transfer");
+    assert_eq!(promised, 0, "an empty cache promises nothing");
+    assert!(out.length > first.len() as u64 * 9 / 10, "{}", out.length);
+    assert!(matches!(
+        next_event(&mut rx, Duration::from_secs(10)).await,
+        ServerEvent::Completed { .. }
+    ));
+    let (promised, out) = send_with_inventory(&sender, &rx, "backup/second", &second).await;
+    let out = out.expect("second transfer");
+    assert!(matches!(
+        next_event(&mut rx, Duration::from_secs(10)).await,
+        ServerEvent::Completed { .. }
+    ));
+    assert_eq!(
+        promised, 32,
+        "the cache promises the first transfer's blocks"
+    );
+    // One new 128 KiB block, 32 references and the record headers.
+    assert!(
+        out.length < 160 << 10,
+        "{} wire bytes for a {}-byte stream of known blocks",
+        out.length,
+        second.len()
+    );
+    assert!(stored(rx.dir.path(), "backup/second") == Some(second.clone()));
+    // Another sender key has a cache of its own: nothing is promised to it.
+    let other = Identity::generate().expect("keygen");
+    drop(rx);
+    let rx = start_receiver_with_cache(
+        &[&sender, &other],
+        LinkConfig::default(),
+        Duration::from_secs(60),
+        cache_options(cache.path()),
+    );
+    let (promised, out) = send_with_inventory(&other, &rx, "backup/third", &second).await;
+    assert_eq!(promised, 0);
+    assert!(out.expect("third transfer").length > second.len() as u64 * 9 / 10);
+    // The first sender's cache survived the receiver's restart.
+    let (promised, _) = send_with_inventory(&sender, &rx, "backup/fourth", &second).await;
+    assert_eq!(promised, 33);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promised_chunk_that_vanished_fails_the_transfer_and_stores_nothing() {
+    init_tracing();
+    let sender = Identity::generate().expect("keygen");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut rx = start_receiver_with_cache(
+        &[&sender],
+        LinkConfig::default(),
+        Duration::from_secs(60),
+        cache_options(cache.path()),
+    );
+    let first = blocks_stream(8, 8, 2, 0x1111);
+    let (_, out) = send_with_inventory(&sender, &rx, "backup/first", &first).await;
+    out.expect("first transfer");
+    let _ = next_event(&mut rx, Duration::from_secs(10)).await;
+    // Someone empties the cache directory behind the receiver's back after
+    // it promised the chunks.
+    let mut opts = send_options(rx.addr, &rx, "backup/second");
+    opts.offer.flags = offer_flags::PACKED;
+    let inventory = chunk_inventory(&sender, &request_options(&rx), opts.offer.session)
+        .await
+        .expect("inventory");
+    assert_eq!(inventory.len(), 8);
+    for entry in walk(cache.path()) {
+        std::fs::remove_file(entry).expect("remove chunk");
+    }
+    let second = blocks_stream(8, 8, 3, 0x2222);
+    let source = PackReader::spawn(
+        std::io::Cursor::new(second),
+        PackOptions::default(),
+        Box::new(inventory),
+    )
+    .expect("pack threads");
+    let err = fjord_transport::client::send(&sender, opts, source, Arc::new(Counters::default()))
+        .await
+        .expect_err("an unresolvable reference must fail");
+    assert!(err.to_string().contains("does not hold"), "{err}");
+    assert!(matches!(
+        next_event(&mut rx, Duration::from_secs(10)).await,
+        ServerEvent::Failed { .. }
+    ));
+    assert!(stored(rx.dir.path(), "backup/second").is_none());
+    assert_eq!(files(rx.dir.path()).len(), 1, "{:?}", files(rx.dir.path()));
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

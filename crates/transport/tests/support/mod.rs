@@ -41,6 +41,15 @@ pub struct Receiver {
 }
 
 pub fn start_receiver(allowed: &[&Identity], link: LinkConfig, grace: Duration) -> Receiver {
+    start_receiver_with_cache(allowed, link, grace, None)
+}
+
+pub fn start_receiver_with_cache(
+    allowed: &[&Identity],
+    link: LinkConfig,
+    grace: Duration,
+    chunk_cache: Option<fjord_transport::chunk_cache::ChunkCacheOptions>,
+) -> Receiver {
     let identity = Identity::generate().expect("keygen");
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = ServeOptions {
@@ -49,6 +58,7 @@ pub fn start_receiver(allowed: &[&Identity], link: LinkConfig, grace: Duration) 
         link,
         grace,
         max_sessions: 0,
+        chunk_cache,
     };
     let factory = Arc::new(FileSinkFactory::new(dir.path().to_path_buf(), 256 << 20));
     let server = Server::bind(&identity, opts, factory).expect("bind");
