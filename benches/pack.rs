@@ -3,6 +3,11 @@
 //! exact, verified reassembly. Issue 4's targets: decode >= 1 GB/s; a `-c`
 //! stream encodes at >= 1.5 GB/s (nothing recompressed).
 //!
+//! `pack_floor` measures, on one core, the work every byte of a packed
+//! transfer cannot avoid: BLAKE3 (chunk address, and again for the
+//! receipt), Fletcher-4, one copy, and zstd -1 on compressible data. Their
+//! sum bounds what the pipeline can reach on this machine's cores.
+//!
 //! Run: `cargo bench --bench pack` (figures land in target/criterion).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -111,5 +116,40 @@ fn bench_pack(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_pack);
+fn bench_floor(c: &mut Criterion) {
+    let stream = synthetic_stream(Mix::Mixed, 32 << 20);
+    let mut g = c.benchmark_group("pack_floor");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("blake3-128KiB-chunks", |b| {
+        b.iter(|| {
+            stream
+                .chunks(RECORD)
+                .map(|c| blake3::hash(c).as_bytes()[0] as u64)
+                .sum::<u64>()
+        })
+    });
+    g.bench_function("fletcher4", |b| {
+        b.iter(|| fjord_stream::fletcher::fletcher4(&stream, ByteOrder::Little))
+    });
+    g.bench_function("copy", |b| {
+        let mut out = vec![0u8; stream.len()];
+        b.iter(|| {
+            out.copy_from_slice(&stream);
+            out[0]
+        })
+    });
+    g.bench_function("zstd-1", |b| {
+        let mut z = zstd::bulk::Compressor::new(1).expect("zstd");
+        b.iter(|| {
+            stream
+                .chunks(1 << 20)
+                .map(|c| z.compress(c).expect("compresses").len())
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_pack, bench_floor);
 criterion_main!(benches);

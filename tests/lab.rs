@@ -297,6 +297,9 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "outside-prefix-wrote-nothing",
         "overlap-second-locked",
         "overlap-first-ok",
+        "dedup-exit",
+        "dedup-inventory-used",
+        "dedup-costs-references-only",
         "status-exit",
         "status-ok",
         "metrics-last-success",
@@ -312,6 +315,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "forced",
         "retention",
         "overlap",
+        "dedup",
     ];
     let names: Vec<String> = compared
         .iter()

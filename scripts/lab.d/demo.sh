@@ -2,8 +2,9 @@
 # shellcheck source-path=SCRIPTDIR
 # The README's demo, inside the lab VM: a primary and a DR node over WireGuard, `fjord-recv
 # serve` on the DR side, `fjord-send push` twice with changes between, the link flapped
-# during the second push. Prints what happened: snapshots on both sides, bytes sent and
-# re-sent, and the data compared file by file.
+# during the second push, then a third push of a copied file that the DR node's chunk cache
+# already holds. Prints what happened: snapshots on both sides, bytes sent and re-sent, and
+# the data compared file by file.
 #   LAB_FJORD_SEND=… LAB_FJORD_RECV=… scripts/lab run scripts/lab.d/demo.sh DIR
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -33,6 +34,9 @@ idle_timeout = "3s"
 [recv]
 resumable = true
 unmounted = true
+[chunk_cache]
+dir = "$work/chunks"
+size = "1G"
 [[client]]
 name = "oslo-primary"
 key = "$spub"
@@ -77,6 +81,13 @@ say "primary: fjord-send push (incremental) while the link goes down twice (5 s,
 flaps=$!
 ip netns exec primary "$send" push --config "$work/send.toml" --verbose
 wait "$flaps" || true
+
+big=$(find "$mnt" -type f -printf '%s %p\n' | sort -n | tail -n1 | cut -d' ' -f2-)
+say "primary: a copy of $(basename "$big") ($(du -h --apparent-size "$big" | cut -f1)), which the DR node already has"
+cp --reflink=never "$big" "$mnt/copy-of-$(basename "$big")"
+sync
+ip netns exec primary "$send" push --config "$work/send.toml" --verbose
+echo "(the receiver's chunk cache held its blocks: the push sent references, not the data)"
 
 say "snapshots on the primary"
 zfs list -t snapshot -o name,guid,used -r src/home

@@ -12,7 +12,8 @@
 # falls back to the common snapshot; a diverged target is refused, then --force rolls it
 # back; retention prunes old snapshots but never the base nor foreign ones; an unknown key
 # and a key writing outside its prefix are refused with nothing written; two overlapping
-# pushes of one job (the second exits "locked"); status and Prometheus metrics.
+# pushes of one job (the second exits "locked"); a copy of an already replicated file costs
+# references only (the receiver's chunk cache); status and Prometheus metrics.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -48,6 +49,10 @@ idle_timeout = "3s"
 [recv]
 resumable = true
 unmounted = true
+
+[chunk_cache]
+dir = "$work/chunks"
+size = "256M"
 
 [[client]]
 name = "primary"
@@ -312,6 +317,19 @@ rc=0
 wait "$a" || rc=$?
 lab_assert_eq overlap-first-ok 0 "$rc"
 compare_target overlap
+
+# 8b. a copy of a file the DR node already has: its blocks are in the receiver's chunk
+# cache, so the push sends references, not the 6 MiB of incompressible data
+cp --reflink=never "$smnt/new-38/added.bin" "$smnt/copy-of-added.bin"
+sync
+rc=0
+push dedup "$work/send.toml" || rc=$?
+lab_assert_eq dedup-exit 0 "$rc"
+dedup_bytes=$(grep -oE 'src/data@[^ ]* -> @[^ ]* -> dst/backup/data: [0-9]+ bytes' "$R/dedup.out" | grep -oE '[0-9]+ bytes' | grep -oE '[0-9]+' | head -n1 || true)
+lab_log "a 6 MiB copy of a replicated file cost ${dedup_bytes:-?} bytes on the wire"
+lab_assert dedup-inventory-used grep -q 'chunk inventory promised' "$R/serve.log"
+lab_assert dedup-costs-references-only test "${dedup_bytes:-99999999}" -lt 1048576
+compare_target dedup
 
 # 9. status and metrics
 rc=0
