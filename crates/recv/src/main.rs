@@ -32,6 +32,7 @@ enum Command {
 pub use fjord_cli::exit;
 
 fn main() -> ExitCode {
+    fjord_cli::tune_allocator();
     fjord_cli::init_logging();
     let cli = Cli::parse();
     let code = match cli.command {
