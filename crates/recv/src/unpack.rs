@@ -45,7 +45,10 @@ pub fn run(args: Args) -> u8 {
     };
     let span = tracing::info_span!("unpack", input = %name);
     let _enter = span.enter();
-    let out = std::io::BufWriter::with_capacity(1 << 20, sink);
+    // Small enough that the frame-sized pieces unpack releases (about
+    // 1 MiB) go straight to the sink uncopied; record-sized ones are
+    // gathered.
+    let out = std::io::BufWriter::with_capacity(256 << 10, sink);
     // File mode: nobody answered for a chunk cache when the pack was made.
     match unpack(source, out, &mut NoCache, &UnpackOptions::default()) {
         Ok(summary) => {
