@@ -86,8 +86,9 @@ big=$(find "$mnt" -type f -printf '%s %p\n' | sort -n | tail -n1 | cut -d' ' -f2
 say "primary: a copy of $(basename "$big") ($(du -h --apparent-size "$big" | cut -f1)), which the DR node already has"
 cp --reflink=never "$big" "$mnt/copy-of-$(basename "$big")"
 sync
-ip netns exec primary "$send" push --config "$work/send.toml" --verbose
-echo "(the receiver's chunk cache held its blocks: the push sent references, not the data)"
+ip netns exec primary "$send" push --config "$work/send.toml" --verbose | tee "$work/copy.out"
+sent=$(grep -oE '[0-9]+ bytes, re-sent' "$work/copy.out" | grep -oE '^[0-9]+' | head -n1 || true)
+echo "a copy of $(stat -c %s "$big") bytes went over the link as ${sent:-?} bytes: its blocks were in the DR node's chunk cache"
 
 say "snapshots on the primary"
 zfs list -t snapshot -o name,guid,used -r src/home
