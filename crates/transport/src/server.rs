@@ -610,7 +610,12 @@ async fn serve_requests(
 ) {
     let mut next = Some(first);
     while let Some(request) = next.take() {
-        let span = tracing::info_span!("request", dataset = %request.dataset(), sender = %key);
+        let span = match &request {
+            crate::message::Request::ChunkInventory { session } => {
+                tracing::info_span!("inventory", %session, sender = %key)
+            }
+            r => tracing::info_span!("request", dataset = %r.dataset(), sender = %key),
+        };
         let response = async {
             info!(request = ?request, "control request");
             let response = match request {
