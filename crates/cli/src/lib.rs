@@ -95,20 +95,6 @@ impl LinkArgs {
     }
 }
 
-/// Parses `300`, `90s`, `10m`, `1h`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 300, 90s, 10m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    }
-}
+/// Parses `300`, `90s`, `10m`, `1h`, `2d`, `500ms`: the same rules as the
+/// config files.
+pub use fjord_push::config::parse_duration;

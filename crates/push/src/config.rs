@@ -349,31 +349,28 @@ fn parse_quantity(text: &str, what: &str, example: &str) -> Result<u64, String> 
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Parses a duration: digits with an optional s, m, h or d suffix (plain
-/// digits are seconds).
+/// Parses a duration: digits with an optional ms, s, m, h or d suffix
+/// (plain digits are seconds). Both the config files and the command
+/// lines (`--grace`, `--idle-timeout`) use it.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
         None => (text, ""),
     };
-    let unit_secs: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration: write such as \"90s\", \"5m\", \"1h\" or \"2d\""
-            ))
-        }
+    let example = "write such as \"90s\", \"5m\", \"1h\", \"2d\" or \"500ms\"";
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: {example}"))?;
+    let duration = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
+        _ => return Err(format!("{text:?} is not a duration: {example}")),
     };
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("{text:?} is not a duration: write such as \"90s\", \"5m\", \"1h\" or \"2d\"")
-    })?;
-    n.checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    duration.ok_or_else(|| format!("{text:?} is too long"))
 }
 
 fn de_bwlimit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -799,7 +796,8 @@ target_dataset = "backup/oslo/home/mail"
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        for bad in ["", "m", "5 m", "5y", "1.5h"] {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "m", "5 m", "5y", "1.5h", "99999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

@@ -58,7 +58,7 @@ pub struct Args {
     replay_window_mib: u64,
     /// Limit the sending rate, bytes per second with an optional K/M/G
     /// suffix (1024-based), e.g. 50M.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = fjord_push::config::parse_bwlimit)]
     bwlimit: Option<u64>,
     /// Pack the stream on the wire: record-aligned frames, BLAKE3 dedup
     /// within the stream, zstd where it pays (fjord-pack). The receiver
@@ -68,24 +68,6 @@ pub struct Args {
     pack: bool,
     #[command(flatten)]
     link: fjord_cli::LinkArgs,
-}
-
-/// Parses `1000000`, `500K`, `50M`, `1G` (bytes per second).
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate like 50M"))?;
-    if n == 0 {
-        return Err("a rate of 0 would never send anything".into());
-    }
-    Ok(n * mult)
 }
 
 /// Reads the stream's first record (BEGIN) to name the snapshot in the
@@ -242,8 +224,11 @@ mod tests {
             Ok(Duration::from_millis(500))
         );
         assert!(fjord_cli::parse_duration("5 weeks").is_err());
-        assert_eq!(parse_rate("50M"), Ok(50 << 20));
-        assert_eq!(parse_rate("1000"), Ok(1000));
-        assert!(parse_rate("0").is_err());
+        let rate = fjord_push::config::parse_bwlimit;
+        assert_eq!(rate("50M"), Ok(50 << 20));
+        assert_eq!(rate("50m"), Ok(50 << 20));
+        assert_eq!(rate("1000"), Ok(1000));
+        assert!(rate("0").is_err());
+        assert!(rate("99999999999T").is_err(), "overflow is an error");
     }
 }
