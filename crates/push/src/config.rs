@@ -215,6 +215,25 @@ pub struct RecvOptions {
     pub set_props: BTreeMap<String, String>,
 }
 
+impl RecvOptions {
+    /// The `zfs recv` to run for `target` with these flags; `force` adds
+    /// `-F` (the sender's request after a planned rollback).
+    pub fn spec(&self, target: &str, force: bool) -> RecvSpec {
+        RecvSpec {
+            target: target.into(),
+            force,
+            resumable: self.resumable,
+            unmounted: self.unmounted,
+            exclude_props: self.exclude_props.clone(),
+            set_props: self
+                .set_props
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
 impl Default for RecvOptions {
     fn default() -> Self {
         Self {
@@ -286,19 +305,7 @@ impl RecvConfig {
     /// The `zfs recv` to run for `target`. `force` (`-F`) is the sender's
     /// request after a planned rollback.
     pub fn recv_spec(&self, target: &str, force: bool) -> RecvSpec {
-        RecvSpec {
-            target: target.into(),
-            force,
-            resumable: self.recv.resumable,
-            unmounted: self.recv.unmounted,
-            exclude_props: self.recv.exclude_props.clone(),
-            set_props: self
-                .recv
-                .set_props
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
+        self.recv.spec(target, force)
     }
 
     /// The client whose key is `key`.

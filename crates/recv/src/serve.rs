@@ -1,7 +1,7 @@
 //! `fjord-recv serve`: receive send streams from pinned senders over QUIC,
 //! verified, into `zfs recv` (`--config`) or as files (`--sink-dir`).
 
-use crate::zfs_target::{ClientPolicy, RecvFlags, SharedTarget, ZfsTarget};
+use crate::zfs_target::{ClientPolicy, SharedTarget, ZfsTarget};
 use anyhow::Context;
 use fjord_push::config::RecvConfig;
 use fjord_transport::chunk_cache::ChunkCacheOptions;
@@ -163,21 +163,10 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
         );
     }
     let allowed = clients.keys().copied().collect();
-    let flags = RecvFlags {
-        resumable: config.recv.resumable,
-        unmounted: config.recv.unmounted,
-        exclude_props: config.recv.exclude_props.clone(),
-        set_props: config
-            .recv
-            .set_props
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    };
     let target = SharedTarget(Arc::new(ZfsTarget::new(
         Zfs::new(),
         clients,
-        flags,
+        config.recv.clone(),
         args.max_held_mib << 20,
     )));
     let mut link = args.link.link_config();

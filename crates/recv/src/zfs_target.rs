@@ -5,6 +5,7 @@
 //! prefixes its key may write under before anything runs.
 
 use bytes::Bytes;
+use fjord_push::config::RecvOptions;
 use fjord_transport::message::offer_flags;
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
@@ -13,7 +14,7 @@ use fjord_transport::{
     control::{Control, ResponseFuture},
     Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState,
 };
-use fjord_zfs::{names, RecvProcess, RecvSpec, Zfs};
+use fjord_zfs::{names, RecvProcess, Zfs};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -27,24 +28,12 @@ pub struct ClientPolicy {
     pub prefixes: Vec<String>,
 }
 
-/// How streams are received (from the config's `[recv]`).
-#[derive(Clone, Debug, Default)]
-pub struct RecvFlags {
-    /// `zfs recv -s`: an interrupted receive can be resumed.
-    pub resumable: bool,
-    /// `zfs recv -u`: do not mount what is received.
-    pub unmounted: bool,
-    /// `zfs recv -x PROP`.
-    pub exclude_props: Vec<String>,
-    /// `zfs recv -o PROP=VALUE`.
-    pub set_props: Vec<(String, String)>,
-}
-
 /// State shared by the sink factory and the control handler.
 pub struct ZfsTarget {
     zfs: Zfs,
     clients: HashMap<PublicKey, ClientPolicy>,
-    flags: RecvFlags,
+    /// The config's `[recv]`: how streams are received.
+    recv: RecvOptions,
     held_limit: u64,
     /// Datasets with a receive in progress: one stream per target at a time.
     receiving: Arc<Mutex<HashSet<String>>>,
@@ -55,13 +44,13 @@ impl ZfsTarget {
     pub fn new(
         zfs: Zfs,
         clients: HashMap<PublicKey, ClientPolicy>,
-        flags: RecvFlags,
+        recv: RecvOptions,
         held_limit: u64,
     ) -> ZfsTarget {
         ZfsTarget {
             zfs,
             clients,
-            flags,
+            recv,
             held_limit,
             receiving: Arc::new(Mutex::new(HashSet::new())),
         }
@@ -231,14 +220,7 @@ impl SinkFactory for SharedTarget {
                 .block_on(t.zfs.rollback(&snap, true))
                 .map_err(|e| SinkError::Refused(e.to_string()))?;
         }
-        let spec = RecvSpec {
-            target: offer.dataset.clone(),
-            force,
-            resumable: t.flags.resumable,
-            unmounted: t.flags.unmounted,
-            exclude_props: t.flags.exclude_props.clone(),
-            set_props: t.flags.set_props.clone(),
-        };
+        let spec = t.recv.spec(&offer.dataset, force);
         let child = t
             .zfs
             .spawn_recv(&spec)
@@ -452,7 +434,7 @@ mod tests {
         SharedTarget(Arc::new(ZfsTarget::new(
             Zfs::with_binary("/nonexistent/zfs"),
             clients,
-            RecvFlags::default(),
+            RecvOptions::default(),
             1 << 20,
         )))
     }
