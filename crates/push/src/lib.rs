@@ -71,6 +71,10 @@
 //! exclude_props = ["mountpoint"]          # -x each
 //! set_props = { readonly = "on" }         # -o k=v each
 //!
+//! [chunk_cache]                           # optional: dedup across transfers
+//! dir = "/var/cache/fjord/chunks"         # one subdirectory per client key
+//! size = "4G"                             # per client; least recently used go first
+//!
 //! [[client]]
 //! name = "oslo-primary"
 //! key = "BASE64PUBKEY="
