@@ -53,12 +53,13 @@ pub fn render_prometheus(statuses: &[JobStatus], now: i64) -> String {
         },
         Family {
             name: "fjord_job_bytes",
-            help: "Stream bytes sent by the job's last run.",
+            help:
+                "Bytes the job's last run sent over the link (packed: after dedup and compression).",
             value: &|s| Some(s.bytes.to_string()),
         },
         Family {
             name: "fjord_job_bytes_resent",
-            help: "Stream bytes the job's last run sent again after link failures.",
+            help: "Bytes the job's last run sent again after link failures.",
             value: &|s| Some(s.bytes_resent.to_string()),
         },
         Family {
@@ -154,11 +155,11 @@ fjord_job_last_success_timestamp_seconds{job="home"} 1769860800
 # HELP fjord_job_replication_lag_seconds Seconds since the creation of the newest snapshot replicated to the target.
 # TYPE fjord_job_replication_lag_seconds gauge
 fjord_job_replication_lag_seconds{job="home"} 110
-# HELP fjord_job_bytes Stream bytes sent by the job's last run.
+# HELP fjord_job_bytes Bytes the job's last run sent over the link (packed: after dedup and compression).
 # TYPE fjord_job_bytes gauge
 fjord_job_bytes{job="home"} 123456
 fjord_job_bytes{job="we\"ird\\"} 0
-# HELP fjord_job_bytes_resent Stream bytes the job's last run sent again after link failures.
+# HELP fjord_job_bytes_resent Bytes the job's last run sent again after link failures.
 # TYPE fjord_job_bytes_resent gauge
 fjord_job_bytes_resent{job="home"} 4096
 fjord_job_bytes_resent{job="we\"ird\\"} 0

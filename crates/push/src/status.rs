@@ -57,7 +57,8 @@ pub struct JobStatus {
     pub last_result: String,
     /// Its error, if it failed.
     pub last_error: Option<String>,
-    /// Stream bytes sent by the last run.
+    /// Bytes the last run sent over the link (with packing, after dedup
+    /// and compression).
     pub bytes: u64,
     /// Of those, bytes sent again after a link failure.
     pub bytes_resent: u64,

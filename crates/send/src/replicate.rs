@@ -62,7 +62,8 @@ pub struct JobContext {
 pub struct DatasetReport {
     /// Lines for the operator, in order.
     pub lines: Vec<String>,
-    /// Stream bytes sent (all transfers).
+    /// Bytes sent over the link, all transfers (with packing, after dedup
+    /// and compression).
     pub bytes: u64,
     /// Bytes sent again after reconnections.
     pub bytes_resent: u64,
