@@ -499,7 +499,7 @@ impl Ops {
 pub fn seal(
     job: SealJob,
     compressor: &mut zstd::bulk::Compressor<'_>,
-) -> Result<Vec<u8>, PackError> {
+) -> Result<SealedFrame, PackError> {
     let SealJob {
         mut header,
         packed,
@@ -525,16 +525,126 @@ pub fn seal(
     header.packed_len = wire_packed.len() as u32;
     header.stored_len = stored.iter().map(|s| s.len() as u32).sum();
     header.digest = header.compute_digest(wire_packed);
-    let mut out = Vec::with_capacity(header.wire_len() as usize);
-    out.extend_from_slice(&header.to_bytes());
-    out.extend_from_slice(wire_packed);
-    for s in &stored {
-        out.extend_from_slice(s);
+    let mut head = Vec::with_capacity(format::HEADER_LEN + wire_packed.len());
+    head.extend_from_slice(&header.to_bytes());
+    head.extend_from_slice(wire_packed);
+    Ok(SealedFrame {
+        header,
+        head,
+        stored,
+    })
+}
+
+/// A sealed frame as it goes on the wire: the header and packed section in
+/// one buffer, then the stored payloads as they came from the input. They
+/// are kept apart so the stored bytes (most of a `-c` or incompressible
+/// stream) are not copied again to lay the frame out.
+#[derive(Debug)]
+pub struct SealedFrame {
+    /// The frame's header, lengths and digest filled in.
+    pub header: FrameHeader,
+    /// Header bytes, then the packed section as on the wire.
+    pub head: Vec<u8>,
+    /// The stored section, in op order.
+    pub stored: Vec<Bytes>,
+}
+
+impl SealedFrame {
+    /// Length of the frame on the wire.
+    pub fn wire_len(&self) -> u64 {
+        self.header.wire_len()
     }
-    Ok(out)
+
+    /// Writes the frame to `out` with vectored writes (one system call for
+    /// a whole frame where `out` is a file or pipe).
+    pub fn write_to<W: std::io::Write>(&self, out: &mut W) -> std::io::Result<()> {
+        let mut slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&self.head[..])
+            .chain(self.stored.iter().map(|s| &s[..]))
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match out.write_vectored(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame's wire bytes in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.wire_len() as usize);
+        out.extend_from_slice(&self.head);
+        for s in &self.stored {
+            out.extend_from_slice(s);
+        }
+        out
+    }
 }
 
 /// A zstd compressor at `level`, for [`seal`].
 pub fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>, PackError> {
     zstd::bulk::Compressor::new(level).map_err(|e| PackError::Compress(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most `max` bytes per call and splits vectored writes, as a
+    /// pipe or socket under pressure does.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+    }
+
+    impl std::io::Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sealed_frame_writes_its_wire_bytes_whatever_the_writer_takes_per_call() {
+        let job = SealJob {
+            header: FrameHeader {
+                kind: FrameKind::Data,
+                codec: Codec::None,
+                index: 3,
+                stream_offset: 4096,
+                raw_len: 5143,
+                packed_len: 0,
+                unpacked_len: 0,
+                stored_len: 0,
+                digest: [0; 32],
+            },
+            packed: b"packed section".repeat(10),
+            stored: vec![Bytes::from(vec![1u8; 5000]), Bytes::from(vec![2u8; 3])],
+            compress: true,
+        };
+        let frame = seal(job, &mut compressor(1).expect("zstd")).expect("seals");
+        let whole = frame.to_vec();
+        assert_eq!(whole.len() as u64, frame.wire_len());
+        assert_eq!(&whole[whole.len() - 3..], &[2, 2, 2]);
+        let head: [u8; format::HEADER_LEN] = whole[..format::HEADER_LEN].try_into().expect("72");
+        let parsed = FrameHeader::parse(&head).expect("parses");
+        assert_eq!((parsed.stored_len, parsed.index), (5003, 3));
+        assert_eq!(parsed, frame.header);
+        for max in [1, 7, 100, 1 << 20] {
+            let mut w = Trickle {
+                out: Vec::new(),
+                max,
+            };
+            frame.write_to(&mut w).expect("writes");
+            assert!(w.out == whole, "max {max} per call");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::decoder::{
 };
 use crate::encoder::{
     analyze, compressor, receipt_update, seal, AnalyzedFrame, FrameCutter, FramePlanner,
-    PackOptions, PackStats, RawFrame, SealJob,
+    PackOptions, PackStats, RawFrame, SealJob, SealedFrame,
 };
 use crate::error::{PackError, UnpackError, UnpackFailed};
 use crate::format::{FrameKind, Receipt, HEADER_LEN};
@@ -43,7 +43,7 @@ enum Job {
 
 enum Event {
     Analyzed(AnalyzedFrame),
-    Sealed(u64, Result<Vec<u8>, PackError>),
+    Sealed(u64, Result<SealedFrame, PackError>),
     /// The input is exhausted after `data_frames` frames.
     InputDone {
         data_frames: u64,
@@ -197,13 +197,15 @@ fn coordinate<W: Write>(
     let mut receipt_hasher = blake3::Hasher::new();
     let mut zstd = compressor(opts.zstd_level)?;
     let mut written = 0u64;
-    let mut write = |bytes: &[u8], stats: &mut PackStats| -> Result<(), PackError> {
-        output.write_all(bytes).map_err(|source| PackError::Write {
-            at: written,
-            source,
-        })?;
-        written += bytes.len() as u64;
-        stats.wire_bytes += bytes.len() as u64;
+    let mut write = |frame: &SealedFrame, stats: &mut PackStats| -> Result<(), PackError> {
+        frame
+            .write_to(&mut output)
+            .map_err(|source| PackError::Write {
+                at: written,
+                source,
+            })?;
+        written += frame.wire_len();
+        stats.wire_bytes += frame.wire_len();
         stats.frames += 1;
         Ok(())
     };
@@ -211,7 +213,7 @@ fn coordinate<W: Write>(
     write(&start, &mut planner.stats)?;
 
     let mut analyzed: BTreeMap<u64, AnalyzedFrame> = BTreeMap::new();
-    let mut sealed: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut sealed: BTreeMap<u64, SealedFrame> = BTreeMap::new();
     let (mut next_plan, mut next_write) = (0u64, 1u64);
     let mut input_done: Option<(u64, Receipt)> = None;
     loop {
@@ -250,8 +252,7 @@ fn coordinate<W: Write>(
             Event::Sealed(index, frame) => {
                 sealed.insert(index, frame?);
                 while let Some(frame) = sealed.remove(&next_write) {
-                    let packed = packed_len(&frame);
-                    planner.stats.packed_wire_bytes += packed;
+                    planner.stats.packed_wire_bytes += frame.header.packed_len as u64;
                     write(&frame, &mut planner.stats)?;
                     let _ = slots.try_recv();
                     next_write += 1;
@@ -264,13 +265,6 @@ fn coordinate<W: Write>(
             Event::InputFailed => return Ok((planner.stats, Receipt::default())),
         }
     }
-}
-
-fn packed_len(frame: &[u8]) -> u64 {
-    frame
-        .get(28..32)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, |b| u32::from_le_bytes(b) as u64)
 }
 
 /// What a finished unpack did.

@@ -58,8 +58,9 @@ pub fn run(args: Args) -> u8 {
     };
     let span = tracing::info_span!("pack", input = %name, output = %out_name);
     let _enter = span.enter();
-    let writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    match pack(source, writer, &opts, &mut NoCache) {
+    // No BufWriter: each frame goes out in one vectored write, and a buffer
+    // would only copy the stored payloads once more.
+    match pack(source, file, &opts, &mut NoCache) {
         Ok(summary) => {
             let s = &summary.stats;
             let ratio = s.wire_bytes as f64 / s.stream_bytes.max(1) as f64;
