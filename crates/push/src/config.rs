@@ -843,22 +843,17 @@ target_dataset = "backup/oslo/home/mail"
         };
         let ok = with("[chunk_cache]\ndir = \"/c\"\nsize = \"512M\"").unwrap();
         assert_eq!(ok.chunk_cache.map(|c| c.size), Some(512 << 20));
-        let e = with("[chunk_cache]\ndir = \"/c\"\nsize = \"1M\"")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("chunk_cache.size"), "{e}");
-        let e = with("[chunk_cache]\ndir = \"c\"\nsize = \"1G\"")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("chunk_cache.dir"), "{e}");
-        let e = with("[chunk_cache]\ndir = \"/c\"\nsize = \"lots\"")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not a size"), "{e}");
-        let e = with("[chunk_cache]\ndir = \"/c\"\nsize = \"1G\"\nttl = 3")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("ttl"), "{e}");
+        for (table, names) in [
+            ("dir = \"/c\"\nsize = \"1M\"", "chunk_cache.size"),
+            ("dir = \"c\"\nsize = \"1G\"", "chunk_cache.dir"),
+            ("dir = \"/c\"\nsize = \"lots\"", "not a size"),
+            ("dir = \"/c\"\nsize = \"1G\"\nttl = 3", "ttl"),
+        ] {
+            let e = with(&format!("[chunk_cache]\n{table}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(names), "{table}: {e}");
+        }
     }
 
     #[test]

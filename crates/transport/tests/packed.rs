@@ -181,11 +181,17 @@ async fn send_with_inventory(
     (promised, out)
 }
 
-fn cache_options(dir: &std::path::Path) -> Option<ChunkCacheOptions> {
-    Some(ChunkCacheOptions {
-        dir: dir.to_path_buf(),
-        capacity: 64 << 20,
-    })
+/// A receiver for `allowed` with a 64 MiB chunk cache in `dir`.
+fn start_cached_receiver(allowed: &[&Identity], dir: &std::path::Path) -> Receiver {
+    start_receiver_with_cache(
+        allowed,
+        LinkConfig::default(),
+        Duration::from_secs(60),
+        Some(ChunkCacheOptions {
+            dir: dir.to_path_buf(),
+            capacity: 64 << 20,
+        }),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,12 +199,7 @@ async fn blocks_a_past_transfer_brought_cost_only_references() {
     init_tracing();
     let sender = Identity::generate().expect("keygen");
     let cache = tempfile::tempdir().expect("tempdir");
-    let mut rx = start_receiver_with_cache(
-        &[&sender],
-        LinkConfig::default(),
-        Duration::from_secs(60),
-        cache_options(cache.path()),
-    );
+    let mut rx = start_cached_receiver(&[&sender], cache.path());
     // 4 MiB of incompressible blocks, then a different snapshot whose
     // object holds the same blocks (a copied file) plus one new block.
     let first = blocks_stream(5, 32, 2, 0x1111);
@@ -232,12 +233,7 @@ async fn blocks_a_past_transfer_brought_cost_only_references() {
     // Another sender key has a cache of its own: nothing is promised to it.
     let other = Identity::generate().expect("keygen");
     drop(rx);
-    let rx = start_receiver_with_cache(
-        &[&sender, &other],
-        LinkConfig::default(),
-        Duration::from_secs(60),
-        cache_options(cache.path()),
-    );
+    let rx = start_cached_receiver(&[&sender, &other], cache.path());
     let (promised, out) = send_with_inventory(&other, &rx, "backup/third", &second).await;
     assert_eq!(promised, 0);
     assert!(out.expect("third transfer").length > second.len() as u64 * 9 / 10);
@@ -251,12 +247,7 @@ async fn a_promised_chunk_that_vanished_fails_the_transfer_and_stores_nothing() 
     init_tracing();
     let sender = Identity::generate().expect("keygen");
     let cache = tempfile::tempdir().expect("tempdir");
-    let mut rx = start_receiver_with_cache(
-        &[&sender],
-        LinkConfig::default(),
-        Duration::from_secs(60),
-        cache_options(cache.path()),
-    );
+    let mut rx = start_cached_receiver(&[&sender], cache.path());
     let first = blocks_stream(8, 8, 2, 0x1111);
     let (_, out) = send_with_inventory(&sender, &rx, "backup/first", &first).await;
     out.expect("first transfer");
