@@ -10,6 +10,10 @@
 //! in an [`inventory`](DiskChunkCache::inventory) until its lease is
 //! released or expires unclaimed. New chunks only evict unpinned ones,
 //! and are not kept when everything is pinned.
+//!
+//! Chunks are the receiver's copies of a sender's data: the cache's
+//! directories are created mode 0700 and its files 0600, and a cache
+//! found with looser modes (an older fjord's) is tightened on open.
 
 use crate::error::CacheError;
 use crate::hash::{BuildPrefixHasher, ChunkHash};
@@ -55,16 +59,77 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     }
 }
 
+/// Mode of the cache's directories: owner only.
+const DIR_MODE: u32 = 0o700;
+/// Mode of chunk files: owner only.
+const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and any missing parents with mode 0700.
+fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(DIR_MODE);
+    }
+    b.create(dir)
+}
+
+/// Takes group and other access away from `path` (whose metadata is
+/// `meta`), leaving at most `mode`.
+fn tighten(path: &Path, meta: &fs::Metadata, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let current = meta.permissions().mode() & 0o7777;
+        if current & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(current & mode))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, meta, mode);
+    Ok(())
+}
+
+/// Writes a new owner-only (0600) file at `path`, replacing a leftover.
+fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
+    }
+    opts.open(path)?.write_all(data)
+}
+
 impl DiskChunkCache {
     /// Opens (creating if needed) the cache in `dir`, holding at most
     /// `capacity` bytes of chunks; evicts down to it at once.
     pub fn open(dir: &Path, capacity: u64) -> Result<DiskChunkCache, CacheError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_private_dirs(dir).map_err(io_err(dir))?;
+        let meta = fs::metadata(dir).map_err(io_err(dir))?;
+        tighten(dir, &meta, DIR_MODE).map_err(io_err(dir))?;
         let mut found = Vec::new();
         for fan in fs::read_dir(dir).map_err(io_err(dir))? {
             let fan = fan.map_err(io_err(dir))?.path();
-            if !fan.is_dir() {
+            let Ok(fan_meta) = fs::metadata(&fan) else {
                 continue;
+            };
+            if !fan_meta.is_dir() {
+                continue;
+            }
+            // Best effort below `dir`: the 0700 of `dir` already keeps
+            // others out.
+            if let Err(e) = tighten(&fan, &fan_meta, DIR_MODE) {
+                tracing::warn!(dir = %fan.display(), error = %e, "cannot make a chunk cache directory owner-only");
             }
             for file in fs::read_dir(&fan).map_err(io_err(&fan))? {
                 let path = file.map_err(io_err(&fan))?.path();
@@ -72,6 +137,9 @@ impl DiskChunkCache {
                 match ChunkHash::from_hex(name) {
                     Some(hash) => {
                         let meta = fs::metadata(&path).map_err(io_err(&path))?;
+                        if let Err(e) = tighten(&path, &meta, FILE_MODE) {
+                            tracing::warn!(file = %path.display(), error = %e, "cannot make a cached chunk owner-only");
+                        }
                         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                         found.push((mtime, hash, meta.len()));
                     }
@@ -326,10 +394,10 @@ impl ChunkStore for DiskChunkCache {
         }
         let path = self.path(hash);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
+            create_private_dirs(parent).map_err(io_err(parent))?;
         }
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, data).map_err(io_err(&tmp))?;
+        write_private_file(&tmp, data).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         self.track(*hash, len, 0);
         Ok(())
@@ -416,5 +484,60 @@ mod tests {
         assert_eq!(cache.pinned(), 1000, "lease 2 still pins the chunk");
         cache.release(2);
         assert_eq!(cache.pinned(), 0);
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[cfg(unix)]
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn directories_are_0700_and_chunks_0600() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("caches");
+        let dir = root.join("key");
+        let mut cache = DiskChunkCache::open(&dir, 1 << 20).expect("opens");
+        let (h, d) = chunk(3, 1000);
+        cache.put(&h, &d).expect("put");
+        let file = cache.path(&h);
+        let fan = file.parent().expect("fan directory").to_path_buf();
+        assert_eq!(mode(&root), 0o700, "a created parent");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&fan), 0o700);
+        assert_eq!(mode(&file), 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_cache_with_open_modes_is_tightened_on_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("key");
+        let (h, d) = chunk(4, 1000);
+        let (file, fan) = {
+            let mut cache = DiskChunkCache::open(&dir, 1 << 20).expect("opens");
+            cache.put(&h, &d).expect("put");
+            let file = cache.path(&h);
+            let fan = file.parent().expect("fan directory").to_path_buf();
+            (file, fan)
+        };
+        chmod(&dir, 0o755);
+        chmod(&fan, 0o775);
+        chmod(&file, 0o644);
+        let mut cache = DiskChunkCache::open(&dir, 1 << 20).expect("reopens");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&fan), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(
+            cache.get(&h, d.len()).expect("get").as_deref(),
+            Some(&d[..])
+        );
     }
 }

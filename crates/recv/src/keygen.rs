@@ -20,3 +20,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", id.public_key());
     Ok(())
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_file_is_owner_only_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("node.key");
+        run(Args { key: key.clone() }).expect("keygen");
+        let mode = std::fs::metadata(&key).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        Identity::load(&key).expect("the new key loads");
+        assert!(run(Args { key }).is_err(), "never overwritten");
+    }
+}

@@ -16,12 +16,18 @@
 //! There is one cache per sender key, in a subdirectory named by the
 //! key's hex. A sender cannot learn what another sender's data contain
 //! by asking, nor reference it.
+//!
+//! A sender key may have a bounded number of inventories promised and
+//! not yet claimed by a transfer ([`ChunkCaches::with_lease_limit`]):
+//! asking for one more withdraws its oldest unclaimed one. Claimed leases
+//! are bounded by the sessions the key may hold.
 
+use crate::admission::ServerCounters;
 use crate::identity::PublicKey;
 use crate::message::{SessionId, MAX_INVENTORY};
 use bytes::Bytes;
 use fjord_pack::{CacheError, ChunkHash, ChunkStore, DiskChunkCache, LeaseId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,6 +44,10 @@ pub struct ChunkCacheOptions {
 
 type SharedCache = Arc<Mutex<DiskChunkCache>>;
 
+/// Each sender key's unclaimed inventories and when they lapse, oldest
+/// first.
+type Unclaimed = HashMap<[u8; 32], VecDeque<(SessionId, Instant)>>;
+
 fn lock(cache: &SharedCache) -> MutexGuard<'_, DiskChunkCache> {
     // A panic while holding the lock leaves a consistent cache: every
     // method updates its maps before or after its file operation.
@@ -50,6 +60,11 @@ pub struct ChunkCaches {
     /// How long an inventory's promise waits for its transfer.
     lease_ttl: Duration,
     open: Mutex<HashMap<[u8; 32], SharedCache>>,
+    /// Most unclaimed inventories per sender key (0: no limit).
+    max_unclaimed: usize,
+    /// Each key's unclaimed inventories and when they lapse, oldest first.
+    unclaimed: Mutex<Unclaimed>,
+    counters: Option<Arc<ServerCounters>>,
 }
 
 impl ChunkCaches {
@@ -60,7 +75,27 @@ impl ChunkCaches {
             opts,
             lease_ttl,
             open: Mutex::new(HashMap::new()),
+            max_unclaimed: 0,
+            unclaimed: Mutex::new(HashMap::new()),
+            counters: None,
         }
+    }
+
+    /// These caches, with at most `per_client` unclaimed inventories per
+    /// sender key (0: no limit): one more withdraws the key's oldest, and
+    /// counts it in `counters.leases_displaced`.
+    pub fn with_lease_limit(
+        mut self,
+        per_client: usize,
+        counters: Arc<ServerCounters>,
+    ) -> ChunkCaches {
+        self.max_unclaimed = per_client;
+        self.counters = Some(counters);
+        self
+    }
+
+    fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
+        self.unclaimed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn for_peer(&self, peer: &PublicKey) -> Result<SharedCache, CacheError> {
@@ -83,13 +118,37 @@ impl ChunkCaches {
         session: SessionId,
     ) -> Result<Vec<ChunkHash>, CacheError> {
         let cache = self.for_peer(peer)?;
+        // Lock order: the cache, then the unclaimed lists.
         let mut cache = lock(&cache);
         let now = Instant::now();
+        let expires = now + self.lease_ttl;
+        let displaced = {
+            let mut unclaimed = self.unclaimed();
+            let queue = unclaimed.entry(peer.0).or_default();
+            // Lapsed leases are gone from the cache already.
+            queue.retain(|(s, until)| *s != session && *until > now);
+            queue.push_back((session, expires));
+            let mut displaced = Vec::new();
+            while self.max_unclaimed != 0 && queue.len() > self.max_unclaimed {
+                if let Some((old, _)) = queue.pop_front() {
+                    displaced.push(old);
+                }
+            }
+            displaced
+        };
+        for old in displaced {
+            // A lease that lapsed or was claimed meanwhile is not there.
+            cache.release(old.0 as LeaseId);
+            tracing::warn!(sender = %peer, lease = %old, "chunk inventory withdrawn: this sender key asked for more than its limit of unclaimed inventories");
+            if let Some(c) = &self.counters {
+                ServerCounters::bump(&c.leases_displaced);
+            }
+        }
         Ok(cache.inventory(
             session.0 as LeaseId,
             self.opts.capacity / 2,
             MAX_INVENTORY,
-            now + self.lease_ttl,
+            expires,
             now,
         ))
     }
@@ -103,7 +162,17 @@ impl ChunkCaches {
         session: SessionId,
     ) -> Result<LeasedStore, CacheError> {
         let cache = self.for_peer(peer)?;
-        let claimed = lock(&cache).claim(session.0);
+        let claimed = {
+            let mut guard = lock(&cache);
+            let mut unclaimed = self.unclaimed();
+            if let Some(queue) = unclaimed.get_mut(&peer.0) {
+                queue.retain(|(s, _)| *s != session);
+                if queue.is_empty() {
+                    unclaimed.remove(&peer.0);
+                }
+            }
+            guard.claim(session.0)
+        };
         if !claimed {
             tracing::debug!(%session, "no chunk inventory was given for this transfer");
         }
@@ -177,5 +246,45 @@ mod tests {
         assert_eq!(lock(&cache).pinned(), 4096);
         drop(store);
         assert_eq!(lock(&cache).pinned(), 0, "the lease ended with the store");
+    }
+
+    #[test]
+    fn a_sender_key_holds_a_bounded_number_of_unclaimed_inventories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let counters = Arc::new(ServerCounters::default());
+        let caches = ChunkCaches::new(
+            ChunkCacheOptions {
+                dir: dir.path().to_path_buf(),
+                capacity: 1 << 20,
+            },
+            Duration::from_secs(60),
+        )
+        .with_lease_limit(2, counters.clone());
+        let alice = PublicKey([1; 32]);
+        let bob = PublicKey([2; 32]);
+        for s in 1..=3 {
+            caches.inventory(&alice, SessionId(s)).expect("inv");
+        }
+        caches.inventory(&bob, SessionId(9)).expect("inv");
+        // Asking again under the same session does not count twice.
+        caches.inventory(&alice, SessionId(3)).expect("inv");
+        assert_eq!(ServerCounters::get(&counters.leases_displaced), 1);
+        let first = caches.store_for(&alice, SessionId(1)).expect("store");
+        assert_eq!(first.lease, None, "the oldest inventory was withdrawn");
+        let second = caches.store_for(&alice, SessionId(2)).expect("store");
+        assert_eq!(second.lease, Some(2));
+        // A claimed lease no longer counts: two more fit.
+        caches.inventory(&alice, SessionId(4)).expect("inv");
+        assert_eq!(ServerCounters::get(&counters.leases_displaced), 1);
+        assert!(caches
+            .store_for(&alice, SessionId(3))
+            .expect("store")
+            .lease
+            .is_some());
+        assert!(caches
+            .store_for(&bob, SessionId(9))
+            .expect("store")
+            .lease
+            .is_some());
     }
 }

@@ -2,6 +2,14 @@
 //! into raw frames and runs a [`SenderSession`] over quinn connections,
 //! reconnecting with backoff until the session completes or its grace
 //! period ends.
+//!
+//! A receiver that answers `Busy` (a transfer into the same dataset is
+//! running, or this sender is at one of its limits) is asked again with
+//! backoff and jitter within the grace period, for transfers and for
+//! control requests alike. A sender that gives up (its source failed, or
+//! the session failed) delivers an `Abort` (waiting at most
+//! [`ABORT_DELIVERY`] for it to arrive) and closes with
+//! [`close_code::ABORTED`], so the receiver frees the session at once.
 
 use crate::config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
 use crate::identity::{Identity, IdentityError, PublicKey};
@@ -173,12 +181,50 @@ fn spawn_reader<R: std::io::Read + Send + 'static>(
     rx
 }
 
+/// How long a giving-up sender waits for its `Abort` to reach the
+/// receiver before it closes the connection anyway.
+pub const ABORT_DELIVERY: Duration = Duration::from_secs(2);
+
 /// Why one connection ended.
 enum ConnEnd {
     /// The session completed.
     Done,
     /// The link failed; reconnect.
     Lost(String),
+    /// The receiver is busy; ask again after a backoff.
+    Busy(String),
+}
+
+/// The receiver's reason when it closed `conn` as busy
+/// ([`close_code::BUSY`]).
+fn busy_close(conn: &quinn::Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close_code::BUSY.into() => {
+            Some(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Sends `Abort` and waits (at most [`ABORT_DELIVERY`]) until the
+/// receiver has it: its transport acknowledged the stream's end and the
+/// receiver closed the connection after ending the session.
+async fn deliver_abort(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) {
+    let delivered = async {
+        send.write_all(&Message::Abort { reason }.to_bytes())
+            .await
+            .ok()?;
+        send.finish().ok()?;
+        send.stopped().await.ok()?;
+        conn.closed().await;
+        Some(())
+    };
+    if tokio::time::timeout(ABORT_DELIVERY, delivered)
+        .await
+        .is_err()
+    {
+        warn!("the receiver did not confirm the abort in time; closing anyway");
+    }
 }
 
 /// Sends `source` as one session. Blocks (asynchronously) until the
@@ -241,7 +287,7 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
             Err(_) => continue, // grace check at the top of the loop
             Ok(Ok(c)) => c,
             Ok(Err(ConnectFailure::Fatal(e))) => break Err(e),
-            Ok(Err(ConnectFailure::Retry(why))) => {
+            Ok(Err(ConnectFailure::Retry(why) | ConnectFailure::Busy(why))) => {
                 let delay = backoff.next_delay(fastrand::f64());
                 warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot connect to the receiver");
                 let wake = (Instant::now() + delay).min(deadline);
@@ -268,17 +314,25 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
             }
             Ok(ConnEnd::Lost(why)) => {
                 session.disconnected(Instant::now());
-                if session.phase() != &crate::sender::SenderPhase::Disconnected {
-                    // Lost before any answer: nothing changed.
-                }
                 let delay = backoff.next_delay(fastrand::f64());
                 warn!(error = %why, acked = session.stats().acked, retry_in_ms = delay.as_millis() as u64, "connection lost; the session is kept");
                 conn.close(close_code::FAILED.into(), b"lost");
                 tokio::time::sleep(delay).await;
             }
+            Ok(ConnEnd::Busy(why)) => {
+                session.receiver_busy(why.clone(), Instant::now());
+                conn.close(close_code::DONE.into(), b"busy; asking again later");
+                let delay = backoff.next_delay(fastrand::f64());
+                info!(reason = %why, retry_in_ms = delay.as_millis() as u64, "the receiver is busy; asking again");
+                let wake = session
+                    .poll_timeout()
+                    .map_or(Instant::now() + delay, |d| (Instant::now() + delay).min(d));
+                tokio::time::sleep_until(wake.into()).await;
+            }
             Err(e) => {
+                // Giving up for good: the receiver may free the session now.
                 let reason = e.to_string();
-                conn.close(close_code::FAILED.into(), reason.as_bytes());
+                conn.close(close_code::ABORTED.into(), reason.as_bytes());
                 break Err(e);
             }
         }
@@ -315,6 +369,8 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
 enum ConnectFailure {
     Fatal(SendError),
     Retry(String),
+    /// The receiver answered busy; ask again after a backoff.
+    Busy(String),
 }
 
 /// True when a QUIC error is a TLS (crypto) failure: keys not accepted.
@@ -425,6 +481,9 @@ async fn run_connection(
     counters: &Counters,
 ) -> Result<ConnEnd, SendError> {
     let lost = |e: &dyn std::fmt::Display| -> Result<ConnEnd, SendError> {
+        if let Some(reason) = busy_close(conn) {
+            return Ok(ConnEnd::Busy(reason));
+        }
         if let Some(reason) = conn.close_reason() {
             if let Some(detail) = crypto_failure(&reason) {
                 return Err(SendError::KeyRefused {
@@ -466,9 +525,9 @@ async fn run_connection(
                         if let SessionError::Refused {
                             code: RefuseCode::Busy,
                             reason,
-                        } = &e
+                        } = e
                         {
-                            return Ok(ConnEnd::Lost(format!("receiver busy: {reason}")));
+                            return Ok(ConnEnd::Busy(reason));
                         }
                         return Err(e.into());
                     }
@@ -522,8 +581,8 @@ async fn run_connection(
             m = incoming.recv() => match m {
                 Some(Ok(m)) => {
                     if let Err(e) = session.handle(m, Instant::now()) {
-                        if let SessionError::Refused { code: RefuseCode::Busy, reason } = &e {
-                            return Ok(ConnEnd::Lost(format!("receiver busy: {reason}")));
+                        if let SessionError::Refused { code: RefuseCode::Busy, reason } = e {
+                            return Ok(ConnEnd::Busy(reason));
                         }
                         return Err(e.into());
                     }
@@ -543,7 +602,9 @@ async fn run_connection(
                 }
                 Some(Source::Failed(e)) => {
                     let at = session.produced();
-                    let _ = send.write_all(&Message::Abort { reason: format!("the sender could not read the stream: {e}") }.to_bytes()).await;
+                    let reason = format!("the sender could not read the stream after {at} bytes: {e}");
+                    warn!(error = %reason, "aborting the session");
+                    deliver_abort(conn, &mut send, reason).await;
                     return Err(SendError::Source { at, source: e });
                 }
             },
@@ -566,7 +627,9 @@ pub struct RequestOptions {
 
 /// Sends control `requests` (each idempotent) on one connection and
 /// returns the receiver's responses in order. An unreachable receiver is
-/// retried with backoff for `opts.patience`; a refused key fails at once.
+/// retried with backoff for `opts.patience`, and so is a busy one (the
+/// requests not answered yet are sent again; past the patience it fails
+/// with [`SessionError::ReceiverBusy`]); a refused key fails at once.
 pub async fn request(
     identity: &Identity,
     opts: &RequestOptions,
@@ -576,23 +639,36 @@ pub async fn request(
     async {
         let deadline = Instant::now() + opts.patience;
         let mut backoff = Backoff::new(BackoffConfig::default());
+        let mut responses = Vec::with_capacity(requests.len());
         loop {
-            match request_once(identity, opts, requests).await {
-                Ok(r) => return Ok(r),
+            let rest = &requests[responses.len()..];
+            let (busy, why) = match request_once(identity, opts, rest, &mut responses).await {
+                Ok(()) => return Ok(responses),
                 Err(ConnectFailure::Fatal(e)) => return Err(e),
-                Err(ConnectFailure::Retry(why)) => {
-                    let delay = backoff.next_delay(fastrand::f64());
-                    if Instant::now() + delay > deadline {
-                        return Err(SessionError::GraceExpired {
-                            grace: opts.patience,
-                            delivered: 0,
-                        }
-                        .into());
+                Err(ConnectFailure::Retry(why)) => (false, why),
+                Err(ConnectFailure::Busy(why)) => (true, why),
+            };
+            let delay = backoff.next_delay(fastrand::f64());
+            if Instant::now() + delay > deadline {
+                let e = if busy {
+                    SessionError::ReceiverBusy {
+                        grace: opts.patience,
+                        reason: why,
                     }
-                    warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot reach the receiver");
-                    tokio::time::sleep(delay).await;
-                }
+                } else {
+                    SessionError::GraceExpired {
+                        grace: opts.patience,
+                        delivered: 0,
+                    }
+                };
+                return Err(e.into());
             }
+            if busy {
+                info!(reason = %why, retry_in_ms = delay.as_millis() as u64, "the receiver is busy; asking again");
+            } else {
+                warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot reach the receiver");
+            }
+            tokio::time::sleep(delay).await;
         }
     }
     .instrument(span)
@@ -625,11 +701,14 @@ pub async fn chunk_inventory(
     }
 }
 
+/// Sends `requests` on one connection, appending each answer to
+/// `responses`; stops at the first `Busy` answer (the rest is asked again).
 async fn request_once(
     identity: &Identity,
     opts: &RequestOptions,
     requests: &[Request],
-) -> Result<Vec<Response>, ConnectFailure> {
+    responses: &mut Vec<Response>,
+) -> Result<(), ConnectFailure> {
     let endpoint = client_endpoint(
         identity,
         opts.server_key,
@@ -640,14 +719,18 @@ async fn request_once(
     let conn = connect(&endpoint, opts.to, opts.link.idle_timeout).await?;
     // A key the receiver does not pin fails after the client's half of the
     // TLS 1.3 handshake, so it shows up as the connection closing.
-    let retry =
-        |e: &dyn std::fmt::Display| match conn.close_reason().as_ref().and_then(crypto_failure) {
+    let retry = |e: &dyn std::fmt::Display| {
+        if let Some(reason) = busy_close(&conn) {
+            return ConnectFailure::Busy(reason);
+        }
+        match conn.close_reason().as_ref().and_then(crypto_failure) {
             Some(detail) => ConnectFailure::Fatal(SendError::KeyRefused {
                 addr: opts.to,
                 detail,
             }),
             None => ConnectFailure::Retry(e.to_string()),
-        };
+        }
+    };
     let (mut send, recv) = conn.open_bi().await.map_err(|e| retry(&e))?;
     let mut incoming = spawn_message_reader(recv);
     let hello = Message::Hello {
@@ -658,13 +741,27 @@ async fn request_once(
     send.write_all(&hello.to_bytes())
         .await
         .map_err(|e| retry(&e))?;
-    let mut responses = Vec::with_capacity(requests.len());
+    let mut busy = None;
     for r in requests {
         send.write_all(&Message::Request(r.clone()).to_bytes())
             .await
             .map_err(|e| retry(&e))?;
         match incoming.recv().await {
+            Some(Ok(Message::Response(Response::Failed {
+                code: RefuseCode::Busy,
+                message,
+            }))) => {
+                busy = Some(message);
+                break;
+            }
             Some(Ok(Message::Response(resp))) => responses.push(resp),
+            Some(Ok(Message::Refuse {
+                code: RefuseCode::Busy,
+                reason,
+            })) => {
+                busy = Some(reason);
+                break;
+            }
             Some(Ok(Message::Refuse { code, reason })) => {
                 return Err(ConnectFailure::Fatal(
                     SessionError::Refused { code, reason }.into(),
@@ -683,5 +780,8 @@ async fn request_once(
     let _ = send.finish();
     conn.close(close_code::DONE.into(), b"done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    Ok(responses)
+    match busy {
+        Some(reason) => Err(ConnectFailure::Busy(reason)),
+        None => Ok(()),
+    }
 }

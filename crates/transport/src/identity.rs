@@ -51,9 +51,30 @@ pub enum IdentityError {
         /// Why.
         why: &'static str,
     },
+    /// The private key file may be read (or changed) by users other than
+    /// its owner.
+    #[error("key file {path} is {} by group or others (mode {mode:04o}); run: chmod 600 {path}", open_to(*.mode))]
+    KeyFileMode {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Certificate generation or TLS configuration failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+}
+
+/// How a key file with permission bits `mode` is open to others, for
+/// [`IdentityError::KeyFileMode`].
+fn open_to(mode: u32) -> &'static str {
+    if mode & 0o044 != 0 {
+        "readable"
+    } else if mode & 0o022 != 0 {
+        "writable"
+    } else {
+        "accessible"
+    }
 }
 
 /// A public key: 32 raw Ed25519 bytes.
@@ -140,13 +161,30 @@ impl Identity {
         })
     }
 
-    /// Reads a private key file written by [`Identity::save`].
+    /// Reads a private key file written by [`Identity::save`]. A file that
+    /// group or others may read, write or execute is refused
+    /// ([`IdentityError::KeyFileMode`]): this node's identity must be
+    /// readable by its owner only (mode 0600 or 0400).
     pub fn load(path: &Path) -> Result<Identity, IdentityError> {
+        use std::io::Read;
         let name = path.display().to_string();
-        let pem = std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        let io = |source| IdentityError::Io {
             path: name.clone(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The mode of the file opened, not of whatever the path names
+            // a moment later.
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(IdentityError::KeyFileMode { path: name, mode });
+            }
+        }
+        let mut pem = String::new();
+        file.read_to_string(&mut pem).map_err(io)?;
         let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| IdentityError::BadKeyFile {
             path: name.clone(),
             why: e.to_string(),
@@ -382,6 +420,52 @@ mod tests {
         assert_eq!(text.parse::<PublicKey>().unwrap(), id.public_key());
         assert_eq!(PublicKey::from_certificate(&id.cert), Some(id.public_key()));
         assert!("nope".parse::<PublicKey>().is_err());
+    }
+
+    #[cfg(unix)]
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn saved_keys_are_owner_only_and_open_ones_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("recv.key");
+        let id = Identity::generate().expect("keygen");
+        id.save(&path).expect("save");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        for ok in [0o600, 0o400] {
+            chmod(&path, ok);
+            let back = Identity::load(&path).expect("an owner-only key loads");
+            assert_eq!(back.public_key(), id.public_key());
+        }
+        let shown = path.display().to_string();
+        for (bad, word) in [
+            (0o644, "readable"),
+            (0o640, "readable"),
+            (0o604, "readable"),
+            (0o620, "writable"),
+            (0o610, "accessible"),
+        ] {
+            chmod(&path, bad);
+            match Identity::load(&path) {
+                Err(IdentityError::KeyFileMode { path: p, mode }) => {
+                    assert_eq!((p.as_str(), mode), (shown.as_str(), bad));
+                }
+                other => panic!("{bad:o}: {other:?}"),
+            }
+            let msg = Identity::load(&path).expect_err("refused").to_string();
+            assert_eq!(
+                msg,
+                format!(
+                    "key file {shown} is {word} by group or others (mode {bad:04o}); run: chmod 600 {shown}"
+                )
+            );
+        }
     }
 
     #[test]

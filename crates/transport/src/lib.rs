@@ -17,6 +17,8 @@
 //!   inventories that let a sender reference what they hold.
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
 //! - [`threaded`]: a sink on its own thread, overlapping network and disk.
+//! - [`admission`]: per-client limits, the memory budget and takeover
+//!   checks, as pure decisions over counts.
 //! - [`client`] and [`server`]: the thin tokio + quinn drivers.
 //!
 //! A transfer is one session, identified by a random [`SessionId`]; it
@@ -24,8 +26,18 @@
 //! for a grace period; the sender reconnects with backoff and the receiver
 //! answers `Resume` at the offset it delivered downstream, so at most the
 //! replay window is sent again.
+//!
+//! A receiver shares itself fairly: sessions, connections and control
+//! requests are limited per client key, a connection must send its offer
+//! within a deadline, and a memory budget bounds what all sessions hold.
+//! A `Busy` answer is retried by the sender with backoff within its
+//! grace; a sender that gives up tells the receiver, which ends the
+//! session at once; and a new session of a key into a dataset replaces
+//! that key's detached one, so a killed sender's slot is free again once
+//! its connection timed out.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod chunk_cache;
 pub mod client;
 pub mod config;
@@ -86,6 +98,15 @@ pub enum SessionError {
     /// The peer aborted the session.
     #[error("the peer aborted the session: {0}")]
     PeerAborted(String),
+    /// The receiver answered `Busy` (a transfer into the same dataset, or
+    /// one of its limits) every time for the whole grace period.
+    #[error("the receiver stayed busy for the whole grace period of {}s ({reason}); another transfer into the same dataset is running, or this sender is at one of the receiver's limits. Try again later, or raise --grace", grace.as_secs())]
+    ReceiverBusy {
+        /// The grace period.
+        grace: Duration,
+        /// The receiver's last reason.
+        reason: String,
+    },
     /// The receiver reported failure.
     #[error("the receiver failed to store the stream: {0}")]
     ReceiverFailed(String),
@@ -108,4 +129,11 @@ pub mod close_code {
     pub const FAILED: u32 = 4;
     /// The endpoint is shutting down.
     pub const SHUTDOWN: u32 = 5;
+    /// The sender gave up the session for good (its source failed, or it
+    /// failed otherwise): the receiver ends the session at once instead
+    /// of keeping it for the grace period.
+    pub const ABORTED: u32 = 6;
+    /// The receiver is at a limit for this sender (its connections); the
+    /// sender retries with backoff.
+    pub const BUSY: u32 = 7;
 }

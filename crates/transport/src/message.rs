@@ -46,10 +46,35 @@ pub const MAX_INVENTORY: usize = 1 << 18;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u128);
 
+/// The operating system's random number generator failed.
+#[derive(Debug, Error)]
+#[error("the operating system's random number generator failed")]
+pub struct RandomError;
+
 impl SessionId {
-    /// A fresh random id.
+    /// A fresh id from the operating system's cryptographic random number
+    /// generator (through rustls' ring provider): another key cannot guess
+    /// it to take a session over.
+    pub fn try_random() -> Result<SessionId, RandomError> {
+        let mut bytes = [0u8; 16];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut bytes)
+            .map_err(|_| RandomError)?;
+        Ok(SessionId(u128::from_le_bytes(bytes)))
+    }
+
+    /// A fresh id, as [`SessionId::try_random`].
+    ///
+    /// # Panics
+    ///
+    /// When the operating system cannot give random bytes (no entropy
+    /// source at all): no session can be started safely then.
     pub fn random() -> SessionId {
-        SessionId(((fastrand::u64(..) as u128) << 64) | fastrand::u64(..) as u128)
+        match SessionId::try_random() {
+            Ok(id) => id,
+            Err(e) => panic!("{e}; cannot start a session"),
+        }
     }
 }
 
@@ -980,6 +1005,15 @@ impl MessageReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_come_from_the_system_rng() {
+        let ids: std::collections::HashSet<SessionId> = (0..64)
+            .map(|_| SessionId::try_random().expect("OS RNG"))
+            .collect();
+        assert_eq!(ids.len(), 64);
+        assert!(ids.iter().all(|id| id.0 != 0));
+    }
 
     fn samples() -> Vec<Message> {
         vec![

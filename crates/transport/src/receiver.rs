@@ -193,7 +193,15 @@ impl ReceiverSession {
         }
     }
 
+    /// The key of the sender that offered this session.
+    pub fn sender_key(&self) -> &[u8; PUBLIC_KEY_LEN] {
+        &self.sender_key
+    }
+
     /// A sender reconnected with `offer` as `key` on protocol `version`.
+    /// The key and the offer (dataset, snapshots, flags) must be the
+    /// session's own; the server checks them too before it touches the
+    /// connection that carries the session.
     pub fn reattach(
         &mut self,
         offer: &Offer,
@@ -206,10 +214,12 @@ impl ReceiverSession {
                 "this session belongs to another sender key".into(),
             ));
         }
-        if offer.dataset != self.offer.dataset || offer.to != self.offer.to {
+        if let Some(what) = crate::admission::offer_mismatch(&self.offer, offer) {
             return Err(refuse(
                 RefuseCode::Other,
-                "the resumed offer differs from the session's original offer".into(),
+                format!(
+                    "the resumed offer differs from the session's original offer in its {what}"
+                ),
             ));
         }
         if self.phase != ReceiverPhase::Streaming {
@@ -454,6 +464,12 @@ mod tests {
             })
         );
         assert!(s.reattach(&offer(), &[2; 32], 1).is_err());
+        let mut other = offer();
+        other.from = Some(Snapshot {
+            name: "tank/fs@0".into(),
+            guid: 1,
+        });
+        assert!(s.reattach(&other, &[1; 32], 1).is_err());
         assert_eq!(s.poll_timeout(), None);
     }
 

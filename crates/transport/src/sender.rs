@@ -76,6 +76,8 @@ pub struct SenderSession {
     version: u16,
     stats: SenderStats,
     outbox: VecDeque<Message>,
+    /// The receiver's reason when its last answer was `Busy`.
+    busy: Option<String>,
 }
 
 impl SenderSession {
@@ -107,6 +109,7 @@ impl SenderSession {
             version: PROTOCOL_VERSION,
             stats: SenderStats::default(),
             outbox: VecDeque::new(),
+            busy: None,
         }
     }
 
@@ -238,13 +241,38 @@ impl SenderSession {
         if let Some(since) = self.down_since {
             if now.duration_since(since) >= self.grace {
                 self.phase = SenderPhase::Failed;
-                return Err(SessionError::GraceExpired {
-                    grace: self.grace,
-                    delivered: self.stats.acked,
+                return Err(match &self.busy {
+                    Some(reason) => SessionError::ReceiverBusy {
+                        grace: self.grace,
+                        reason: reason.clone(),
+                    },
+                    None => SessionError::GraceExpired {
+                        grace: self.grace,
+                        delivered: self.stats.acked,
+                    },
                 });
             }
         }
         Ok(())
+    }
+
+    /// The receiver answered `Busy` (to the offer, or by closing the
+    /// connection with [`close_code::BUSY`](crate::close_code::BUSY)):
+    /// the session is disconnected, not failed, and the driver retries
+    /// with backoff. Should the grace period run out while the receiver
+    /// is still busy, [`SenderSession::handle_timeout`] says so
+    /// ([`SessionError::ReceiverBusy`]).
+    pub fn receiver_busy(&mut self, reason: String, now: Instant) {
+        if matches!(self.phase, SenderPhase::Done(_) | SenderPhase::Failed) {
+            return;
+        }
+        self.busy = Some(reason);
+        self.disconnected(now);
+    }
+
+    /// The receiver's reason, when its last answer was `Busy`.
+    pub fn busy_reason(&self) -> Option<&str> {
+        self.busy.as_deref()
     }
 
     fn fail<T>(&mut self, e: SessionError) -> Result<T, SessionError> {
@@ -252,9 +280,25 @@ impl SenderSession {
         Err(e)
     }
 
-    /// Handles a message from the receiver.
-    pub fn handle(&mut self, msg: Message, _now: Instant) -> Result<(), SessionError> {
+    /// Handles a message from the receiver. A `Busy` refusal of the offer
+    /// returns [`SessionError::Refused`] with [`RefuseCode::Busy`] but
+    /// leaves the session retryable (see [`SenderSession::receiver_busy`]);
+    /// every other error fails it.
+    pub fn handle(&mut self, msg: Message, now: Instant) -> Result<(), SessionError> {
         match (&self.phase, msg) {
+            (
+                SenderPhase::Offered,
+                Message::Refuse {
+                    code: RefuseCode::Busy,
+                    reason,
+                },
+            ) => {
+                self.receiver_busy(reason.clone(), now);
+                Err(SessionError::Refused {
+                    code: RefuseCode::Busy,
+                    reason,
+                })
+            }
             (SenderPhase::Offered, Message::Answer(answer)) => {
                 let (version, offset) = match answer {
                     Answer::Accept { version } => (version, 0),
@@ -273,6 +317,7 @@ impl SenderSession {
                 }
                 self.version = version;
                 self.resume_at(offset)?;
+                self.busy = None;
                 self.answered_once = true;
                 self.down_since = None;
                 self.phase = SenderPhase::Streaming;
@@ -531,6 +576,74 @@ mod tests {
             s.handle_timeout(t + g),
             Err(SessionError::GraceExpired { .. })
         ));
+        assert!(s.is_failed());
+    }
+
+    #[test]
+    fn busy_leaves_the_session_retryable_until_the_grace_runs_out() {
+        let t = Instant::now();
+        let g = Duration::from_secs(10);
+        let mut s = SenderSession::new(offer(), [1; 32], 1000, g, t);
+        s.connected(t).unwrap();
+        drain(&mut s);
+        let busy = Message::Refuse {
+            code: RefuseCode::Busy,
+            reason: "a transfer into backup/fs is in progress".into(),
+        };
+        let e = s.handle(busy.clone(), t).unwrap_err();
+        assert!(matches!(
+            e,
+            SessionError::Refused {
+                code: RefuseCode::Busy,
+                ..
+            }
+        ));
+        assert!(!s.is_failed());
+        assert_eq!(s.phase(), &SenderPhase::Disconnected);
+        assert!(s.busy_reason().is_some());
+        // Retry: hello and offer again; still busy.
+        s.connected(t + Duration::from_secs(2)).unwrap();
+        assert_eq!(drain(&mut s).len(), 2);
+        s.handle(busy, t + Duration::from_secs(2)).unwrap_err();
+        // The grace counts from the start: busy all along says so.
+        match s.handle_timeout(t + g) {
+            Err(SessionError::ReceiverBusy { reason, .. }) => {
+                assert!(reason.contains("in progress"), "{reason}")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(s.is_failed());
+
+        // An answer after a busy spell clears it.
+        let mut s = SenderSession::new(offer(), [1; 32], 1000, g, t);
+        s.connected(t).unwrap();
+        s.receiver_busy("limit".into(), t);
+        s.connected(t).unwrap();
+        s.handle(Message::Answer(Answer::Accept { version: 1 }), t)
+            .unwrap();
+        assert_eq!(s.busy_reason(), None);
+        s.disconnected(t);
+        assert!(matches!(
+            s.handle_timeout(t + g),
+            Err(SessionError::GraceExpired { .. })
+        ));
+    }
+
+    #[test]
+    fn other_refusals_fail_the_session() {
+        let t = Instant::now();
+        let mut s = SenderSession::new(offer(), [1; 32], 1000, Duration::from_secs(10), t);
+        s.connected(t).unwrap();
+        let e = s
+            .handle(
+                Message::Refuse {
+                    code: RefuseCode::BadDataset,
+                    reason: "no".into(),
+                },
+                t,
+            )
+            .unwrap_err();
+        assert!(matches!(e, SessionError::Refused { .. }));
         assert!(s.is_failed());
     }
 

@@ -2,23 +2,37 @@
 //! runs the handshake and a [`ReceiverSession`] per transfer, and keeps
 //! each session (with its open sink) for the grace period after its
 //! connection is lost, so that a reconnecting sender resumes it.
+//!
+//! What is admitted (connections, offers, control requests) is decided by
+//! [`crate::admission`] over the counts this driver keeps; see there for
+//! the per-client limits and the memory budget. A session ends at once
+//! when its sender aborts it, and a new session of a key into a dataset
+//! replaces that key's detached session of the dataset (its sink aborted
+//! and dropped before the new one is opened).
 
+mod session;
+mod table;
+
+use crate::admission::{Admission, Limits, ServerCounters};
 use crate::chunk_cache::{ChunkCacheOptions, ChunkCaches};
 use crate::config::LinkConfig;
 use crate::control::{Control, NoControl};
 use crate::identity::{peer_key, Identity, IdentityError, PublicKey};
-use crate::message::{offer_flags, Message, MessageReader, RefuseCode, SessionId};
-use crate::receiver::{refuse, Action, Handshake, ReceiverSession, ReceiverStats};
-use crate::sink::{Sink, SinkError, SinkFactory};
+use crate::message::{offer_flags, DecodeError, Message, MessageReader, RefuseCode, SessionId};
+use crate::receiver::{refuse, Handshake, ReceiverStats};
+use crate::sink::SinkFactory;
 use crate::{close_code, SessionError};
-use bytes::BytesMut;
-use std::collections::HashMap;
+use session::{serve_offer, Io};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use table::{SharedSlot, State};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
+
+pub(crate) use table::Shared;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -47,12 +61,34 @@ pub struct ServeOptions {
     pub link: LinkConfig,
     /// How long a session whose connection was lost is kept.
     pub grace: Duration,
-    /// Most transfers held at once (attached or in their grace period);
-    /// further offers are answered `Busy` and the senders retry. 0: no limit.
+    /// Most transfers held at once over all clients (attached, in their
+    /// grace period, or being opened); further offers are answered `Busy`
+    /// and the senders retry. 0: no global limit (the per-client limits
+    /// and the memory budget of `limits` still apply).
     pub max_sessions: usize,
     /// The persistent chunk cache for dedup across packed transfers; none
     /// answers inventories with nothing.
     pub chunk_cache: Option<ChunkCacheOptions>,
+    /// Per-client limits, the offer deadline and the memory budget (see
+    /// [`crate::admission`]).
+    pub limits: Limits,
+}
+
+impl ServeOptions {
+    /// Listening on `listen` for the `allowed` keys, with the default link,
+    /// 5 minutes of grace, no global session limit, no chunk cache and the
+    /// default [`Limits`].
+    pub fn new(listen: SocketAddr, allowed: Vec<PublicKey>) -> ServeOptions {
+        ServeOptions {
+            listen,
+            allowed,
+            link: LinkConfig::default(),
+            grace: Duration::from_secs(300),
+            max_sessions: 0,
+            chunk_cache: None,
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// What happened to a session, for the operator (and tests).
@@ -67,48 +103,21 @@ pub enum ServerEvent {
         /// Counters.
         stats: ReceiverStats,
     },
-    /// A session failed; nothing of it is presented as complete.
+    /// A session failed, was aborted by its sender or replaced; nothing of
+    /// it is presented as complete.
     Failed {
         /// The session.
         session: SessionId,
         /// Why.
         error: String,
     },
-    /// A connection was refused before any session started.
+    /// A connection, offer or request was refused.
     Refused {
         /// The remote address.
         remote: SocketAddr,
         /// Why.
         reason: String,
     },
-}
-
-struct Slot {
-    session: ReceiverSession,
-    sink: Box<dyn Sink>,
-}
-
-struct Entry {
-    slot: Arc<tokio::sync::Mutex<Slot>>,
-    /// The connection currently carrying the session.
-    conn: Option<quinn::Connection>,
-}
-
-struct Shared {
-    sessions: Mutex<HashMap<SessionId, Entry>>,
-    factory: Arc<dyn SinkFactory>,
-    control: Arc<dyn Control>,
-    caches: Option<ChunkCaches>,
-    grace: Duration,
-    max_sessions: usize,
-    events: mpsc::UnboundedSender<ServerEvent>,
-}
-
-impl Shared {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
-        // A panic while holding the lock leaves plain data behind.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// A running receiver.
@@ -140,6 +149,7 @@ impl Server {
             addr: opts.listen,
             why,
         };
+        opts.limits.validate(&opts.link).map_err(setup)?;
         let tls = identity.server_tls(opts.allowed.clone())?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| setup(e.to_string()))?;
@@ -149,18 +159,24 @@ impl Server {
         let endpoint =
             quinn::Endpoint::server(cfg, opts.listen).map_err(|e| setup(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(ServerCounters::default());
         let shared = Arc::new(Shared {
-            sessions: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             factory,
             control,
             // A sender asks for the inventory just before its offer; the
             // lease waits as long as a lost session would.
-            caches: opts
-                .chunk_cache
-                .clone()
-                .map(|c| ChunkCaches::new(c, opts.grace.max(Duration::from_secs(600)))),
+            caches: opts.chunk_cache.clone().map(|c| {
+                ChunkCaches::new(c, opts.grace.max(Duration::from_secs(600)))
+                    .with_lease_limit(opts.limits.per_client_leases, counters.clone())
+            }),
             grace: opts.grace,
-            max_sessions: opts.max_sessions,
+            admission: Admission::new(
+                opts.limits.clone(),
+                opts.max_sessions,
+                Limits::connection_memory(&opts.link),
+            ),
+            counters,
             events: tx,
         });
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -184,7 +200,17 @@ impl Server {
 
     /// Sessions currently held (attached or in their grace period).
     pub fn sessions(&self) -> usize {
-        self.shared.table().len()
+        self.shared.state().sessions.len()
+    }
+
+    /// Connections currently open (counted from admission to close).
+    pub fn connections(&self) -> usize {
+        self.shared.state().connections
+    }
+
+    /// The refusal and session-end counters, live (for status and metrics).
+    pub fn counters(&self) -> Arc<ServerCounters> {
+        self.shared.counters.clone()
     }
 
     /// Stops accepting and closes every connection.
@@ -201,9 +227,10 @@ impl Server {
         self.close();
         // The session tasks see their connections end and let go of their
         // slots; wait for each (bounded) before aborting its sink.
-        let entries: Vec<(SessionId, Arc<tokio::sync::Mutex<Slot>>)> = self
+        let entries: Vec<(SessionId, SharedSlot)> = self
             .shared
-            .table()
+            .state()
+            .sessions
             .drain()
             .map(|(id, e)| (id, e.slot))
             .collect();
@@ -234,6 +261,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     Ok(c) => c,
                     Err(e) if is_tls_failure(&e) => {
                         warn!(error = %e, "handshake refused (key not pinned, or not fjord)");
+                        ServerCounters::bump(&shared.counters.refused_other);
                         let _ = shared.events.send(ServerEvent::Refused {
                             remote,
                             reason: e.to_string(),
@@ -245,7 +273,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                         return;
                     }
                 };
-                handle_connection(conn, shared).await;
+                let Some(key) = peer_key(conn.peer_identity()) else {
+                    conn.close(close_code::REFUSED.into(), b"no peer key");
+                    return;
+                };
+                handle_connection(conn, shared, key)
+                    .instrument(tracing::info_span!("client", sender = %key))
+                    .await;
             }
             .instrument(tracing::info_span!("conn", remote = %remote)),
         );
@@ -262,7 +296,9 @@ fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
     (0x100..=0x1ff).contains(&code)
 }
 
-/// Expires detached sessions whose grace period ran out.
+/// Expires detached sessions whose grace period ran out. A session whose
+/// connection closed without its task noticing (a failed takeover) is
+/// detached here first.
 async fn reaper(shared: Arc<Shared>) {
     let tick = (shared.grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {
@@ -273,14 +309,18 @@ async fn reaper(shared: Arc<Shared>) {
         let now = Instant::now();
         let mut expired = Vec::new();
         {
-            let mut table = shared.table();
-            table.retain(|id, entry| {
-                if entry.conn.is_some() {
-                    return true;
-                }
+            let mut st = shared.state();
+            st.sessions.retain(|id, entry| {
                 let Ok(mut slot) = entry.slot.clone().try_lock_owned() else {
                     return true;
                 };
+                if let Some(conn) = &entry.conn {
+                    if conn.close_reason().is_none() {
+                        return true;
+                    }
+                    entry.conn = None;
+                    slot.session.disconnected(now);
+                }
                 match slot.session.handle_timeout(now) {
                     Ok(()) => true,
                     Err(e) => {
@@ -293,6 +333,7 @@ async fn reaper(shared: Arc<Shared>) {
         for (id, mut slot, e) in expired {
             let why = e.to_string();
             tokio::task::block_in_place(|| slot.sink.abort(&why));
+            ServerCounters::bump(&shared.counters.grace_expired);
             warn!(session = %id, delivered = slot.session.stats().delivered, error = %why, "session abandoned");
             let _ = shared.events.send(ServerEvent::Failed {
                 session: id,
@@ -302,35 +343,50 @@ async fn reaper(shared: Arc<Shared>) {
     }
 }
 
-async fn read_message(
+/// Why no message could be read.
+#[derive(Debug, Error)]
+pub(crate) enum ReadError {
+    /// The bytes are not a message.
+    #[error("undecodable message: {0}")]
+    Undecodable(#[from] DecodeError),
+    /// The peer finished the stream.
+    #[error("the sender closed the stream")]
+    Finished,
+    /// The stream or connection failed.
+    #[error(transparent)]
+    Read(#[from] quinn::ReadError),
+}
+
+pub(crate) async fn read_message(
     recv: &mut quinn::RecvStream,
     reader: &mut MessageReader,
-) -> Result<Message, String> {
+) -> Result<Message, ReadError> {
     loop {
-        if let Some(m) = reader
-            .next_message()
-            .map_err(|e| format!("undecodable message: {e}"))?
-        {
+        if let Some(m) = reader.next_message()? {
             return Ok(m);
         }
-        match recv.read_chunk(1 << 20, true).await {
-            Ok(Some(c)) => reader.feed(&c.bytes),
-            Ok(None) => return Err("the sender closed the stream".into()),
-            Err(e) => return Err(e.to_string()),
+        match recv.read_chunk(1 << 20, true).await? {
+            Some(c) => reader.feed(&c.bytes),
+            None => return Err(ReadError::Finished),
         }
     }
 }
 
-async fn write(send: &mut quinn::SendStream, msg: &Message) -> Result<(), String> {
-    send.write_all(&msg.to_bytes())
-        .await
-        .map_err(|e| e.to_string())
+pub(crate) async fn write(
+    send: &mut quinn::SendStream,
+    msg: &Message,
+) -> Result<(), quinn::WriteError> {
+    send.write_all(&msg.to_bytes()).await
 }
 
-async fn refuse_conn(
+/// Sends `msg` (a refusal), closes the connection, and logs it (in the
+/// span that names the client's key) and counts it in `counter`; none:
+/// the caller logged and counted it already.
+pub(super) async fn refuse_conn(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     shared: &Shared,
+    counter: Option<&AtomicU64>,
     msg: Message,
     err: SessionError,
 ) {
@@ -339,7 +395,10 @@ async fn refuse_conn(
     // Give the refusal a moment to arrive before the close.
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     let reason = err.to_string();
-    warn!(error = %reason, "refused");
+    if let Some(counter) = counter {
+        ServerCounters::bump(counter);
+        warn!(error = %reason, "refused");
+    }
     conn.close(close_code::REFUSED.into(), reason.as_bytes());
     let _ = shared.events.send(ServerEvent::Refused {
         remote: conn.remote_address(),
@@ -347,66 +406,95 @@ async fn refuse_conn(
     });
 }
 
-async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
-    let Some(key) = peer_key(conn.peer_identity()) else {
-        conn.close(close_code::REFUSED.into(), b"no peer key");
-        return;
+/// Admits the connection, reads its hello and its first message within
+/// the offer deadline, and serves the offer or the control requests.
+async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: PublicKey) {
+    let _ticket = match shared.admit_connection(key) {
+        Ok(t) => t,
+        Err(busy) => {
+            shared.note_busy(&key, &busy, "connection");
+            let reason = busy.to_string();
+            conn.close(close_code::BUSY.into(), reason.as_bytes());
+            let _ = shared.events.send(ServerEvent::Refused {
+                remote: conn.remote_address(),
+                reason,
+            });
+            return;
+        }
     };
-    let accepted = tokio::time::timeout(Duration::from_secs(30), conn.accept_bi()).await;
-    let (mut send, mut recv) = match accepted {
+    let wait = shared.admission.limits().offer_deadline;
+    let deadline = tokio::time::Instant::now() + wait;
+    let late = |what: &str| {
+        ServerCounters::bump(&shared.counters.offer_deadline_expired);
+        let why = format!("no {what} within {} ms", wait.as_millis());
+        warn!(sender = %key, "{why}; closing the connection");
+        why
+    };
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             info!(error = %e, "connection ended before a session started");
             return;
         }
         Err(_) => {
-            conn.close(close_code::PROTOCOL.into(), b"no stream opened in 30 s");
+            let why = late("stream opened");
+            conn.close(close_code::PROTOCOL.into(), why.as_bytes());
             return;
         }
     };
+    let other = Some(&shared.counters.refused_other);
     let mut reader = MessageReader::new();
     let mut hs = Handshake::AwaitHello;
-    let first = tokio::time::timeout(
-        Duration::from_secs(30),
-        read_message(&mut recv, &mut reader),
-    )
-    .await;
-    let hello = match first {
+    let hello = match tokio::time::timeout_at(deadline, read_message(&mut recv, &mut reader)).await
+    {
         Ok(Ok(m)) => m,
-        other => {
-            let e = match other {
-                Ok(Err(e)) => e,
-                _ => "no hello within 30 s".into(),
-            };
-            let (m, err) = *refuse(RefuseCode::Other, e);
-            refuse_conn(&conn, &mut send, &shared, m, err).await;
+        Ok(Err(e)) => {
+            let (m, err) = *refuse(RefuseCode::Other, e.to_string());
+            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            return;
+        }
+        Err(_) => {
+            let (m, err) = *refuse(RefuseCode::Other, late("hello"));
+            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
             return;
         }
     };
     if let Err(r) = hs.hello(hello, &key.0) {
         let (m, err) = *r;
-        refuse_conn(&conn, &mut send, &shared, m, err).await;
+        refuse_conn(&conn, &mut send, &shared, other, m, err).await;
         return;
     }
     let Handshake::AwaitOffer { version } = hs else {
         return;
     };
-    let offer = match read_message(&mut recv, &mut reader).await {
-        Ok(Message::Offer(o)) => o,
-        Ok(Message::Request(first)) => {
-            serve_requests(&shared, &key, first, &mut send, &mut recv, &mut reader).await;
+    let first = tokio::time::timeout_at(deadline, read_message(&mut recv, &mut reader)).await;
+    let offer = match first {
+        Ok(Ok(Message::Offer(o))) => o,
+        Ok(Ok(Message::Request(first))) => {
+            crate::control::serve_requests(&shared, &key, first, &mut send, &mut recv, &mut reader)
+                .await;
             return;
         }
-        Ok(other) => {
+        Ok(Ok(other_msg)) => {
             let (m, err) = *refuse(
                 RefuseCode::Other,
-                format!("expected offer, got {}", other.kind()),
+                format!("expected offer, got {}", other_msg.kind()),
             );
-            refuse_conn(&conn, &mut send, &shared, m, err).await;
+            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
             return;
         }
-        Err(e) => {
+        Ok(Err(e @ ReadError::Undecodable(_))) => {
+            let (m, err) = *refuse(RefuseCode::Other, e.to_string());
+            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            return;
+        }
+        Ok(Err(e)) => {
             info!(error = %e, "connection ended before the offer");
+            return;
+        }
+        Err(_) => {
+            let (m, err) = *refuse(RefuseCode::Other, late("offer"));
+            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
             return;
         }
     };
@@ -418,296 +506,17 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 offer.flags
             ),
         );
-        refuse_conn(&conn, &mut send, &shared, m, err).await;
+        refuse_conn(&conn, &mut send, &shared, other, m, err).await;
         return;
     }
-    let id = offer.session;
-    let span =
-        tracing::info_span!("session", session = %id, dataset = %offer.dataset, sender = %key);
-    async move {
-        // Find or create the session, taking it over from an older connection.
-        let existing = {
-            let mut table = shared.table();
-            match table.get_mut(&id) {
-                Some(entry) => {
-                    if let Some(old) = entry.conn.replace(conn.clone()) {
-                        old.close(close_code::TAKEN_OVER.into(), b"taken over by a newer connection");
-                    }
-                    Some(entry.slot.clone())
-                }
-                None => None,
-            }
-        };
-        let (slot, answer) = match existing {
-            Some(slot) => {
-                let mut guard = slot.lock_owned().await;
-                match guard.session.reattach(&offer, &key.0, version) {
-                    Ok(a) => {
-                        info!(offset = guard.session.stats().delivered, "session resumed");
-                        (guard, a)
-                    }
-                    Err(r) => {
-                        let (m, err) = *r;
-                        drop(guard);
-                        refuse_conn(&conn, &mut send, &shared, m, err).await;
-                        return;
-                    }
-                }
-            }
-            None if offer.resuming => {
-                let (m, err) = *refuse(
-                    RefuseCode::UnknownSession,
-                    "this receiver does not know the session (its grace period expired, or the receiver restarted); send the stream again".into(),
-                );
-                refuse_conn(&conn, &mut send, &shared, m, err).await;
-                return;
-            }
-            None if shared.max_sessions > 0 && shared.table().len() >= shared.max_sessions => {
-                let (m, err) = *refuse(
-                    RefuseCode::Busy,
-                    format!(
-                        "the receiver is at its limit of {} concurrent transfers; retrying",
-                        shared.max_sessions
-                    ),
-                );
-                refuse_conn(&conn, &mut send, &shared, m, err).await;
-                return;
-            }
-            None => {
-                let sink = match tokio::task::block_in_place(|| shared.factory.open(&offer, &key)) {
-                    Ok(s) if offer.flags & offer_flags::PACKED != 0 => {
-                        tokio::task::block_in_place(|| packed_sink(&shared, s, &offer, &key))
-                    }
-                    other => other,
-                };
-                // Decoding, verifying and writing run beside the network loop.
-                let sink = sink.and_then(|s| {
-                    crate::threaded::ThreadedSink::spawn(s)
-                        .map(|t| Box::new(t) as Box<dyn Sink>)
-                        .map_err(|e| SinkError::Refused(format!("cannot start the sink thread: {e}")))
-                });
-                let sink = match sink {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let code = match e {
-                            SinkError::Busy(_) => RefuseCode::Busy,
-                            SinkError::Refused(_) => RefuseCode::BadDataset,
-                            _ => RefuseCode::SinkFailed,
-                        };
-                        let (m, err) = *refuse(code, e.to_string());
-                        refuse_conn(&conn, &mut send, &shared, m, err).await;
-                        return;
-                    }
-                };
-                let session = ReceiverSession::new(offer.clone(), key.0, version, shared.grace);
-                let answer = session.answer();
-                let slot = Arc::new(tokio::sync::Mutex::new(Slot { session, sink }));
-                let guard = slot.clone().lock_owned().await;
-                shared.table().insert(
-                    id,
-                    Entry {
-                        slot,
-                        conn: Some(conn.clone()),
-                    },
-                );
-                info!(to = %offer.to.name, size_estimate = ?offer.size_estimate, "session accepted");
-                (guard, answer)
-            }
-        };
-        let mut slot = slot;
-        let outcome = run_session(&mut slot, &mut send, &mut recv, &mut reader, answer).await;
-        match outcome {
-            Ok(message) => {
-                let stats = slot.session.stats();
-                shared.table().remove(&id);
-                info!(delivered = stats.delivered, bytes_duplicate = stats.bytes_duplicate, resumes = stats.resumes, "stream complete");
-                let _ = send.finish();
-                // Wait for the sender to close after reading the report.
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-                let _ = shared.events.send(ServerEvent::Completed { session: id, message, stats });
-            }
-            Err(RunEnd::Lost(why)) => {
-                slot.session.disconnected(Instant::now());
-                let mut table = shared.table();
-                if let Some(entry) = table.get_mut(&id) {
-                    if entry.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
-                        entry.conn = None;
-                    }
-                }
-                warn!(error = %why, delivered = slot.session.stats().delivered, grace_s = shared.grace.as_secs(), "connection lost; keeping the session for the grace period");
-            }
-            Err(RunEnd::Failed(why)) => {
-                shared.table().remove(&id);
-                tokio::task::block_in_place(|| slot.sink.abort(&why));
-                let report = slot.session.finished(false, 1, None, why.clone());
-                let _ = write(&mut send, &report).await;
-                let _ = send.finish();
-                let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-                conn.close(close_code::FAILED.into(), why.as_bytes());
-                warn!(error = %why, "session failed");
-                let _ = shared.events.send(ServerEvent::Failed { session: id, error: why });
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// The decoder in front of `inner` for a packed offer, with the sender's
-/// chunk cache when the receiver keeps one.
-fn packed_sink(
-    shared: &Shared,
-    inner: Box<dyn Sink>,
-    offer: &crate::message::Offer,
-    key: &crate::identity::PublicKey,
-) -> Result<Box<dyn Sink>, SinkError> {
-    let store = match &shared.caches {
-        None => None,
-        Some(caches) => Some(
-            caches
-                .store_for(key, offer.session)
-                .map_err(|e| SinkError::Io {
-                    path: "chunk cache".into(),
-                    source: std::io::Error::other(format!("{e}; check --chunk-cache")),
-                })?,
-        ),
+    let span = tracing::info_span!("session", session = %offer.session, dataset = %offer.dataset);
+    let io = Io {
+        conn: &conn,
+        send,
+        recv,
+        reader,
     };
-    let store = store.map(|s| Box::new(s) as Box<dyn fjord_pack::ChunkStore + Send>);
-    Ok(Box::new(crate::packed::PackedSink::new(inner, store)))
-}
-
-/// The answer to a chunk-inventory request: the sender's cache's
-/// promise, or nothing when this receiver keeps no cache.
-async fn chunk_inventory(
-    shared: &Shared,
-    key: &crate::identity::PublicKey,
-    session: SessionId,
-) -> crate::message::Response {
-    use crate::message::Response;
-    let Some(caches) = &shared.caches else {
-        return Response::ChunkInventory { hashes: Vec::new() };
-    };
-    match tokio::task::block_in_place(|| caches.inventory(key, session)) {
-        Ok(hashes) => {
-            info!(%session, chunks = hashes.len(), "chunk inventory promised");
-            Response::ChunkInventory { hashes }
-        }
-        Err(e) => Response::Failed {
-            code: RefuseCode::SinkFailed,
-            message: format!("the chunk cache cannot be read: {e}; check --chunk-cache"),
-        },
-    }
-}
-
-/// Answers control requests on one stream until the sender closes it.
-async fn serve_requests(
-    shared: &Shared,
-    key: &crate::identity::PublicKey,
-    first: crate::message::Request,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    reader: &mut MessageReader,
-) {
-    let mut next = Some(first);
-    while let Some(request) = next.take() {
-        let span = match &request {
-            crate::message::Request::ChunkInventory { session } => {
-                tracing::info_span!("inventory", %session, sender = %key)
-            }
-            r => tracing::info_span!("request", dataset = %r.dataset(), sender = %key),
-        };
-        let response = async {
-            info!(request = ?request, "control request");
-            let response = match request {
-                crate::message::Request::ChunkInventory { session } => {
-                    chunk_inventory(shared, key, session).await
-                }
-                request => shared.control.handle(key, request).await,
-            };
-            if let crate::message::Response::Failed { message, .. } = &response {
-                warn!(error = %message, "control request failed");
-            }
-            response
-        }
+    serve_offer(&shared, key, version, offer, io)
         .instrument(span)
-        .await;
-        if write(send, &Message::Response(response)).await.is_err() {
-            return;
-        }
-        next = match read_message(recv, reader).await {
-            Ok(Message::Request(r)) => Some(r),
-            Ok(other) => {
-                warn!(got = other.kind(), "expected a request; closing the stream");
-                None
-            }
-            Err(_) => None, // the sender is done
-        };
-    }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-}
-
-enum RunEnd {
-    Lost(String),
-    Failed(String),
-}
-
-async fn run_session(
-    slot: &mut Slot,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    reader: &mut MessageReader,
-    answer: Message,
-) -> Result<String, RunEnd> {
-    write(send, &answer).await.map_err(RunEnd::Lost)?;
-    let mut buf = BytesMut::new();
-    loop {
-        let msg = read_message(recv, reader).await.map_err(|e| {
-            if e.starts_with("undecodable") {
-                RunEnd::Failed(e)
-            } else {
-                RunEnd::Lost(e)
-            }
-        })?;
-        let action = slot
-            .session
-            .handle(msg)
-            .map_err(|e| RunEnd::Failed(e.to_string()))?;
-        match action {
-            Action::None => {}
-            Action::Send(m) => write(send, &m).await.map_err(RunEnd::Lost)?,
-            Action::Deliver {
-                start,
-                end,
-                encoding,
-                payload,
-            } => {
-                if encoding != crate::message::FrameEncoding::Raw {
-                    return Err(RunEnd::Failed(SinkError::Encoding(encoding).to_string()));
-                }
-                tokio::task::block_in_place(|| slot.sink.write(start, payload))
-                    .map_err(|e| RunEnd::Failed(e.to_string()))?;
-                let ack = slot.session.delivered(end);
-                buf.clear();
-                ack.encode(&mut buf);
-                send.write_all(&buf)
-                    .await
-                    .map_err(|e| RunEnd::Lost(e.to_string()))?;
-            }
-            Action::Finish { length, .. } => {
-                let outcome = tokio::task::block_in_place(|| slot.sink.finish(length))
-                    .map_err(|e| RunEnd::Failed(e.to_string()))?;
-                let report = slot.session.finished(
-                    true,
-                    outcome.status,
-                    outcome.snapshot_guid,
-                    outcome.message.clone(),
-                );
-                // The stream is committed: a lost report no longer matters
-                // for the data, so a failure here is not a session failure.
-                let _ = write(send, &report).await;
-                return Ok(outcome.message);
-            }
-        }
-    }
+        .await
 }

@@ -42,6 +42,51 @@ pub enum SinkError {
     /// The frame encoding is not supported by this sink.
     #[error("frame encoding {0:?} is not supported by this receiver; upgrade fjord-recv")]
     Encoding(crate::message::FrameEncoding),
+    /// A compound (`zfs send -R` or `-I`) package reached a receiver that
+    /// takes single streams only. A package carries one END per
+    /// substream, and `zfs recv` commits each substream's snapshot at its
+    /// END: before the sender's End and the announced length could be
+    /// checked. fjord does not send packages.
+    #[error("compound (zfs send -R) streams are not accepted by this receiver")]
+    Compound,
+    /// The stream verified up to its final END, but the sender announced
+    /// another length: the END was not released, nothing was committed.
+    #[error("verified {verified} bytes but the sender announced {announced}; the stream's END was held back and nothing was committed")]
+    LengthMismatch {
+        /// Bytes of stream verified, the held END included.
+        verified: u64,
+        /// The length the sender announced.
+        announced: u64,
+    },
+    /// The input ended with bytes no checksum covers.
+    #[error("{bytes} bytes at the end of the stream were never covered by a checksum")]
+    Unverified {
+        /// How many.
+        bytes: u64,
+    },
+    /// The verifier already failed or finished; it takes nothing more.
+    #[error("the stream verifier already failed or finished; nothing more is accepted")]
+    VerifierClosed,
+    /// The pack of a packed transfer is invalid (damaged, incomplete, or
+    /// its receipt does not match the stream it rebuilt).
+    #[error("the packed stream is invalid: {0}")]
+    Pack(#[from] fjord_pack::UnpackError),
+    /// The sender's End announced another pack length than arrived.
+    #[error("the sender announced {announced} pack bytes but {arrived} arrived")]
+    PackLengthMismatch {
+        /// The length the sender announced.
+        announced: u64,
+        /// Pack bytes that arrived.
+        arrived: u64,
+    },
+    /// The pack's receipt names another stream length than was decoded.
+    #[error("the pack's receipt says {receipt} stream bytes but {decoded} were decoded")]
+    ReceiptLength {
+        /// The receipt's stream length.
+        receipt: u64,
+        /// Stream bytes decoded.
+        decoded: u64,
+    },
 }
 
 /// What a finished sink reports.
@@ -87,9 +132,28 @@ pub trait SinkFactory: Send + Sync + 'static {
     fn open(&self, offer: &Offer, peer: &PublicKey) -> Result<Box<dyn Sink>, SinkError>;
 }
 
+/// What a [`Verifier`] accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifierOptions {
+    /// Accept compound (`zfs send -R`/`-I`) packages (default: off, they
+    /// are refused with [`SinkError::Compound`]). Only the package's final
+    /// END is held back until [`Verifier::finish`]; each substream's own
+    /// END is released as soon as it verifies. Turn this on only for a
+    /// downstream that commits nothing before `finish` (a file that is
+    /// renamed into place then), never for `zfs recv`, which commits each
+    /// substream's snapshot at its END.
+    pub accept_compound: bool,
+}
+
 /// A send-stream checker between the network and a downstream: bytes come
 /// out only once a checksum covering them matched (see
-/// `fjord_stream::Decoder::verified_offset`).
+/// `fjord_stream::Decoder::verified_offset`), and the stream's final END
+/// record (whose arrival makes `zfs recv` commit the snapshot) comes out
+/// only from [`finish`](Verifier::finish), once the caller's proof (the
+/// sender's End, the announced length, the pack's receipt) has matched.
+///
+/// After any error the verifier is closed: every later call fails with
+/// [`SinkError::VerifierClosed`] and nothing more is released.
 pub struct Verifier {
     decoder: Decoder,
     held: VecDeque<Bytes>,
@@ -97,11 +161,23 @@ pub struct Verifier {
     released: u64,
     limit: u64,
     toguid: Option<u64>,
+    opts: VerifierOptions,
+    /// Stream offset of the final END record, once decoded: nothing from
+    /// there on is released before `finish`.
+    end_at: Option<u64>,
+    /// Failed or finished: takes nothing more.
+    closed: bool,
 }
 
 impl Verifier {
-    /// A verifier that holds at most `limit` unverified bytes.
+    /// A verifier that holds at most `limit` unverified bytes and refuses
+    /// compound streams.
     pub fn new(limit: u64) -> Verifier {
+        Verifier::with_options(limit, VerifierOptions::default())
+    }
+
+    /// A verifier that holds at most `limit` unverified bytes, with `opts`.
+    pub fn with_options(limit: u64, opts: VerifierOptions) -> Verifier {
         Verifier {
             decoder: Decoder::new(DecoderOptions::default()),
             held: VecDeque::new(),
@@ -109,6 +185,9 @@ impl Verifier {
             released: 0,
             limit,
             toguid: None,
+            opts,
+            end_at: None,
+            closed: false,
         }
     }
 
@@ -117,8 +196,28 @@ impl Verifier {
         self.released
     }
 
-    /// Takes `data`; calls `out` with every newly verified byte range.
+    /// True once the stream's final END has been read and verified; it is
+    /// held until [`finish`](Verifier::finish).
+    pub fn end_held(&self) -> bool {
+        self.end_at.is_some() && !self.closed
+    }
+
+    /// Takes `data`; calls `out` with every newly verified byte range
+    /// (never any byte of the final END record).
     pub fn push(
+        &mut self,
+        data: Bytes,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        if self.closed {
+            return Err(SinkError::VerifierClosed);
+        }
+        let r = self.push_inner(data, out);
+        self.closed = r.is_err();
+        r
+    }
+
+    fn push_inner(
         &mut self,
         data: Bytes,
         out: &mut dyn FnMut(&[u8]) -> Result<(), SinkError>,
@@ -127,13 +226,20 @@ impl Verifier {
         self.held_bytes += data.len() as u64;
         self.held.push_back(data);
         while let Some(r) = self.decoder.next_record()? {
-            if let Body::Begin(b) = &r.header.body {
-                if b.toguid != 0 {
-                    self.toguid = Some(b.toguid);
-                }
+            if self.decoder.state().compound && !self.opts.accept_compound {
+                return Err(SinkError::Compound);
+            }
+            match &r.header.body {
+                Body::Begin(b) if b.toguid != 0 => self.toguid = Some(b.toguid),
+                Body::End(_) if self.decoder.is_done() => self.end_at = Some(r.offset),
+                _ => {}
             }
         }
-        self.release(out)?;
+        let upto = self
+            .decoder
+            .verified_offset()
+            .min(self.end_at.unwrap_or(u64::MAX));
+        self.release(upto, out)?;
         if self.held_bytes > self.limit {
             return Err(SinkError::HeldTooMuch {
                 limit_mib: self.limit >> 20,
@@ -143,33 +249,59 @@ impl Verifier {
         Ok(())
     }
 
-    /// The input is complete: an error unless the whole stream verified.
+    /// The input is complete and the sender announced `length` bytes: an
+    /// error unless the whole stream verified and is exactly `length`
+    /// bytes long (the held END included). Only then is the final END
+    /// released to `out`; on any error it never is. Returns the guid of
+    /// the snapshot the stream creates (its last BEGIN's toguid).
+    ///
+    /// Call it only once everything else the commit depends on (the
+    /// sender's End, the pack's receipt) has been checked.
     pub fn finish(
         &mut self,
+        length: u64,
         out: &mut dyn FnMut(&[u8]) -> Result<(), SinkError>,
     ) -> Result<Option<u64>, SinkError> {
+        if self.closed {
+            return Err(SinkError::VerifierClosed);
+        }
+        self.closed = true;
         self.decoder.finish()?;
-        self.release(out)?;
+        let total = self.decoder.bytes_in();
+        let verified = self.decoder.verified_offset();
+        if verified != total {
+            // The decoder accepted the end, so this cannot happen; refuse
+            // rather than release what no checksum covers.
+            return Err(SinkError::Unverified {
+                bytes: total - verified.min(total),
+            });
+        }
+        if length != total {
+            return Err(SinkError::LengthMismatch {
+                verified: total,
+                announced: length,
+            });
+        }
+        self.release(total, out)?;
         if self.held_bytes != 0 {
-            // The decoder accepted the end, so everything is verified.
-            return Err(SinkError::Refused(format!(
-                "{} bytes at the end of the stream were never covered by a checksum",
-                self.held_bytes
-            )));
+            return Err(SinkError::Unverified {
+                bytes: self.held_bytes,
+            });
         }
         Ok(self.toguid)
     }
 
+    /// Passes held bytes before stream offset `upto` to `out`.
     fn release(
         &mut self,
+        upto: u64,
         out: &mut dyn FnMut(&[u8]) -> Result<(), SinkError>,
     ) -> Result<(), SinkError> {
-        let verified = self.decoder.verified_offset();
-        while self.released < verified {
+        while self.released < upto {
             let Some(front) = self.held.front_mut() else {
                 break;
             };
-            let n = (verified - self.released).min(front.len() as u64) as usize;
+            let n = (upto - self.released).min(front.len() as u64) as usize;
             out(&front[..n])?;
             self.released += n as u64;
             self.held_bytes -= n as u64;
@@ -185,8 +317,13 @@ impl Verifier {
 
 /// Stores each stream as `DIR/<dataset with / as _>@<snapshot>.zsend`.
 /// Data goes to a hidden `.partial` file first, renamed only once the
-/// whole stream verified and was synced; a failed or abandoned transfer
-/// leaves no file behind.
+/// whole stream verified, its length matched the sender's End and it was
+/// synced; a failed or abandoned transfer leaves no file behind. Both
+/// files are created mode 0600 (owner only).
+///
+/// A file is inert until the operator replays it, so compound
+/// (`zfs send -R`) packages are stored too (see
+/// [`VerifierOptions::accept_compound`]).
 pub struct FileSinkFactory {
     dir: PathBuf,
     held_limit: u64,
@@ -194,9 +331,38 @@ pub struct FileSinkFactory {
 
 impl FileSinkFactory {
     /// Streams go to `dir`; at most `held_limit` unverified bytes are held.
+    /// A `dir` that group or others may enter is reported once, as a
+    /// warning (the streams themselves are 0600, their names are not).
     pub fn new(dir: PathBuf, held_limit: u64) -> FileSinkFactory {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let mode = meta.permissions().mode() & 0o7777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        mode = %format_args!("{mode:04o}"),
+                        "the stream directory is open to group or others; run: chmod 700 {}",
+                        dir.display()
+                    );
+                }
+            }
+        }
         FileSinkFactory { dir, held_limit }
     }
+}
+
+/// Creates `path` for writing, owner-only (0600), failing if it exists.
+fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
 }
 
 /// The file name a stream is stored under, or why the names are unusable.
@@ -246,11 +412,7 @@ impl SinkFactory for FileSinkFactory {
             )));
         }
         let temp = self.dir.join(format!(".{name}.partial"));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|source| {
+        let file = create_private_file(&temp).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
                     SinkError::Busy(format!(
                         "{} exists: another transfer of this stream is in progress (or a receiver crashed; then remove it)",
@@ -267,8 +429,14 @@ impl SinkFactory for FileSinkFactory {
             temp,
             target,
             file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
-            verifier: Verifier::new(self.held_limit),
+            verifier: Verifier::with_options(
+                self.held_limit,
+                VerifierOptions {
+                    accept_compound: true,
+                },
+            ),
             next: 0,
+            committed: false,
         }))
     }
 }
@@ -280,6 +448,8 @@ pub struct FileSink {
     file: Option<std::io::BufWriter<std::fs::File>>,
     verifier: Verifier,
     next: u64,
+    /// Renamed into place: the partial file no longer exists.
+    committed: bool,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
@@ -305,15 +475,11 @@ impl Sink for FileSink {
             return Err(SinkError::Refused("the sink is closed".into()));
         };
         let temp = &self.temp;
+        // A length mismatch fails here, before the END is written and
+        // long before the rename: the partial file is discarded.
         let guid = self
             .verifier
-            .finish(&mut |b| file.write_all(b).map_err(io_err(temp)))?;
-        if self.verifier.released() != length {
-            return Err(SinkError::Refused(format!(
-                "verified {} bytes but the sender announced {length}",
-                self.verifier.released()
-            )));
-        }
+            .finish(length, &mut |b| file.write_all(b).map_err(io_err(temp)))?;
         let file = file
             .into_inner()
             .map_err(|e| io_err(temp)(e.into_error()))?;
@@ -326,6 +492,7 @@ impl Sink for FileSink {
             )));
         }
         std::fs::rename(&self.temp, &self.target).map_err(io_err(&self.target))?;
+        self.committed = true;
         if let Some(dir) = self.target.parent() {
             // Make the rename durable; failure here is not fatal.
             if let Ok(d) = std::fs::File::open(dir) {
@@ -341,6 +508,9 @@ impl Sink for FileSink {
 
     fn abort(&mut self, why: &str) {
         self.file = None;
+        if self.committed {
+            return;
+        }
         match std::fs::remove_file(&self.temp) {
             Ok(()) => tracing::warn!(file = %self.temp.display(), why, "partial stream discarded"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -353,7 +523,8 @@ impl Sink for FileSink {
 
 impl Drop for FileSink {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        // Also after a failed finish: the partial file must not stay.
+        if !self.committed {
             self.abort("receiver dropped the session");
         }
     }
@@ -374,29 +545,163 @@ mod tests {
         b.finish()
     }
 
+    const END_LEN: usize = fjord_stream::RECORD_SIZE;
+
+    /// Feeds `s` in pieces of `step` bytes; returns what came out.
+    fn push_all(v: &mut Verifier, s: &[u8], step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in s.chunks(step) {
+            v.push(Bytes::copy_from_slice(c), &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })
+            .expect("a valid stream verifies");
+            assert_eq!(&out[..], &s[..out.len()]);
+        }
+        out
+    }
+
+    fn finish_into(
+        v: &mut Verifier,
+        length: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u64>, SinkError> {
+        v.finish(length, &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+    }
+
+    /// Two substreams in a `zfs send -R` package.
+    fn package() -> Vec<u8> {
+        use fjord_stream::builder::PackageBuilder;
+        use fjord_stream::nvlist::{NvList, Value};
+        let hdr = NvList::new()
+            .with("tosnap", Value::String("a".into()))
+            .with("fss", Value::List(NvList::new()));
+        let mut p = PackageBuilder::new(ByteOrder::Little, "tank/fs@a", &hdr);
+        p.substream(&stream());
+        let mut child = StreamBuilder::full(ByteOrder::Little, "tank/fs/child@a", 0x78);
+        child.object(2, 4096, &[0u8; 64]);
+        child.write(2, 0, &[9u8; 4096]);
+        p.substream(&child.finish());
+        p.finish()
+    }
+
     #[test]
-    fn verifier_releases_only_verified_bytes_and_everything_at_the_end() {
+    fn verifier_releases_only_verified_bytes_and_the_end_only_at_finish() {
         let s = stream();
-        for step in [1usize, 100, 312, 5000] {
+        for step in [1usize, 100, 312, 5000, s.len()] {
             let mut v = Verifier::new(1 << 30);
-            let mut out = Vec::new();
-            for c in s.chunks(step) {
-                v.push(Bytes::copy_from_slice(c), &mut |b| {
-                    out.extend_from_slice(b);
-                    Ok(())
-                })
-                .unwrap();
-                assert_eq!(&out[..], &s[..out.len()]);
-            }
-            let guid = v
-                .finish(&mut |b| {
-                    out.extend_from_slice(b);
-                    Ok(())
-                })
-                .unwrap();
+            let mut out = push_all(&mut v, &s, step);
+            assert!(v.end_held(), "step {step}");
+            assert_eq!(out.len(), s.len() - END_LEN, "step {step}: the END is held");
+            assert_eq!(v.released(), (s.len() - END_LEN) as u64);
+            let guid = finish_into(&mut v, s.len() as u64, &mut out).expect("finish");
             assert_eq!(out, s);
             assert_eq!(guid, Some(0x77));
+            assert_eq!(v.released(), s.len() as u64);
         }
+    }
+
+    #[test]
+    fn a_wrong_length_fails_and_the_end_is_never_released() {
+        let s = stream();
+        let len = s.len() as u64;
+        for wrong in [0, len - 1, len - END_LEN as u64, len + 1, len + 4096] {
+            let mut v = Verifier::new(1 << 30);
+            let mut out = push_all(&mut v, &s, 4096);
+            match finish_into(&mut v, wrong, &mut out) {
+                Err(SinkError::LengthMismatch {
+                    verified,
+                    announced,
+                }) => {
+                    assert_eq!((verified, announced), (len, wrong));
+                }
+                r => panic!("{wrong}: {r:?}"),
+            }
+            assert_eq!(out, &s[..s.len() - END_LEN], "{wrong}: no END byte out");
+            // Closed for good: the right length afterwards changes nothing.
+            assert!(matches!(
+                finish_into(&mut v, len, &mut out),
+                Err(SinkError::VerifierClosed)
+            ));
+            assert!(matches!(
+                v.push(Bytes::from_static(b"x"), &mut |_| Ok(())),
+                Err(SinkError::VerifierClosed)
+            ));
+            assert_eq!(out.len(), s.len() - END_LEN);
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_end_never_finishes() {
+        let s = stream();
+        let cut = &s[..s.len() - 100];
+        let mut v = Verifier::new(1 << 30);
+        let mut out = push_all(&mut v, cut, 1000);
+        assert!(!v.end_held());
+        let r = finish_into(&mut v, cut.len() as u64, &mut out);
+        assert!(matches!(r, Err(SinkError::Stream(_))), "{r:?}");
+        assert!(out.len() <= s.len() - END_LEN);
+    }
+
+    #[test]
+    fn compound_streams_are_refused_before_a_byte_is_released() {
+        let p = package();
+        for step in [1usize, 300, p.len()] {
+            let mut v = Verifier::new(1 << 30);
+            let mut out = Vec::new();
+            let mut err = None;
+            for c in p.chunks(step) {
+                if let Err(e) = v.push(Bytes::copy_from_slice(c), &mut |b| {
+                    out.extend_from_slice(b);
+                    Ok(())
+                }) {
+                    err = Some(e);
+                    break;
+                }
+            }
+            let err = err.expect("a package is refused");
+            assert!(matches!(err, SinkError::Compound), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                "compound (zfs send -R) streams are not accepted by this receiver"
+            );
+            assert!(out.is_empty(), "step {step}: {} bytes out", out.len());
+            assert!(matches!(
+                finish_into(&mut v, p.len() as u64, &mut out),
+                Err(SinkError::VerifierClosed)
+            ));
+        }
+    }
+
+    #[test]
+    fn an_accepted_compound_stream_holds_its_final_end_until_finish() {
+        let p = package();
+        let mut v = Verifier::with_options(
+            1 << 30,
+            VerifierOptions {
+                accept_compound: true,
+            },
+        );
+        let mut out = push_all(&mut v, &p, 777);
+        assert!(v.end_held());
+        assert_eq!(out.len(), p.len() - END_LEN);
+        let r = finish_into(&mut v, p.len() as u64 + 1, &mut out);
+        assert!(matches!(r, Err(SinkError::LengthMismatch { .. })), "{r:?}");
+        assert_eq!(out.len(), p.len() - END_LEN);
+
+        let mut v = Verifier::with_options(
+            1 << 30,
+            VerifierOptions {
+                accept_compound: true,
+            },
+        );
+        let mut out = push_all(&mut v, &p, 777);
+        let guid = finish_into(&mut v, p.len() as u64, &mut out).expect("finish");
+        assert_eq!(out, p);
+        assert_eq!(guid, Some(0x78), "the last BEGIN's toguid");
     }
 
     #[test]
@@ -434,5 +739,77 @@ mod tests {
             o.dataset = bad.into();
             assert!(stream_file_name(&o).is_err(), "{bad}");
         }
+    }
+
+    fn offer(dataset: &str) -> Offer {
+        Offer {
+            session: crate::SessionId(1),
+            resuming: false,
+            dataset: dataset.into(),
+            from: None,
+            to: crate::message::Snapshot {
+                name: "tank/fs@a".into(),
+                guid: 0x77,
+            },
+            flags: 0,
+            size_estimate: None,
+        }
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_file_sink_never_renames_a_partial_whose_length_is_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let factory = FileSinkFactory::new(dir.path().to_path_buf(), 1 << 20);
+        let s = stream();
+        let target = dir.path().join("backup_fs@a.zsend");
+        let partial = dir.path().join(".backup_fs@a.zsend.partial");
+        let mut sink = factory
+            .open(&offer("backup/fs"), &PublicKey([1; 32]))
+            .expect("open");
+        #[cfg(unix)]
+        assert_eq!(mode(&partial), 0o600);
+        let mut at = 0u64;
+        for c in s.chunks(1000) {
+            sink.write(at, Bytes::copy_from_slice(c)).expect("write");
+            at += c.len() as u64;
+        }
+        let err = sink.finish(at + 1).expect_err("a wrong length fails");
+        assert!(matches!(err, SinkError::LengthMismatch { .. }), "{err}");
+        assert!(!target.exists(), "never renamed");
+        // What reached the partial file stops before the END.
+        let written = std::fs::read(&partial).expect("partial still there");
+        assert_eq!(written, &s[..s.len() - END_LEN]);
+        drop(sink);
+        assert!(!partial.exists(), "discarded when the session goes");
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn the_file_sink_stores_owner_only_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let factory = FileSinkFactory::new(dir.path().to_path_buf(), 1 << 20);
+        let s = stream();
+        let mut sink = factory
+            .open(&offer("backup/fs"), &PublicKey([1; 32]))
+            .expect("open");
+        sink.write(0, Bytes::from(s.clone())).expect("write");
+        let outcome = sink.finish(s.len() as u64).expect("finish");
+        assert_eq!(outcome.snapshot_guid, Some(0x77));
+        drop(sink);
+        let target = dir.path().join("backup_fs@a.zsend");
+        assert_eq!(std::fs::read(&target).expect("stored"), s);
+        #[cfg(unix)]
+        assert_eq!(mode(&target), 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "no partial left"
+        );
     }
 }

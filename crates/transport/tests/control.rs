@@ -4,6 +4,7 @@
 
 mod support;
 
+use fjord_transport::admission::ServerCounters;
 use fjord_transport::client::{request, RequestOptions, SendError};
 use fjord_transport::control::{Control, ResponseFuture};
 use fjord_transport::server::{ServeOptions, Server};
@@ -65,6 +66,7 @@ fn start(allowed: &[&Identity]) -> (Server, Identity, Arc<Recording>, tempfile::
         link: support::fast_link(),
         grace: Duration::from_secs(10),
         max_sessions: 0,
+        limits: Default::default(),
         chunk_cache: None,
     };
     let factory = Arc::new(FileSinkFactory::new(dir.path().to_path_buf(), 1 << 20));
@@ -140,4 +142,103 @@ async fn an_unpinned_key_gets_no_answer_and_reaches_no_control() {
     .expect_err("must be refused");
     assert!(matches!(err, SendError::KeyRefused { .. }), "{err}");
     assert!(control.seen.lock().expect("lock").is_empty());
+}
+
+/// Answers every request, but holds requests about `backup/slow` until
+/// the gate opens.
+struct Gated {
+    gate: tokio::sync::Semaphore,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+impl Control for Gated {
+    fn handle<'a>(&'a self, _peer: &'a PublicKey, request: Request) -> ResponseFuture<'a> {
+        Box::pin(async move {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if request.dataset() == "backup/slow" {
+                let _permit = self.gate.acquire().await;
+            }
+            Response::TargetState(TargetState {
+                dataset: request.dataset().to_string(),
+                ..TargetState::default()
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_its_request_limit_is_retried_and_others_are_served() {
+    support::init_tracing();
+    let busy_key = Identity::generate().expect("keygen");
+    let other_key = Identity::generate().expect("keygen");
+    let identity = Identity::generate().expect("keygen");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = Arc::new(Gated {
+        gate: tokio::sync::Semaphore::new(0),
+        entered: Default::default(),
+    });
+    let opts = ServeOptions {
+        link: support::fast_link(),
+        limits: fjord_transport::admission::Limits {
+            per_client_requests: 1,
+            ..Default::default()
+        },
+        ..ServeOptions::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            vec![busy_key.public_key(), other_key.public_key()],
+        )
+    };
+    let factory = Arc::new(FileSinkFactory::new(dir.path().to_path_buf(), 1 << 20));
+    let server =
+        Server::bind_with_control(&identity, opts, factory, control.clone()).expect("bind");
+    let opts = RequestOptions {
+        to: server.local_addr().expect("addr"),
+        server_key: identity.public_key(),
+        link: support::fast_link(),
+        patience: Duration::from_secs(60),
+    };
+    let ask = |id: Arc<Identity>, dataset: &str| {
+        let opts = opts.clone();
+        let requests = vec![Request::TargetState {
+            dataset: dataset.into(),
+        }];
+        tokio::spawn(async move { request(&id, &opts, &requests).await })
+    };
+    let busy_key = Arc::new(busy_key);
+    let slow = ask(busy_key.clone(), "backup/slow");
+    support::wait_until(
+        "the slow request is in progress",
+        Duration::from_secs(30),
+        || control.entered.load(std::sync::atomic::Ordering::SeqCst) == 1,
+    )
+    .await;
+    // The same key's second request is answered busy, and asks again.
+    let second = ask(busy_key, "backup/fast");
+    let counters = server.counters();
+    support::wait_until(
+        "the second request was refused busy",
+        Duration::from_secs(30),
+        || ServerCounters::get(&counters.refused_limit) >= 1,
+    )
+    .await;
+    // Another key is served meanwhile.
+    let other = ask(Arc::new(other_key), "backup/other")
+        .await
+        .expect("task")
+        .expect("the other key is served");
+    assert!(matches!(&other[0], Response::TargetState(t) if t.dataset == "backup/other"));
+    assert!(!second.is_finished());
+    control.gate.add_permits(16);
+    for (task, dataset) in [(slow, "backup/slow"), (second, "backup/fast")] {
+        let r = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("answered")
+            .expect("task")
+            .unwrap_or_else(|e| panic!("{dataset}: {e}"));
+        assert!(
+            matches!(&r[0], Response::TargetState(t) if t.dataset == dataset),
+            "{r:?}"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //! compressible stream costs fewer bytes on the wire than its length.
 //! With the receiver's chunk cache, blocks a past transfer brought cost
 //! references only; a promise the cache cannot keep fails the transfer
-//! with nothing stored.
+//! with nothing stored. What the receiver keeps (cached chunks, stored
+//! streams) is readable by its owner only.
 
 mod support;
 
@@ -230,6 +231,16 @@ async fn blocks_a_past_transfer_brought_cost_only_references() {
         second.len()
     );
     assert!(stored(rx.dir.path(), "backup/second") == Some(second.clone()));
+    // The receiver's copies are its owner's only: the chunk cache's
+    // directories 0700 and chunks 0600, the stored streams 0600.
+    #[cfg(unix)]
+    {
+        assert!(!walk(cache.path()).is_empty());
+        assert_owner_only(cache.path());
+        for name in files(rx.dir.path()) {
+            assert_eq!(mode(&rx.dir.path().join(&name)), 0o600, "{name}");
+        }
+    }
     // Another sender key has a cache of its own: nothing is promised to it.
     let other = Identity::generate().expect("keygen");
     drop(rx);
@@ -280,6 +291,26 @@ async fn a_promised_chunk_that_vanished_fails_the_transfer_and_stores_nothing() 
     ));
     assert!(stored(rx.dir.path(), "backup/second").is_none());
     assert_eq!(files(rx.dir.path()).len(), 1, "{:?}", files(rx.dir.path()));
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+/// Every directory below `dir` is 0700 and every file 0600.
+#[cfg(unix)]
+fn assert_owner_only(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+            assert_owner_only(&p);
+        } else {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
 }
 
 /// Every file below `dir`.

@@ -2,12 +2,16 @@
 //! fault-injecting UDP proxy (blackholes, loss, reordering, port changes).
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use fjord_stream::builder::StreamBuilder;
 use fjord_stream::ByteOrder;
+use fjord_transport::admission::Limits;
 use fjord_transport::client::{Counters, SendError, SendOptions, SendOutcome};
+use fjord_transport::message::{Message, MessageReader};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
-use fjord_transport::sink::FileSinkFactory;
-use fjord_transport::{BackoffConfig, Identity, LinkConfig, Offer, SessionId, Snapshot};
+use fjord_transport::sink::{FileSinkFactory, Sink, SinkError, SinkFactory, SinkOutcome};
+use fjord_transport::{BackoffConfig, Identity, LinkConfig, Offer, PublicKey, SessionId, Snapshot};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -58,6 +62,7 @@ pub fn start_receiver_with_cache(
         link,
         grace,
         max_sessions: 0,
+        limits: Default::default(),
         chunk_cache,
     };
     let factory = Arc::new(FileSinkFactory::new(dir.path().to_path_buf(), 256 << 20));
@@ -68,6 +73,203 @@ pub fn start_receiver_with_cache(
         identity,
         dir,
         addr,
+    }
+}
+
+/// A receiver with `limits` whose sink factory is made from the stream
+/// directory by `factory`.
+pub fn start_receiver_with(
+    allowed: &[&Identity],
+    link: LinkConfig,
+    grace: Duration,
+    limits: Limits,
+    factory: impl FnOnce(&Path) -> Arc<dyn SinkFactory>,
+) -> Receiver {
+    let identity = Identity::generate().expect("keygen");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = ServeOptions {
+        link,
+        grace,
+        limits,
+        ..ServeOptions::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            allowed.iter().map(|i| i.public_key()).collect(),
+        )
+    };
+    let server = Server::bind(&identity, opts, factory(dir.path())).expect("bind");
+    let addr = server.local_addr().expect("local addr");
+    Receiver {
+        server,
+        identity,
+        dir,
+        addr,
+    }
+}
+
+/// What an [`ExclusiveFactory`] saw.
+#[derive(Default, Debug)]
+pub struct Exclusive {
+    /// Datasets with an open sink.
+    pub receiving: HashSet<String>,
+    /// Most sinks open at once.
+    pub max_open: usize,
+    /// Opens refused because the dataset was receiving.
+    pub busy: u64,
+    /// Sinks finished successfully.
+    pub finished: u64,
+    /// Sinks aborted.
+    pub aborted: u64,
+}
+
+/// The file sink, but like `zfs recv` (and fjord-recv's ZFS target): a
+/// second open of a dataset that is still receiving is refused with
+/// `SinkError::Busy` until the first sink is gone.
+pub struct ExclusiveFactory {
+    inner: FileSinkFactory,
+    pub state: Arc<Mutex<Exclusive>>,
+}
+
+impl ExclusiveFactory {
+    pub fn new(dir: &Path) -> ExclusiveFactory {
+        ExclusiveFactory {
+            inner: FileSinkFactory::new(dir.to_path_buf(), 256 << 20),
+            state: Arc::default(),
+        }
+    }
+}
+
+impl SinkFactory for ExclusiveFactory {
+    fn open(&self, offer: &Offer, peer: &PublicKey) -> Result<Box<dyn Sink>, SinkError> {
+        {
+            let mut st = self.state.lock().expect("state");
+            if !st.receiving.insert(offer.dataset.clone()) {
+                st.busy += 1;
+                return Err(SinkError::Busy(format!(
+                    "a stream into {} is already being received",
+                    offer.dataset
+                )));
+            }
+            st.max_open = st.max_open.max(st.receiving.len());
+        }
+        match self.inner.open(offer, peer) {
+            Ok(inner) => Ok(Box::new(ExclusiveSink {
+                inner,
+                dataset: offer.dataset.clone(),
+                state: self.state.clone(),
+            })),
+            Err(e) => {
+                self.state
+                    .lock()
+                    .expect("state")
+                    .receiving
+                    .remove(&offer.dataset);
+                Err(e)
+            }
+        }
+    }
+}
+
+struct ExclusiveSink {
+    inner: Box<dyn Sink>,
+    dataset: String,
+    state: Arc<Mutex<Exclusive>>,
+}
+
+impl Sink for ExclusiveSink {
+    fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
+        self.inner.write(start, data)
+    }
+
+    fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
+        let out = self.inner.finish(length)?;
+        self.state.lock().expect("state").finished += 1;
+        Ok(out)
+    }
+
+    fn abort(&mut self, why: &str) {
+        self.inner.abort(why);
+        self.state.lock().expect("state").aborted += 1;
+    }
+}
+
+impl Drop for ExclusiveSink {
+    fn drop(&mut self) {
+        self.state
+            .lock()
+            .expect("state")
+            .receiving
+            .remove(&self.dataset);
+    }
+}
+
+/// Waits (polling) until `cond` holds; panics after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < within, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bare QUIC connection with a pinned key, for speaking by hand.
+pub async fn raw_connect(id: &Identity, rx: &Receiver) -> (quinn::Endpoint, quinn::Connection) {
+    let tls = id.client_tls(rx.identity.public_key()).expect("tls");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = ep
+        .connect(rx.addr, "fjord")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (ep, conn)
+}
+
+/// The next message on `r`, or None when the stream ends.
+pub async fn read_reply(r: &mut quinn::RecvStream) -> Option<Message> {
+    let mut reader = MessageReader::new();
+    loop {
+        if let Ok(Some(m)) = reader.next_message() {
+            return Some(m);
+        }
+        match r.read_chunk(65536, true).await {
+            Ok(Some(c)) => reader.feed(&c.bytes),
+            _ => return None,
+        }
+    }
+}
+
+/// A hand-made session: hello and `offer` as `id`; returns the
+/// connection, its streams and the receiver's answer.
+pub struct RawSession {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub reply: Option<Message>,
+}
+
+pub async fn raw_offer(id: &Identity, rx: &Receiver, offer: Offer) -> RawSession {
+    let (endpoint, conn) = raw_connect(id, rx).await;
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let hello = Message::Hello {
+        min_version: fjord_transport::message::MIN_PROTOCOL_VERSION,
+        max_version: fjord_transport::message::PROTOCOL_VERSION,
+        sender_key: id.public_key().0,
+    };
+    send.write_all(&hello.to_bytes()).await.expect("hello");
+    send.write_all(&Message::Offer(offer).to_bytes())
+        .await
+        .expect("offer");
+    let reply = tokio::time::timeout(Duration::from_secs(20), read_reply(&mut recv))
+        .await
+        .expect("an answer in time");
+    RawSession {
+        endpoint,
+        conn,
+        send,
+        recv,
+        reply,
     }
 }
 

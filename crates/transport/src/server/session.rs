@@ -1,0 +1,346 @@
+//! One transfer on one connection: the admitted offer is taken over,
+//! opened (after retiring the detached session it replaces) or refused;
+//! then the session runs until it completes, its connection is lost (it
+//! waits for its sender), it fails, or its sender aborts it (it ends at
+//! once).
+
+use super::table::{Entry, Plan, Shared, SharedSlot, Slot};
+use super::{read_message, refuse_conn, write, ReadError, ServerEvent};
+use crate::admission::ServerCounters;
+use crate::identity::PublicKey;
+use crate::message::{offer_flags, Message, MessageReader, Offer, RefuseCode, SessionId};
+use crate::receiver::{refuse, Action, ReceiverSession};
+use crate::sink::{Sink, SinkError};
+use crate::{close_code, SessionError};
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// The connection and stream a session runs on.
+pub(super) struct Io<'a> {
+    pub(super) conn: &'a quinn::Connection,
+    pub(super) send: quinn::SendStream,
+    pub(super) recv: quinn::RecvStream,
+    pub(super) reader: MessageReader,
+}
+
+/// Aborts the sink of replaced session `id` and drops it.
+async fn retire(shared: &Shared, id: SessionId, slot: SharedSlot) {
+    let why = "replaced by a new session of the same sender key into the same dataset";
+    match tokio::time::timeout(Duration::from_secs(10), slot.lock_owned()).await {
+        Ok(mut guard) => {
+            let delivered = guard.session.stats().delivered;
+            tokio::task::block_in_place(|| {
+                guard.sink.abort(why);
+                drop(guard);
+            });
+            warn!(replaced = %id, delivered, "{why}");
+        }
+        Err(_) => {
+            warn!(replaced = %id, "the replaced session is still in use; its sink is dropped when it lets go")
+        }
+    }
+    ServerCounters::bump(&shared.counters.replaced_detached);
+    let _ = shared.events.send(ServerEvent::Failed {
+        session: id,
+        error: why.into(),
+    });
+}
+
+/// Finds, takes over or creates the session of `offer`, then runs it.
+pub(super) async fn serve_offer(
+    shared: &Shared,
+    key: PublicKey,
+    version: u16,
+    offer: Offer,
+    mut io: Io<'_>,
+) {
+    let conn = io.conn;
+    let id = offer.session;
+    let (mut slot, answer) = match shared.admit_offer(&key, &offer, conn) {
+        Plan::Busy(b) => {
+            shared.note_busy(&key, &b, "offer");
+            let (m, err) = *refuse(RefuseCode::Busy, b.to_string());
+            refuse_conn(conn, &mut io.send, shared, None, m, err).await;
+            return;
+        }
+        Plan::Refuse(r) => {
+            let counter = if r.is_takeover() {
+                &shared.counters.takeovers_refused
+            } else {
+                &shared.counters.refused_other
+            };
+            ServerCounters::bump(counter);
+            warn!(sender = %key, reason = %r, "offer refused; no held session was touched");
+            let (m, err) = *refuse(r.code(), r.peer_reason());
+            refuse_conn(conn, &mut io.send, shared, None, m, err).await;
+            return;
+        }
+        Plan::Takeover(slot, old) => {
+            if let Some(old) = old.filter(|c| c.stable_id() != conn.stable_id()) {
+                old.close(
+                    close_code::TAKEN_OVER.into(),
+                    b"taken over by a newer connection",
+                );
+            }
+            let guard = tokio::time::timeout(Duration::from_secs(10), slot.lock_owned()).await;
+            let reattached = match guard {
+                Ok(mut guard) => match guard.session.reattach(&offer, &key.0, version) {
+                    Ok(a) => Ok((guard, a)),
+                    Err(r) => Err(*r),
+                },
+                Err(_) => Err(*refuse(
+                    RefuseCode::Busy,
+                    "the session is still busy with its previous connection".into(),
+                )),
+            };
+            match reattached {
+                Ok((guard, a)) => {
+                    info!(offset = guard.session.stats().delivered, "session resumed");
+                    (guard, a)
+                }
+                Err((m, err)) => {
+                    // Leave the session detached for its grace period.
+                    if let Some(e) = shared.state().sessions.get_mut(&id) {
+                        if e.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+                            e.conn = None;
+                        }
+                    }
+                    let counter = Some(&shared.counters.refused_other);
+                    refuse_conn(conn, &mut io.send, shared, counter, m, err).await;
+                    return;
+                }
+            }
+        }
+        Plan::Open(ticket, replaced) => {
+            if let Some((old, slot)) = replaced {
+                // The old sink must be gone before the factory opens the
+                // new one: a target takes one receive at a time.
+                retire(shared, old, slot).await;
+            }
+            match open_session(shared, &key, version, &offer).await {
+                Ok(slot) => {
+                    let guard = slot.clone().lock_owned().await;
+                    let answer = guard.session.answer();
+                    shared.state().sessions.insert(
+                        id,
+                        Entry {
+                            slot,
+                            conn: Some(conn.clone()),
+                            key,
+                            offer: offer.clone(),
+                        },
+                    );
+                    drop(ticket);
+                    info!(to = %offer.to.name, size_estimate = ?offer.size_estimate, "session accepted");
+                    (guard, answer)
+                }
+                Err(e) => {
+                    drop(ticket);
+                    let (code, counter) = match e {
+                        SinkError::Busy(_) => (RefuseCode::Busy, &shared.counters.refused_busy),
+                        SinkError::Refused(_) => {
+                            (RefuseCode::BadDataset, &shared.counters.refused_other)
+                        }
+                        _ => (RefuseCode::SinkFailed, &shared.counters.refused_other),
+                    };
+                    let (m, err) = *refuse(code, e.to_string());
+                    refuse_conn(conn, &mut io.send, shared, Some(counter), m, err).await;
+                    return;
+                }
+            }
+        }
+    };
+    let outcome = run_session(&mut slot, &mut io, answer).await;
+    let Io { mut send, .. } = io;
+    match outcome {
+        Ok(message) => {
+            let stats = slot.session.stats();
+            shared.state().sessions.remove(&id);
+            // The sink goes now, not after the goodbye: its target is free
+            // for the next offer.
+            tokio::task::block_in_place(|| drop(slot));
+            info!(
+                delivered = stats.delivered,
+                bytes_duplicate = stats.bytes_duplicate,
+                resumes = stats.resumes,
+                "stream complete"
+            );
+            let _ = send.finish();
+            // Wait for the sender to close after reading the report.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            let _ = shared.events.send(ServerEvent::Completed {
+                session: id,
+                message,
+                stats,
+            });
+        }
+        Err(RunEnd::Lost(why)) => {
+            slot.session.disconnected(Instant::now());
+            if let Some(entry) = shared.state().sessions.get_mut(&id) {
+                if entry.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+                    entry.conn = None;
+                }
+            }
+            warn!(error = %why, delivered = slot.session.stats().delivered, grace_s = shared.grace.as_secs(), "connection lost; keeping the session for the grace period");
+        }
+        Err(RunEnd::Failed(why)) => {
+            warn!(error = %why, "session failed");
+            let event = why.clone();
+            end_session(shared, conn, send, slot, why, event).await;
+        }
+        Err(RunEnd::Aborted(why)) => {
+            ServerCounters::bump(&shared.counters.aborted_by_sender);
+            warn!(sender = %key, error = %why, "the sender aborted the session; ending it now");
+            let event = format!("the sender aborted the session: {why}");
+            end_session(shared, conn, send, slot, why, event).await;
+        }
+    }
+}
+
+/// Ends a failed or aborted session at once: aborts its sink, takes it
+/// out of the table (its target is then free), reports and closes.
+async fn end_session(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut slot: tokio::sync::OwnedMutexGuard<Slot>,
+    why: String,
+    event: String,
+) {
+    let id = slot.session.offer().session;
+    tokio::task::block_in_place(|| slot.sink.abort(&why));
+    shared.state().sessions.remove(&id);
+    let report = slot.session.finished(false, 1, None, why.clone());
+    tokio::task::block_in_place(|| drop(slot));
+    let _ = write(&mut send, &report).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    conn.close(close_code::FAILED.into(), why.as_bytes());
+    let _ = shared.events.send(ServerEvent::Failed {
+        session: id,
+        error: event,
+    });
+}
+
+/// Opens the sink of a new session (after admission) and its state.
+async fn open_session(
+    shared: &Shared,
+    key: &PublicKey,
+    version: u16,
+    offer: &Offer,
+) -> Result<SharedSlot, SinkError> {
+    let sink = match tokio::task::block_in_place(|| shared.factory.open(offer, key)) {
+        Ok(s) if offer.flags & offer_flags::PACKED != 0 => {
+            tokio::task::block_in_place(|| packed_sink(shared, s, offer, key))
+        }
+        other => other,
+    }?;
+    // Decoding, verifying and writing run beside the network loop.
+    let sink = crate::threaded::ThreadedSink::spawn(sink)
+        .map_err(|e| SinkError::Refused(format!("cannot start the sink thread: {e}")))?;
+    let session = ReceiverSession::new(offer.clone(), key.0, version, shared.grace);
+    Ok(Arc::new(tokio::sync::Mutex::new(Slot {
+        session,
+        sink: Box::new(sink),
+    })))
+}
+
+/// The decoder in front of `inner` for a packed offer, with the sender's
+/// chunk cache when the receiver keeps one.
+fn packed_sink(
+    shared: &Shared,
+    inner: Box<dyn Sink>,
+    offer: &Offer,
+    key: &PublicKey,
+) -> Result<Box<dyn Sink>, SinkError> {
+    let store = match &shared.caches {
+        None => None,
+        Some(caches) => Some(
+            caches
+                .store_for(key, offer.session)
+                .map_err(|e| SinkError::Io {
+                    path: "chunk cache".into(),
+                    source: std::io::Error::other(format!("{e}; check --chunk-cache")),
+                })?,
+        ),
+    };
+    let store = store.map(|s| Box::new(s) as Box<dyn fjord_pack::ChunkStore + Send>);
+    Ok(Box::new(crate::packed::PackedSink::new(inner, store)))
+}
+
+enum RunEnd {
+    /// The connection went away; the session waits for its sender.
+    Lost(String),
+    /// The session failed for good.
+    Failed(String),
+    /// The sender aborted it (by message or by closing with
+    /// [`close_code::ABORTED`]).
+    Aborted(String),
+}
+
+/// How a broken connection ends the session: aborted if the sender closed
+/// it with [`close_code::ABORTED`], lost otherwise.
+fn connection_end(conn: &quinn::Connection, why: String) -> RunEnd {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == close_code::ABORTED.into() =>
+        {
+            RunEnd::Aborted(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        _ => RunEnd::Lost(why),
+    }
+}
+
+async fn run_session(slot: &mut Slot, io: &mut Io<'_>, answer: Message) -> Result<String, RunEnd> {
+    let conn = io.conn;
+    let lost = |e: &dyn std::fmt::Display| connection_end(conn, e.to_string());
+    write(&mut io.send, &answer).await.map_err(|e| lost(&e))?;
+    let mut buf = BytesMut::new();
+    loop {
+        let msg = match read_message(&mut io.recv, &mut io.reader).await {
+            Ok(m) => m,
+            Err(e @ ReadError::Undecodable(_)) => return Err(RunEnd::Failed(e.to_string())),
+            Err(e) => return Err(lost(&e)),
+        };
+        let action = slot.session.handle(msg).map_err(|e| match e {
+            SessionError::PeerAborted(why) => RunEnd::Aborted(why),
+            e => RunEnd::Failed(e.to_string()),
+        })?;
+        match action {
+            Action::None => {}
+            Action::Send(m) => write(&mut io.send, &m).await.map_err(|e| lost(&e))?,
+            Action::Deliver {
+                start,
+                end,
+                encoding,
+                payload,
+            } => {
+                if encoding != crate::message::FrameEncoding::Raw {
+                    return Err(RunEnd::Failed(SinkError::Encoding(encoding).to_string()));
+                }
+                tokio::task::block_in_place(|| slot.sink.write(start, payload))
+                    .map_err(|e| RunEnd::Failed(e.to_string()))?;
+                let ack = slot.session.delivered(end);
+                buf.clear();
+                ack.encode(&mut buf);
+                io.send.write_all(&buf).await.map_err(|e| lost(&e))?;
+            }
+            Action::Finish { length, .. } => {
+                let outcome = tokio::task::block_in_place(|| slot.sink.finish(length))
+                    .map_err(|e| RunEnd::Failed(e.to_string()))?;
+                let report = slot.session.finished(
+                    true,
+                    outcome.status,
+                    outcome.snapshot_guid,
+                    outcome.message.clone(),
+                );
+                // The stream is committed: a lost report no longer matters
+                // for the data, so a failure here is not a session failure.
+                let _ = write(&mut io.send, &report).await;
+                return Ok(outcome.message);
+            }
+        }
+    }
+}
