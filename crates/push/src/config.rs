@@ -204,33 +204,124 @@ pub struct RecvOptions {
     /// `-s` (default true): keep partial receives so that they resume.
     #[serde(default = "default_true")]
     pub resumable: bool,
-    /// `-u` (default true): do not mount received datasets.
+    /// `-u`: always on (nothing received is mounted by the receive);
+    /// `false` is refused.
     #[serde(default = "default_true")]
     pub unmounted: bool,
-    /// `-x PROP` for each.
+    /// `-x PROP` for each, added to the forced set ([`EXCLUDED_PROPS`]).
     #[serde(default)]
     pub exclude_props: Vec<String>,
-    /// `-o PROP=VALUE` for each.
+    /// `-o PROP=VALUE` for each, added to the forced set ([`INERT_PROPS`]).
     #[serde(default)]
     pub set_props: BTreeMap<String, String>,
+    /// Where received datasets would mount: each gets
+    /// `mountpoint=ROOT/<dataset>`. Without it the stream's mountpoint is
+    /// excluded and the dataset inherits its DR parent's.
+    #[serde(default)]
+    pub mountpoint_root: Option<PathBuf>,
+    /// Properties taken out of the forced inert set, so that the stream's
+    /// value (or `set_props`) applies: loosening the DR node's defaults,
+    /// one property at a time, on purpose.
+    #[serde(default)]
+    pub unforce: Vec<String>,
 }
 
+/// Properties every receive sets, whatever the stream carries, so that a
+/// received dataset is inert: never mounted by itself, no setuid or device
+/// files, not shared, not writable.
+pub const INERT_PROPS: &[(&str, &str)] = &[
+    ("canmount", "noauto"),
+    ("setuid", "off"),
+    ("devices", "off"),
+    ("sharenfs", "off"),
+    ("sharesmb", "off"),
+    ("readonly", "on"),
+];
+
+/// Properties never taken from a stream: the DR node's space is the DR
+/// node's to reserve and limit. (`mountpoint` is excluded too unless
+/// `mountpoint_root` confines it.)
+pub const EXCLUDED_PROPS: &[&str] = &["reservation", "refreservation", "quota", "refquota"];
+
 impl RecvOptions {
-    /// The `zfs recv` to run for `target` with these flags; `force` adds
-    /// `-F` (the sender's request after a planned rollback).
+    /// The `zfs recv` to run for `target` with these flags and the forced
+    /// inert set; `force` adds `-F` (a rollback the policy allowed).
     pub fn spec(&self, target: &str, force: bool) -> RecvSpec {
+        let unforced = |p: &str| self.unforce.iter().any(|u| u == p);
+        let mut set_props: Vec<(String, String)> = INERT_PROPS
+            .iter()
+            .filter(|(p, _)| !unforced(p) && !self.set_props.contains_key(*p))
+            .map(|(p, v)| (p.to_string(), v.to_string()))
+            .collect();
+        set_props.extend(self.set_props.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut exclude_props: Vec<String> = EXCLUDED_PROPS
+            .iter()
+            .filter(|p| !unforced(p) && !self.set_props.contains_key(**p))
+            .map(|p| p.to_string())
+            .collect();
+        match &self.mountpoint_root {
+            Some(root) if !self.set_props.contains_key("mountpoint") => set_props.push((
+                "mountpoint".into(),
+                root.join(target).to_string_lossy().into_owned(),
+            )),
+            Some(_) => {}
+            None if unforced("mountpoint") || self.set_props.contains_key("mountpoint") => {}
+            None => exclude_props.push("mountpoint".into()),
+        }
+        for p in &self.exclude_props {
+            if !exclude_props.contains(p) {
+                exclude_props.push(p.clone());
+            }
+        }
         RecvSpec {
             target: target.into(),
             force,
             resumable: self.resumable,
-            unmounted: self.unmounted,
-            exclude_props: self.exclude_props.clone(),
-            set_props: self
-                .set_props
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            unmounted: true,
+            exclude_props,
+            set_props,
         }
+    }
+
+    /// Checks that the operator's settings only add to the forced set;
+    /// loosening goes through `unforce`. Returns the offending key and why.
+    fn check_forced(&self) -> Result<(), (String, String)> {
+        if !self.unmounted {
+            return Err((
+                "recv.unmounted".into(),
+                "false is not allowed: a received dataset is never mounted by the receive (mount it yourself, or at failover)".into(),
+            ));
+        }
+        for (prop, forced) in INERT_PROPS {
+            if self.unforce.iter().any(|u| u == prop) {
+                continue;
+            }
+            if let Some(v) = self.set_props.get(*prop) {
+                if v != forced {
+                    return Err((
+                        format!("recv.set_props.{prop}"),
+                        format!("{prop} is forced to {forced} on received datasets; to change it, also list \"{prop}\" in recv.unforce (see the README's security model)"),
+                    ));
+                }
+            }
+        }
+        for prop in self.exclude_props.iter() {
+            if INERT_PROPS.iter().any(|(p, _)| p == prop) && !self.unforce.contains(prop) {
+                return Err((
+                    "recv.exclude_props".into(),
+                    format!("{prop} is forced on received datasets and cannot be excluded; list it in recv.unforce to take the stream's value"),
+                ));
+            }
+        }
+        if let Some(root) = &self.mountpoint_root {
+            if !root.is_absolute() {
+                return Err((
+                    "recv.mountpoint_root".into(),
+                    "must be an absolute path, such as \"/dr\"".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -241,6 +332,8 @@ impl Default for RecvOptions {
             unmounted: true,
             exclude_props: Vec::new(),
             set_props: BTreeMap::new(),
+            mountpoint_root: None,
+            unforce: Vec::new(),
         }
     }
 }
@@ -259,6 +352,7 @@ pub struct ChunkCacheConfig {
 }
 
 /// One `[[client]]`: a sender allowed to write at or below `prefixes`.
+/// By default it can neither destroy snapshots nor roll a target back.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
@@ -268,6 +362,72 @@ pub struct Client {
     pub key: String,
     /// The datasets it may write, with everything below them.
     pub prefixes: Vec<String>,
+    /// The prefix of its snapshots' names (`{prefix}_2026-…Z`), default
+    /// `fjord`: the only snapshots its pruning may name, and the ones the
+    /// DR node's retention counts.
+    #[serde(default = "default_prefix")]
+    pub snapshot_prefix: String,
+    /// Let its pushes prune the DR copies: only its own snapshots, under
+    /// its prefixes, never younger than `min_age`, never the newest, never
+    /// one the operator holds. Default false.
+    #[serde(default)]
+    pub allow_prune: bool,
+    /// Let `push --force` roll its targets back: only when every snapshot
+    /// the rollback destroys could be pruned (see `allow_prune`'s limits).
+    /// Default false.
+    #[serde(default)]
+    pub allow_rollback: bool,
+    /// The DR node's retention for this client's datasets, instead of the
+    /// top-level `[retention]`.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+}
+
+/// `[[prefix_retention]]`: the DR node's retention for the datasets at or
+/// below `prefix` (the longest matching prefix wins over a client's and
+/// the top-level `[retention]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRetention {
+    /// A dataset; the policy covers it and everything below it.
+    pub prefix: String,
+    /// Newest snapshot of each of this many most recent hours.
+    #[serde(default)]
+    pub hourly: u32,
+    /// … days (UTC).
+    #[serde(default)]
+    pub daily: u32,
+    /// … weeks (UTC, from Monday).
+    #[serde(default)]
+    pub weekly: u32,
+    /// … calendar months (UTC).
+    #[serde(default)]
+    pub monthly: u32,
+    /// … calendar years (UTC).
+    #[serde(default)]
+    pub yearly: u32,
+}
+
+impl PrefixRetention {
+    /// Its counts as a [`Retention`].
+    pub fn keep(&self) -> Retention {
+        Retention {
+            hourly: self.hourly,
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+            yearly: self.yearly,
+        }
+    }
+}
+
+fn default_min_age() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn de_min_age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// `fjord-recv serve`'s config (`/etc/fjord/recv.toml`). See the crate
@@ -299,6 +459,18 @@ pub struct RecvConfig {
     /// The senders allowed in.
     #[serde(rename = "client", default)]
     pub clients: Vec<Client>,
+    /// Nothing younger is ever destroyed on the DR node: not by its
+    /// retention, not by a client's pruning, not by a rollback (default
+    /// 7 days).
+    #[serde(default = "default_min_age", deserialize_with = "de_min_age")]
+    pub min_age: Duration,
+    /// The DR node's own retention for every client's datasets; absent:
+    /// the DR node keeps every snapshot.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+    /// Retention for parts of the tree.
+    #[serde(rename = "prefix_retention", default)]
+    pub prefix_retention: Vec<PrefixRetention>,
 }
 
 impl RecvConfig {
@@ -311,6 +483,19 @@ impl RecvConfig {
     /// The client whose key is `key`.
     pub fn client_by_key(&self, key: &str) -> Option<&Client> {
         self.clients.iter().find(|c| c.key == key)
+    }
+
+    /// The DR node's retention for `dataset` of `client`: the longest
+    /// matching `[[prefix_retention]]`, else the client's, else the
+    /// top-level one; `None` keeps everything.
+    pub fn retention_for(&self, client: &Client, dataset: &str) -> Option<Retention> {
+        self.prefix_retention
+            .iter()
+            .filter(|p| is_within_prefix(dataset, &p.prefix))
+            .max_by_key(|p| p.prefix.len())
+            .map(PrefixRetention::keep)
+            .or(client.retention)
+            .or(self.retention)
     }
 }
 
@@ -531,6 +716,8 @@ impl SendConfig {
     }
 }
 
+const KEEPS_NOTHING: &str = "every count is 0, which would keep only the newest snapshot: give at least one of hourly, daily, weekly, monthly, yearly, or remove the table to keep every snapshot";
+
 impl RecvConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<RecvConfig, ConfigError> {
@@ -550,6 +737,9 @@ impl RecvConfig {
         if self.max_concurrent == 0 {
             return Err(check.fail("max_concurrent", "must be at least 1"));
         }
+        self.recv
+            .check_forced()
+            .map_err(|(key, message)| check.fail(key, message))?;
         // Reuse RecvSpec's checks for the property names and values.
         self.recv_spec("fjord/check", false)
             .validate()
@@ -610,6 +800,21 @@ impl RecvConfig {
             for prefix in &client.prefixes {
                 validate_dataset(prefix).map_err(|e| check.fail(key("prefixes"), e.to_string()))?;
             }
+            validate_snapshot_short_name(&format!("{}_x", client.snapshot_prefix))
+                .map_err(|e| check.fail(key("snapshot_prefix"), e.to_string()))?;
+            if client.retention.is_some_and(|r| r.keeps_nothing()) {
+                return Err(check.fail(key("retention"), KEEPS_NOTHING));
+            }
+        }
+        if self.retention.is_some_and(|r| r.keeps_nothing()) {
+            return Err(check.fail("retention", KEEPS_NOTHING));
+        }
+        for (i, p) in self.prefix_retention.iter().enumerate() {
+            let key = |field: &str| format!("prefix_retention[{}].{field}", i + 1);
+            validate_dataset(&p.prefix).map_err(|e| check.fail(key("prefix"), e.to_string()))?;
+            if p.keep().keeps_nothing() {
+                return Err(check.fail(key("prefix"), KEEPS_NOTHING));
+            }
         }
         Ok(())
     }
@@ -660,7 +865,8 @@ target_dataset = "backup/oslo/home"
             Some(Retention {
                 hourly: 24,
                 daily: 14,
-                weekly: 8
+                weekly: 8,
+                ..Retention::default()
             })
         );
         assert_eq!(job.retention.target.as_ref().map(|r| r.daily), Some(30));
@@ -826,7 +1032,9 @@ target_dataset = "backup/oslo/home/mail"
         let spec = c.recv_spec("backup/oslo/home", true);
         assert_eq!(
             fjord_zfs::command::recv_argv(&spec).join(" "),
-            "recv -F -s -u -x mountpoint -o readonly=on backup/oslo/home"
+            "recv -F -s -u -x reservation -x refreservation -x quota -x refquota -x mountpoint \
+             -o canmount=noauto -o setuid=off -o devices=off -o sharenfs=off -o sharesmb=off \
+             -o readonly=on backup/oslo/home"
         );
         assert_eq!(
             c.client_by_key(&c.clients[0].key).map(|c| c.name.as_str()),

@@ -32,6 +32,26 @@ pub struct Retention {
     /// Monday).
     #[serde(default)]
     pub weekly: u32,
+    /// Newest snapshot of each of this many most recent calendar months
+    /// (UTC).
+    #[serde(default)]
+    pub monthly: u32,
+    /// Newest snapshot of each of this many most recent calendar years
+    /// (UTC).
+    #[serde(default)]
+    pub yearly: u32,
+}
+
+impl Retention {
+    /// Whether the policy keeps nothing beyond the always-kept newest
+    /// snapshot (every count is 0).
+    pub fn keeps_nothing(&self) -> bool {
+        self.hourly == 0
+            && self.daily == 0
+            && self.weekly == 0
+            && self.monthly == 0
+            && self.yearly == 0
+    }
 }
 
 const HOUR: i64 = 3600;
@@ -49,6 +69,29 @@ fn day_bucket(t: i64) -> i64 {
 /// Monday, as ISO 8601 weeks do.
 fn week_bucket(t: i64) -> i64 {
     (t.div_euclid(DAY) + 3).div_euclid(7)
+}
+
+/// The proleptic Gregorian (year, month) of a Unix time, UTC (Howard
+/// Hinnant's days-to-civil algorithm).
+fn year_month(t: i64) -> (i64, i64) {
+    let z = t.div_euclid(DAY) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+fn month_bucket(t: i64) -> i64 {
+    let (y, m) = year_month(t);
+    y * 12 + (m - 1)
+}
+
+fn year_bucket(t: i64) -> i64 {
+    year_month(t).0
 }
 
 /// The snapshots to destroy, oldest first: a subset of `snapshots`.
@@ -85,6 +128,8 @@ pub fn plan_pruning(
         (policy.hourly, hour_bucket as fn(i64) -> i64),
         (policy.daily, day_bucket),
         (policy.weekly, week_bucket),
+        (policy.monthly, month_bucket),
+        (policy.yearly, year_bucket),
     ] {
         let mut seen = 0u32;
         let mut last_bucket = None;
@@ -139,11 +184,61 @@ mod tests {
         list.iter().map(|s| s.name.clone()).collect()
     }
 
+    #[test]
+    fn calendar_months_and_years_are_utc() {
+        // 2026-01-05 is in January 2026; 2024-02-29 a leap day; the
+        // second before 2000-03-01 still February.
+        assert_eq!(year_month(MONDAY), (2026, 1));
+        assert_eq!(year_month(1_709_164_800), (2024, 2));
+        assert_eq!(year_month(951_868_799), (2000, 2));
+        assert_eq!(year_month(951_868_800), (2000, 3));
+        assert_eq!(year_month(-1), (1969, 12));
+    }
+
+    #[test]
+    fn monthly_and_yearly_keep_the_newest_of_each() {
+        // A snapshot every 15 days from 2025-01-01 to 2026-03-27.
+        let start = 1_735_689_600; // 2025-01-01T00:00Z
+        let times: Vec<i64> = (0..30).map(|i| start + i * 15 * DAY).collect();
+        let snaps = ours(&times);
+        let doomed = plan_pruning(
+            &snaps,
+            "fjord",
+            &Retention {
+                monthly: 3,
+                ..Retention::default()
+            },
+            &[],
+        );
+        let kept: Vec<i64> = snaps
+            .iter()
+            .filter(|s| !doomed.contains(s))
+            .map(|s| s.creation)
+            .collect();
+        let months: Vec<i64> = kept.iter().map(|&t| month_bucket(t)).collect();
+        let mut distinct = months.clone();
+        distinct.dedup();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert_eq!(distinct.len(), 3);
+        let yearly = plan_pruning(
+            &snaps,
+            "fjord",
+            &Retention {
+                yearly: 5,
+                ..Retention::default()
+            },
+            &[],
+        );
+        // 2025 and 2026 are present: the newest of each is kept.
+        assert_eq!(snaps.len() - yearly.len(), 2);
+    }
+
     fn policy(hourly: u32, daily: u32, weekly: u32) -> Retention {
         Retention {
             hourly,
             daily,
             weekly,
+            ..Retention::default()
         }
     }
 

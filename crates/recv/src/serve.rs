@@ -134,6 +134,7 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
                 dir: dir.clone(),
                 capacity: args.chunk_cache_size,
             }),
+            limits: Default::default(),
         },
         factory: Arc::new(FileSinkFactory::new(
             sink_dir.clone(),
@@ -185,6 +186,7 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
                 dir: c.dir.clone(),
                 capacity: c.size,
             }),
+            limits: Default::default(),
         },
         factory: Arc::new(target.clone()),
         control: Arc::new(target),

@@ -348,7 +348,10 @@ impl Sink for ZfsSink {
             return Err(SinkError::Refused("zfs recv has already ended".into()));
         };
         let mut failed = None;
-        let guid = self.verifier.finish(&mut |b| {
+        // The verifier releases the stream's END (which makes zfs recv
+        // commit the snapshot) only if the whole stream verified and is
+        // exactly the `length` the sender announced.
+        let guid = self.verifier.finish(length, &mut |b| {
             child.write_all(b).map_err(|e| {
                 let msg = e.to_string();
                 failed = Some(e);
@@ -358,9 +361,18 @@ impl Sink for ZfsSink {
         let guid = match (guid, failed) {
             (Ok(g), _) => g,
             (Err(e), None) => {
-                // The stream is bad. zfs recv has only verified records and
-                // no END for the snapshot, so it cannot commit it.
-                let _ = child.finish();
+                // The stream is bad or its length is wrong. zfs recv has
+                // only verified records and no END for the snapshot, so it
+                // cannot commit it: closing its input mid-stream leaves a
+                // resumable partial receive (`-s`).
+                match child.finish() {
+                    Ok(r) => {
+                        tracing::warn!(target = %self.target, error = %e, status = r.status, "zfs recv ended without the stream's END")
+                    }
+                    Err(z) => {
+                        tracing::warn!(target = %self.target, error = %e, wait_error = %z, "zfs recv ended without the stream's END")
+                    }
+                }
                 return Err(e);
             }
             (Err(e), Some(_)) => {
@@ -368,13 +380,6 @@ impl Sink for ZfsSink {
                 return Err(self.child_failed(std::io::Error::other(e.to_string())));
             }
         };
-        if self.verifier.released() != length {
-            let _ = child.finish();
-            return Err(SinkError::Refused(format!(
-                "verified {} bytes but the sender announced {length}",
-                self.verifier.released()
-            )));
-        }
         let r = child
             .finish()
             .map_err(|e| SinkError::Refused(e.to_string()))?;

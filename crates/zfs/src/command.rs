@@ -259,6 +259,20 @@ pub fn holds_argv(full_snap: &str) -> Vec<String> {
     strings(["holds", "-H", full_snap])
 }
 
+/// `zfs holds -H SNAPSHOT...`.
+pub fn holds_of_argv(full_snaps: &[String]) -> Vec<String> {
+    let mut argv = strings(["holds", "-H"]);
+    argv.extend(full_snaps.iter().cloned());
+    argv
+}
+
+/// `zfs hold TAG SNAPSHOT...`: atomic, every snapshot or none.
+pub fn hold_many_argv(tag: &str, full_snaps: &[String]) -> Vec<String> {
+    let mut argv = strings(["hold", tag]);
+    argv.extend(full_snaps.iter().cloned());
+    argv
+}
+
 /// `zfs destroy SNAPSHOT` (never `-r`/`-R`: exactly one snapshot).
 pub fn destroy_snapshot_argv(full_snap: &str) -> Vec<String> {
     strings(["destroy", full_snap])
@@ -526,6 +540,36 @@ impl Zfs {
         let shown = self.display(&argv);
         let out = self.run(argv).await?;
         parse_holds(&shown, &out.stdout)
+    }
+
+    /// The holds on several snapshots at once: (full snapshot name, tag)
+    /// pairs; a snapshot without holds has none. Nothing runs for an
+    /// empty list.
+    pub async fn holds_of(&self, full_snaps: &[String]) -> Result<Vec<(String, String)>, ZfsError> {
+        if full_snaps.is_empty() {
+            return Ok(Vec::new());
+        }
+        for s in full_snaps {
+            validate_full_snapshot(s)?;
+        }
+        let argv = holds_of_argv(full_snaps);
+        let shown = self.display(&argv);
+        let out = self.run(argv).await?;
+        crate::snapshot::parse_holds_of(&shown, &out.stdout)
+    }
+
+    /// Places the hold `tag` on every snapshot of `full_snaps` in one
+    /// command (ZFS applies it to all or none). Nothing runs for an empty
+    /// list.
+    pub async fn hold_many(&self, tag: &str, full_snaps: &[String]) -> Result<(), ZfsError> {
+        if full_snaps.is_empty() {
+            return Ok(());
+        }
+        validate_hold_tag(tag)?;
+        for s in full_snaps {
+            validate_full_snapshot(s)?;
+        }
+        self.run(hold_many_argv(tag, full_snaps)).await.map(drop)
     }
 
     /// Destroys exactly one snapshot. A name without '@' is refused before

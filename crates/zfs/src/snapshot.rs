@@ -138,6 +138,27 @@ pub fn parse_holds(argv: &str, text: &str) -> Result<Vec<String>, ZfsError> {
         .collect()
 }
 
+/// Parses `zfs holds -H SNAPSHOT...` output for several snapshots: each
+/// snapshot's full name and one of its tags per line.
+pub fn parse_holds_of(argv: &str, text: &str) -> Result<Vec<(String, String)>, ZfsError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut fields = line.split('\t');
+            match (fields.next(), fields.next()) {
+                (Some(name), Some(tag)) if !name.is_empty() && !tag.is_empty() => {
+                    Ok((name.to_string(), tag.to_string()))
+                }
+                _ => Err(parse_error(
+                    argv,
+                    line,
+                    "expected name<TAB>tag<TAB>timestamp",
+                )),
+            }
+        })
+        .collect()
+}
+
 /// Finds the estimated stream size in `zfs send -n -P` output: the number
 /// on the last `size<TAB>N` line, `None` when there is none.
 pub fn parse_send_size(text: &str) -> Option<u64> {
