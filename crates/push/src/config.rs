@@ -421,6 +421,35 @@ impl PrefixRetention {
     }
 }
 
+/// `[limits]`: each client's share of the receiver (absent keys keep the
+/// transport's defaults: 8 sessions, 16 connections, 4 control requests
+/// and 8 chunk-cache leases per client, an offer within 20 s, 8G of
+/// memory for all sessions).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Transfers one client may hold at once.
+    pub sessions_per_client: Option<usize>,
+    /// Connections one client may hold open.
+    pub connections_per_client: Option<usize>,
+    /// Control requests one client may have in flight.
+    pub requests_per_client: Option<usize>,
+    /// Unclaimed chunk-cache inventories one client may hold.
+    pub leases_per_client: Option<usize>,
+    /// How long a new connection may take to make its offer, e.g. `"20s"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub offer_deadline: Option<Duration>,
+    /// Memory all sessions together may hold, e.g. `"8G"`.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub memory_budget: Option<u64>,
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| parse_size(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 fn default_min_age() -> Duration {
     Duration::from_secs(7 * 86_400)
 }
@@ -471,6 +500,9 @@ pub struct RecvConfig {
     /// Retention for parts of the tree.
     #[serde(rename = "prefix_retention", default)]
     pub prefix_retention: Vec<PrefixRetention>,
+    /// Each client's share of the receiver.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl RecvConfig {
@@ -826,6 +858,50 @@ mod tests {
 
     const SEND: &str = include_str!("../examples/send.toml");
     const RECV: &str = include_str!("../examples/recv.toml");
+    /// The example the README's Quick start copies.
+    const SHIPPED_RECV: &str = include_str!("../../../examples/recv.toml");
+
+    #[test]
+    fn the_shipped_receiver_example_loads_with_safe_defaults() {
+        let c = RecvConfig::from_toml(Path::new("examples/recv.toml"), SHIPPED_RECV)
+            .expect("examples/recv.toml");
+        assert_eq!(c.min_age, Duration::from_secs(7 * 86_400));
+        assert!(!c.clients[0].allow_prune && !c.clients[0].allow_rollback);
+        assert_eq!(c.retention.map(|r| r.yearly), Some(3));
+        let argv = fjord_zfs::command::recv_argv(&c.recv_spec("backup/oslo/home", false)).join(" ");
+        for forced in [
+            "-u",
+            "-o readonly=on",
+            "-o setuid=off",
+            "-x mountpoint",
+            "-x quota",
+        ] {
+            assert!(argv.contains(forced), "{argv}");
+        }
+    }
+
+    #[test]
+    fn loosening_the_inert_set_needs_unforce() {
+        let text = |recv: &str| {
+            format!("listen = \"127.0.0.1:1\"\nkey = \"/k\"\n{recv}\n[[client]]\nname = \"a\"\nkey = \"k\"\nprefixes = [\"b/a\"]\n")
+        };
+        let load = |recv: &str| RecvConfig::from_toml(Path::new("r.toml"), &text(recv));
+        let e = load("[recv]\nset_props = { readonly = \"off\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unforce"), "{e}");
+        let e = load("[recv]\nunmounted = false").unwrap_err().to_string();
+        assert!(e.contains("never mounted"), "{e}");
+        let c = load("[recv]\nset_props = { readonly = \"off\" }\nunforce = [\"readonly\"]")
+            .expect("unforced");
+        let argv = fjord_zfs::command::recv_argv(&c.recv_spec("b/a/x", false)).join(" ");
+        assert!(
+            argv.contains("-o readonly=off") && !argv.contains("readonly=on"),
+            "{argv}"
+        );
+        let e = load("[retention]\nhourly = 0").unwrap_err().to_string();
+        assert!(e.contains("keep only the newest"), "{e}");
+    }
 
     fn send(text: &str) -> Result<SendConfig, ConfigError> {
         SendConfig::from_toml(Path::new("/etc/fjord/send.toml"), text)
@@ -1018,7 +1094,7 @@ target_dataset = "backup/oslo/home/mail"
     #[test]
     fn example_recv_config_loads() {
         let c = recv(RECV).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:7450".parse().unwrap());
+        assert_eq!(c.listen, "10.10.0.2:7450".parse().unwrap());
         assert_eq!(c.max_concurrent, 4);
         assert_eq!(c.grace, Some(Duration::from_secs(300)));
         assert_eq!(c.clients[0].prefixes, vec!["backup/oslo".to_string()]);

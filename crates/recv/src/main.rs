@@ -4,6 +4,7 @@
 //! up logging and maps outcomes to exit codes.
 
 mod keygen;
+mod prune;
 mod serve;
 mod unpack;
 mod verify;
@@ -26,6 +27,7 @@ enum Command {
     Verify(verify::Args),
     Serve(serve::Args),
     Keygen(keygen::Args),
+    Prune(prune::Args),
     Unpack(unpack::Args),
 }
 
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Unpack(args) => unpack::run(args),
+        Command::Prune(args) => prune::run(args),
     };
     ExitCode::from(code)
 }

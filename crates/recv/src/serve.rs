@@ -1,9 +1,10 @@
 //! `fjord-recv serve`: receive send streams from pinned senders over QUIC,
 //! verified, into `zfs recv` (`--config`) or as files (`--sink-dir`).
 
-use crate::zfs_target::{ClientPolicy, SharedTarget, ZfsTarget};
+use crate::zfs_target::{SharedTarget, ZfsTarget};
 use anyhow::Context;
 use fjord_push::config::RecvConfig;
+use fjord_transport::admission::Limits;
 use fjord_transport::chunk_cache::ChunkCacheOptions;
 use fjord_transport::control::{Control, NoControl};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
@@ -110,6 +111,8 @@ struct Setup {
     factory: Arc<dyn SinkFactory>,
     control: Arc<dyn Control>,
     what: String,
+    /// The ZFS target, for its policy counts at shutdown.
+    target: Option<Arc<ZfsTarget>>,
 }
 
 fn file_setup(args: &Args) -> anyhow::Result<Setup> {
@@ -142,6 +145,7 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
         )),
         control: Arc::new(NoControl),
         what: format!("storing streams in {}", sink_dir.display()),
+        target: None,
     })
 }
 
@@ -155,19 +159,13 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
             .key
             .parse()
             .map_err(|e| anyhow::anyhow!("{}: client {}: key: {e}", path.display(), c.name))?;
-        clients.insert(
-            key,
-            ClientPolicy {
-                name: c.name.clone(),
-                prefixes: c.prefixes.clone(),
-            },
-        );
+        clients.insert(key, c.clone());
     }
     let allowed = clients.keys().copied().collect();
     let target = SharedTarget(Arc::new(ZfsTarget::new(
         Zfs::new(),
         clients,
-        config.recv.clone(),
+        Arc::new(config.clone()),
         args.max_held_mib << 20,
     )));
     let mut link = args.link.link_config();
@@ -186,12 +184,29 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
                 dir: c.dir.clone(),
                 capacity: c.size,
             }),
-            limits: Default::default(),
+            limits: limits(&config.limits, args.max_held_mib << 20),
         },
         factory: Arc::new(target.clone()),
+        target: Some(target.0.clone()),
         control: Arc::new(target),
         what: format!("receiving into zfs for {} client(s)", config.clients.len()),
     })
+}
+
+/// The transport's limits with the config's `[limits]` over them.
+fn limits(cfg: &fjord_push::config::LimitsConfig, held: u64) -> Limits {
+    let d = Limits::default();
+    Limits {
+        per_client_sessions: cfg.sessions_per_client.unwrap_or(d.per_client_sessions),
+        per_client_connections: cfg
+            .connections_per_client
+            .unwrap_or(d.per_client_connections),
+        per_client_requests: cfg.requests_per_client.unwrap_or(d.per_client_requests),
+        per_client_leases: cfg.leases_per_client.unwrap_or(d.per_client_leases),
+        offer_deadline: cfg.offer_deadline.unwrap_or(d.offer_deadline),
+        memory_budget_bytes: cfg.memory_budget.unwrap_or(d.memory_budget_bytes),
+        session_memory_bytes: Limits::session_memory_for(held),
+    }
 }
 
 fn run_inner(args: Args) -> anyhow::Result<()> {
@@ -241,6 +256,18 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
         }
         let stopped = server.shutdown("fjord-recv is shutting down").await;
         eprintln!("fjord-recv: shut down; {stopped} transfer(s) stopped (resumable where zfs recv -s was used)");
+        if let Some(t) = &setup.target {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = t.counts();
+            eprintln!(
+                "fjord-recv: policy: refused {} destroy request(s) and {} rollback(s); pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
+                c.refused_destroys.load(Relaxed),
+                c.refused_rollbacks.load(Relaxed),
+                c.client_pruned.load(Relaxed),
+                c.retention_pruned.load(Relaxed),
+                c.hold_failures.load(Relaxed)
+            );
+        }
         anyhow::Ok(())
     })
 }

@@ -2,10 +2,15 @@
 //! pipes each verified stream into `zfs recv`, and the answers to the
 //! sender's control requests (target state, abort a resumable receive,
 //! prune snapshots). Every dataset a sender names is checked against the
-//! prefixes its key may write under before anything runs.
+//! prefixes its key may write under before anything runs; every destroy
+//! and rollback goes through the DR node's policy (`fjord_dr::policy`);
+//! every received snapshot is held; the DR node's own retention runs
+//! after each receive.
 
 use bytes::Bytes;
-use fjord_push::config::RecvOptions;
+use fjord_dr::policy::{decide, Ask, Grants, Refusal};
+use fjord_dr::{retention, DR_HOLD_TAG};
+use fjord_push::config::{Client, RecvConfig};
 use fjord_transport::message::offer_flags;
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
@@ -17,47 +22,69 @@ use fjord_transport::{
 use fjord_zfs::{names, RecvProcess, Zfs};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// What one sender key may do.
-#[derive(Clone, Debug)]
-pub struct ClientPolicy {
-    /// The client's name from the config (for logs).
-    pub name: String,
-    /// Datasets it may write at or below.
-    pub prefixes: Vec<String>,
+/// What the DR node refused or did on its own, for the operator (logged as
+/// it happens; read with [`ZfsTarget::counts`]).
+#[derive(Debug, Default)]
+pub struct PolicyCounts {
+    /// Destroy requests the policy refused.
+    pub refused_destroys: AtomicU64,
+    /// Rollbacks (`push --force`) the policy refused.
+    pub refused_rollbacks: AtomicU64,
+    /// Snapshots destroyed at a client's request, within its grant.
+    pub client_pruned: AtomicU64,
+    /// Snapshots destroyed by the DR node's own retention.
+    pub retention_pruned: AtomicU64,
+    /// Received snapshots that could not be held.
+    pub hold_failures: AtomicU64,
+}
+
+/// A target's snapshots for the policy, and which carry the DR node's hold.
+struct Listing {
+    snapshots: Vec<fjord_dr::TargetSnapshot>,
+    dr_held: HashSet<String>,
 }
 
 /// State shared by the sink factory and the control handler.
 pub struct ZfsTarget {
     zfs: Zfs,
-    clients: HashMap<PublicKey, ClientPolicy>,
-    /// The config's `[recv]`: how streams are received.
-    recv: RecvOptions,
+    clients: HashMap<PublicKey, Client>,
+    /// The receiver's config: `[recv]`, `min_age`, retention.
+    config: Arc<RecvConfig>,
     held_limit: u64,
     /// Datasets with a receive in progress: one stream per target at a time.
     receiving: Arc<Mutex<HashSet<String>>>,
+    counts: PolicyCounts,
 }
 
 impl ZfsTarget {
-    /// A target using `zfs`, allowing `clients`.
+    /// A target using `zfs`, allowing `clients` (each key's `[[client]]`)
+    /// under `config`'s policy.
     pub fn new(
         zfs: Zfs,
-        clients: HashMap<PublicKey, ClientPolicy>,
-        recv: RecvOptions,
+        clients: HashMap<PublicKey, Client>,
+        config: Arc<RecvConfig>,
         held_limit: u64,
     ) -> ZfsTarget {
         ZfsTarget {
             zfs,
             clients,
-            recv,
+            config,
             held_limit,
             receiving: Arc::new(Mutex::new(HashSet::new())),
+            counts: PolicyCounts::default(),
         }
     }
 
+    /// What the policy refused and the DR node pruned so far.
+    pub fn counts(&self) -> &PolicyCounts {
+        &self.counts
+    }
+
     /// Checks that `peer` may touch `dataset`; the error names both.
-    fn authorize(&self, peer: &PublicKey, dataset: &str) -> Result<&ClientPolicy, String> {
+    fn authorize(&self, peer: &PublicKey, dataset: &str) -> Result<&Client, String> {
         let Some(client) = self.clients.get(peer) else {
             return Err(format!(
                 "key {peer} is not a configured client; add a [[client]] with this key"
@@ -147,38 +174,251 @@ impl ZfsTarget {
         }
     }
 
-    async fn destroy(&self, dataset: &str, snapshots: &[String]) -> Result<String, String> {
-        for s in snapshots {
-            names::validate_snapshot_short_name(s).map_err(|e| e.to_string())?;
-        }
-        let present = self
+    /// The target's snapshots with their holds (one `zfs holds` for all).
+    async fn listing(&self, dataset: &str) -> Result<Listing, String> {
+        let infos = self
             .zfs
             .snapshots(dataset)
             .await
             .map_err(|e| e.to_string())?;
-        // The newest snapshot is the next push's base: never pruned, whatever
-        // the sender asks.
-        if let Some(newest) = present.last() {
-            if snapshots.contains(&newest.name) {
-                return Err(format!(
-                    "refusing to destroy {dataset}@{}: it is the newest snapshot, the base of the next incremental push",
-                    newest.name
-                ));
+        let full: Vec<String> = infos.iter().map(|s| s.full_name(dataset)).collect();
+        let holds = self.zfs.holds_of(&full).await.map_err(|e| e.to_string())?;
+        let mut dr_held = HashSet::new();
+        let mut foreign: HashMap<String, Vec<String>> = HashMap::new();
+        for (snap, tag) in holds {
+            let short = snap.rsplit('@').next().unwrap_or_default().to_string();
+            if tag == DR_HOLD_TAG {
+                dr_held.insert(short);
+            } else {
+                foreign.entry(short).or_default().push(tag);
             }
         }
+        let snapshots = infos
+            .iter()
+            .map(|s| {
+                let mut t = fjord_dr::TargetSnapshot::from_info(s);
+                t.foreign_holds = foreign.remove(&s.name).unwrap_or_default();
+                t
+            })
+            .collect();
+        Ok(Listing { snapshots, dr_held })
+    }
+
+    /// Releases the DR node's hold on each of `names` that has it, then
+    /// destroys them (a snapshot already gone is skipped).
+    async fn release_and_destroy(
+        &self,
+        dataset: &str,
+        listing: &Listing,
+        names: &[String],
+    ) -> Result<usize, String> {
         let mut destroyed = 0;
-        for s in snapshots {
-            if !present.iter().any(|p| p.name == *s) {
-                continue; // already gone: pruning is idempotent
+        for name in names {
+            let full = format!("{dataset}@{name}");
+            if listing.dr_held.contains(name) {
+                self.zfs
+                    .release(DR_HOLD_TAG, &full)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             self.zfs
-                .destroy_snapshot(&format!("{dataset}@{s}"))
+                .destroy_snapshot(&full)
                 .await
                 .map_err(|e| e.to_string())?;
             destroyed += 1;
         }
-        Ok(format!("destroyed {destroyed} snapshot(s) of {dataset}"))
+        Ok(destroyed)
     }
+
+    fn refused(&self, client: &Client, dataset: &str, refusal: &Refusal, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client = %client.name, dataset, refusal = %refusal, "refused by policy");
+    }
+
+    /// A client's prune request, as far as its grant goes (all or nothing).
+    async fn destroy(
+        &self,
+        client: &Client,
+        dataset: &str,
+        snapshots: &[String],
+    ) -> Result<String, String> {
+        for s in snapshots {
+            names::validate_snapshot_short_name(s).map_err(|e| e.to_string())?;
+        }
+        let listing = self.listing(dataset).await?;
+        let allowed = decide(
+            &grants(client),
+            Ask::Destroy { dataset, snapshots },
+            &listing.snapshots,
+            self.config.min_age,
+            now(),
+        )
+        .map_err(|r| {
+            self.refused(client, dataset, &r, &self.counts.refused_destroys);
+            r.to_string()
+        })?;
+        let n = self
+            .release_and_destroy(dataset, &listing, &allowed.destroy)
+            .await?;
+        self.counts
+            .client_pruned
+            .fetch_add(n as u64, Ordering::Relaxed);
+        tracing::info!(client = %client.name, dataset, destroyed = n, "pruned at the client's request");
+        Ok(format!("destroyed {n} snapshot(s) of {dataset}"))
+    }
+
+    /// A forced receive's rollback to `base`, if the policy allows it.
+    async fn rollback(&self, client: &Client, dataset: &str, base: &str) -> Result<(), String> {
+        let listing = self.listing(dataset).await?;
+        let allowed = decide(
+            &grants(client),
+            Ask::Rollback { dataset, to: base },
+            &listing.snapshots,
+            self.config.min_age,
+            now(),
+        )
+        .map_err(|r| {
+            self.refused(client, dataset, &r, &self.counts.refused_rollbacks);
+            r.to_string()
+        })?;
+        for name in allowed
+            .destroy
+            .iter()
+            .filter(|n| listing.dr_held.contains(*n))
+        {
+            self.zfs
+                .release(DR_HOLD_TAG, &format!("{dataset}@{name}"))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tracing::warn!(client = %client.name, dataset, base, destroying = ?allowed.destroy, "rolling the target back (push --force, allowed by policy)");
+        self.zfs
+            .rollback(&format!("{dataset}@{base}"), true)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// After a committed receive: hold every snapshot of `dataset` the DR
+    /// node has not held yet, then apply the DR node's retention to it.
+    /// Failures are logged and counted; the received data stays.
+    async fn after_receive(&self, client: &Client, dataset: &str) -> String {
+        let listing = match self.listing(dataset).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.counts.hold_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(dataset, error = %e, "cannot list the received snapshots to hold them");
+                return format!("; not held: {e}");
+            }
+        };
+        let unheld: Vec<String> = listing
+            .snapshots
+            .iter()
+            .filter(|s| !listing.dr_held.contains(&s.name))
+            .map(|s| format!("{dataset}@{}", s.name))
+            .collect();
+        if let Err(e) = self.zfs.hold_many(DR_HOLD_TAG, &unheld).await {
+            self.counts.hold_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(dataset, error = %e, "cannot hold the received snapshots");
+            return format!("; not held: {e}");
+        }
+        let mut listing = listing;
+        listing.dr_held.extend(
+            unheld
+                .iter()
+                .filter_map(|f| f.rsplit('@').next().map(String::from)),
+        );
+        match self.prune_dataset(client, dataset, &listing, false).await {
+            Ok(doomed) if doomed.is_empty() => String::new(),
+            Ok(doomed) => format!("; retention pruned {}", doomed.join(", ")),
+            Err(e) => {
+                tracing::warn!(dataset, error = %e, "retention failed");
+                format!("; retention failed: {e}")
+            }
+        }
+    }
+
+    /// Applies the DR node's retention for `client` to `dataset`; returns
+    /// the snapshots pruned (or, with `dry_run`, that would be).
+    async fn prune_dataset(
+        &self,
+        client: &Client,
+        dataset: &str,
+        listing: &Listing,
+        dry_run: bool,
+    ) -> Result<Vec<String>, String> {
+        let Some(keep) = self.config.retention_for(client, dataset) else {
+            return Ok(Vec::new());
+        };
+        let doomed = retention::plan(
+            &listing.snapshots,
+            &client.snapshot_prefix,
+            &keep,
+            self.config.min_age,
+            now(),
+        );
+        if !dry_run {
+            let n = self.release_and_destroy(dataset, listing, &doomed).await?;
+            self.counts
+                .retention_pruned
+                .fetch_add(n as u64, Ordering::Relaxed);
+            if n > 0 {
+                tracing::info!(client = %client.name, dataset, pruned = ?doomed, "DR retention");
+            }
+        }
+        Ok(doomed)
+    }
+
+    /// The DR node's retention over every dataset under every client's
+    /// prefixes (`fjord-recv prune`): (dataset, snapshots pruned or to be).
+    /// Datasets with a receive in progress are skipped.
+    pub async fn prune_all(&self, dry_run: bool) -> Result<Vec<(String, Vec<String>)>, String> {
+        let mut report = Vec::new();
+        let mut clients: Vec<&Client> = self.clients.values().collect();
+        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        for client in clients {
+            for prefix in &client.prefixes {
+                if !self
+                    .zfs
+                    .dataset_exists(prefix)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    continue;
+                }
+                let datasets = self.zfs.children(prefix).await.map_err(|e| e.to_string())?;
+                for dataset in datasets {
+                    if self.receiving().contains(&dataset) {
+                        continue;
+                    }
+                    let listing = self.listing(&dataset).await?;
+                    let doomed = self
+                        .prune_dataset(client, &dataset, &listing, dry_run)
+                        .await?;
+                    report.push((dataset, doomed));
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The policy's view of a `[[client]]`.
+fn grants(client: &Client) -> Grants<'_> {
+    Grants {
+        client: &client.name,
+        prefixes: &client.prefixes,
+        snapshot_prefix: &client.snapshot_prefix,
+        allow_prune: client.allow_prune,
+        allow_rollback: client.allow_rollback,
+    }
+}
+
+/// Unix seconds now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// [`ZfsTarget`] as the server's sink factory and control handler.
@@ -205,6 +445,7 @@ impl SinkFactory for SharedTarget {
             set: t.receiving.clone(),
             dataset: offer.dataset.clone(),
         };
+        let handle = tokio::runtime::Handle::current();
         if force {
             let Some(from) = &offer.from else {
                 return Err(SinkError::Refused(
@@ -214,13 +455,11 @@ impl SinkFactory for SharedTarget {
             let base = from.name.rsplit('@').next().unwrap_or_default();
             names::validate_snapshot_short_name(base)
                 .map_err(|e| SinkError::Refused(format!("base snapshot: {e}")))?;
-            let snap = format!("{}@{base}", offer.dataset);
-            tracing::warn!(client = %client.name, snapshot = %snap, "rolling back the target (sender used --force)");
-            tokio::runtime::Handle::current()
-                .block_on(t.zfs.rollback(&snap, true))
-                .map_err(|e| SinkError::Refused(e.to_string()))?;
+            handle
+                .block_on(t.rollback(client, &offer.dataset, base))
+                .map_err(SinkError::Refused)?;
         }
-        let spec = t.recv.spec(&offer.dataset, force);
+        let spec = t.config.recv.spec(&offer.dataset, force);
         let child = t
             .zfs
             .spawn_recv(&spec)
@@ -228,10 +467,23 @@ impl SinkFactory for SharedTarget {
         tracing::info!(client = %client.name, dataset = %offer.dataset, snapshot = %offer.to.name, force, resume = offer.flags & offer_flags::RESUME_TOKEN != 0, "zfs recv started");
         Ok(Box::new(ZfsSink {
             child: Some(child),
-            verifier: Verifier::new(t.held_limit),
+            // `-I` streams are packages: accepted, the newest snapshot held back
+            // until the proof (see `Verifier`).
+            verifier: Verifier::with_options(
+                t.held_limit,
+                fjord_transport::sink::VerifierOptions {
+                    accept_compound: true,
+                },
+            ),
             next: 0,
             target: format!("{}@{short}", offer.dataset),
             flowing: false,
+            commit: Some(AfterCommit {
+                handle,
+                target: t.clone(),
+                client: client.clone(),
+                dataset: offer.dataset.clone(),
+            }),
             _guard: guard,
         }))
     }
@@ -241,12 +493,15 @@ impl Control for SharedTarget {
     fn handle<'a>(&'a self, peer: &'a PublicKey, request: Request) -> ResponseFuture<'a> {
         Box::pin(async move {
             let t = &self.0;
-            if let Err(message) = t.authorize(peer, request.dataset()) {
-                return Response::Failed {
-                    code: RefuseCode::BadDataset,
-                    message,
-                };
-            }
+            let client = match t.authorize(peer, request.dataset()) {
+                Ok(c) => c,
+                Err(message) => {
+                    return Response::Failed {
+                        code: RefuseCode::BadDataset,
+                        message,
+                    }
+                }
+            };
             let result = match request {
                 Request::TargetState { dataset } => {
                     t.target_state(dataset).await.map(Response::TargetState)
@@ -256,7 +511,7 @@ impl Control for SharedTarget {
                     .await
                     .map(|message| Response::Done { message }),
                 Request::DestroySnapshots { dataset, snapshots } => t
-                    .destroy(&dataset, &snapshots)
+                    .destroy(client, &dataset, &snapshots)
                     .await
                     .map(|message| Response::Done { message }),
                 // The server answers these from its chunk cache.
@@ -296,7 +551,17 @@ struct ZfsSink {
     target: String,
     /// Whether verified bytes have reached `zfs recv` yet (logged once).
     flowing: bool,
+    /// What runs once `zfs recv` committed: holds and DR retention.
+    commit: Option<AfterCommit>,
     _guard: ReceivingGuard,
+}
+
+/// The DR node's work after a committed receive.
+struct AfterCommit {
+    handle: tokio::runtime::Handle,
+    target: Arc<ZfsTarget>,
+    client: Client,
+    dataset: String,
 }
 
 impl ZfsSink {
@@ -391,10 +656,18 @@ impl Sink for ZfsSink {
                 r.stderr.trim()
             )));
         }
+        // The sink runs on its own thread, outside the runtime: waiting
+        // for the short zfs commands here blocks no async worker.
+        let after = match self.commit.take() {
+            Some(c) => c
+                .handle
+                .block_on(c.target.after_receive(&c.client, &c.dataset)),
+            None => String::new(),
+        };
         Ok(SinkOutcome {
             status: 0,
             snapshot_guid: guid,
-            message: format!("received {} ({length} stream bytes)", self.target),
+            message: format!("received {} ({length} stream bytes){after}", self.target),
         })
     }
 
@@ -429,17 +702,23 @@ mod tests {
     /// authorization would fail with "not found", not with the refusal.
     fn target(client: PublicKey) -> SharedTarget {
         let mut clients = HashMap::new();
-        clients.insert(
-            client,
-            ClientPolicy {
-                name: "oslo".into(),
-                prefixes: vec!["backup/oslo".into()],
-            },
-        );
+        let config = RecvConfig::from_toml(
+            std::path::Path::new("recv.toml"),
+            r#"
+listen = "127.0.0.1:7450"
+key = "/nonexistent/recv.key"
+[[client]]
+name = "oslo"
+key = "unused here"
+prefixes = ["backup/oslo"]
+"#,
+        )
+        .expect("config");
+        clients.insert(client, config.clients[0].clone());
         SharedTarget(Arc::new(ZfsTarget::new(
             Zfs::with_binary("/nonexistent/zfs"),
             clients,
-            RecvOptions::default(),
+            Arc::new(config),
             1 << 20,
         )))
     }

@@ -229,9 +229,19 @@ impl Verifier {
             if self.decoder.state().compound && !self.opts.accept_compound {
                 return Err(SinkError::Compound);
             }
+            // Hold from each END on: in a single stream it is the final
+            // one; in a package (`-I`, `-R`) a substream's END is released
+            // when the next substream BEGINs, so the last substream's END
+            // (followed by the package's final END) waits for `finish`: the
+            // newest snapshot commits only after the proof.
             match &r.header.body {
-                Body::Begin(b) if b.toguid != 0 => self.toguid = Some(b.toguid),
-                Body::End(_) if self.decoder.is_done() => self.end_at = Some(r.offset),
+                Body::Begin(b) => {
+                    if b.toguid != 0 {
+                        self.toguid = Some(b.toguid);
+                    }
+                    self.end_at = None;
+                }
+                Body::End(_) if self.end_at.is_none() => self.end_at = Some(r.offset),
                 _ => {}
             }
         }
@@ -677,7 +687,7 @@ mod tests {
     }
 
     #[test]
-    fn an_accepted_compound_stream_holds_its_final_end_until_finish() {
+    fn an_accepted_compound_stream_holds_its_last_ends_until_finish() {
         let p = package();
         let mut v = Verifier::with_options(
             1 << 30,
@@ -687,10 +697,12 @@ mod tests {
         );
         let mut out = push_all(&mut v, &p, 777);
         assert!(v.end_held());
-        assert_eq!(out.len(), p.len() - END_LEN);
+        // The last substream's END and the package's final END wait.
+        assert_eq!(out.len(), p.len() - 2 * END_LEN);
         let r = finish_into(&mut v, p.len() as u64 + 1, &mut out);
         assert!(matches!(r, Err(SinkError::LengthMismatch { .. })), "{r:?}");
-        assert_eq!(out.len(), p.len() - END_LEN);
+        // The last substream's END and the package's final END wait.
+        assert_eq!(out.len(), p.len() - 2 * END_LEN);
 
         let mut v = Verifier::with_options(
             1 << 30,

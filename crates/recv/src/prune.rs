@@ -1,0 +1,90 @@
+//! `fjord-recv prune`: the DR node's own retention, from cron or by hand.
+
+use crate::zfs_target::ZfsTarget;
+use anyhow::Context;
+use fjord_push::config::RecvConfig;
+use fjord_transport::PublicKey;
+use fjord_zfs::Zfs;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Apply the DR node's retention (`[retention]`, `[client.retention]`,
+/// `[[prefix_retention]]` and `min_age` in recv.toml) to every dataset
+/// under every client's prefixes.
+///
+/// Only snapshots named with the client's snapshot_prefix are candidates;
+/// the newest snapshot of each dataset, anything younger than min_age and
+/// anything held by a tag other than fjord-dr are never destroyed. A
+/// dataset without retention keeps every snapshot. `fjord-recv serve`
+/// applies the same retention to a dataset after each receive into it.
+///
+/// Example (hourly from cron on the DR node):
+///   fjord-recv prune --config /etc/fjord/recv.toml --dry-run --json
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The receiver's config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Print what would be destroyed; destroy nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// One JSON object: {"dry_run": bool, "datasets": [{"dataset", "pruned": [...]}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the subcommand; returns the exit code.
+pub fn run(args: Args) -> u8 {
+    match run_inner(&args) {
+        Ok(()) => crate::exit::OK,
+        Err(e) => {
+            eprintln!("fjord-recv: error: {e:#}");
+            crate::exit::IO_ERROR
+        }
+    }
+}
+
+fn run_inner(args: &Args) -> anyhow::Result<()> {
+    let config = RecvConfig::load(&args.config)?;
+    let mut clients = HashMap::new();
+    for c in &config.clients {
+        let key: PublicKey = c.key.parse().map_err(|e| {
+            anyhow::anyhow!("{}: client {}: key: {e}", args.config.display(), c.name)
+        })?;
+        clients.insert(key, c.clone());
+    }
+    let target = ZfsTarget::new(Zfs::new(), clients, Arc::new(config), 0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(target.prune_all(args.dry_run))
+        .map_err(|e| anyhow::anyhow!("pruning: {e}"))?;
+    if args.json {
+        let datasets: Vec<_> = report
+            .iter()
+            .map(|(d, p)| serde_json::json!({"dataset": d, "pruned": p}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"dry_run": args.dry_run, "datasets": datasets})
+        );
+    } else {
+        let verb = if args.dry_run {
+            "would prune"
+        } else {
+            "pruned"
+        };
+        for (dataset, pruned) in &report {
+            if pruned.is_empty() {
+                println!("{dataset}: nothing to prune");
+            } else {
+                println!("{dataset}: {verb} {}", pruned.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
