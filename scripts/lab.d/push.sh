@@ -39,12 +39,16 @@ opub=$("$send" keygen --key "$work/other.key")
 "$send" keygen --key "$work/stranger.key" >/dev/null
 rpub=$("$recv" keygen --key "$work/recv.key")
 
-cat >"$work/recv.toml" <<EOF
+# recv_config TOP_LINES PRIMARY_CLIENT_LINES: the DR node's config; the defaults grant the
+# primary neither pruning nor rollback
+recv_config() {
+    cat >"$work/recv.toml" <<EOF
 listen = "$LAB_DR_WG_IP:7450"
 key = "$work/recv.key"
 max_concurrent = 4
 grace = "60s"
 idle_timeout = "3s"
+$1
 
 [recv]
 resumable = true
@@ -58,12 +62,15 @@ size = "256M"
 name = "primary"
 key = "$spub"
 prefixes = ["dst/backup"]
+$2
 
 [[client]]
 name = "other-site"
 key = "$opub"
 prefixes = ["dst/other"]
 EOF
+}
+recv_config "" ""
 
 # send_config FILE KEY [EXTRA JOB LINES]: a config with the one job "data"
 send_config() {
@@ -106,6 +113,25 @@ serve_start() {
     FJORD_LOG=info ip netns exec dr "$recv" serve --config "$work/recv.toml" >>"$R/serve.log" 2>&1 &
     serve_pid=$!
     sleep 2
+}
+# serve_restart: a new recv.toml takes effect
+serve_restart() {
+    kill "$serve_pid" 2>/dev/null || true
+    wait "$serve_pid" 2>/dev/null || true
+    serve_start
+}
+# history DATASET: the DR node's snapshot history by guid
+history() { { zfs list -H -t snapshot -o guid -s createtxg -d 1 "$1" 2>/dev/null || true; } | tr '\n' ' '; }
+# inert DATASET: the received dataset is never mounted by itself and carries nothing risky
+inert() {
+    [[ $(zfs get -H -o value canmount,setuid,devices,readonly,sharenfs,mounted "$1" | tr '\n' ' ') == "noauto off off on off no " ]]
+}
+# all_held DATASET: every snapshot carries the DR node's hold
+all_held() {
+    local s
+    for s in $(zfs list -H -t snapshot -o name -d 1 "$1"); do
+        zfs holds -H "$s" | grep -q $'\tfjord-dr\t' || { echo "not held: $s"; return 1; }
+    done
 }
 # push NAME CONFIG [ARGS]: runs a push from the primary namespace; output in $R/NAME.{out,err}
 push() {
@@ -252,7 +278,11 @@ lab_assert stale-token-aborted grep -qi stale "$R/stale.out"
 lab_assert_eq stale-no-token-left - "$(token dst/backup/data)"
 compare_target stale
 
-# 5. a diverged target is refused; --force rolls it back
+# 5. a diverged target is refused, and --force too: by default the DR node's policy grants no
+# client a rollback; the operator's own snapshot stays
+lab_assert held-after-pushes all_held dst/backup/data
+lab_assert inert-after-pushes inert dst/backup/data
+lab_assert inert-child inert dst/backup/data/child
 zfs snapshot dst/backup/data@made-on-dr
 lab_step mutate-5 lab_mutate "$smnt" 35 128K
 rc=0
@@ -261,10 +291,46 @@ lab_assert_eq diverged-exit 4 "$rc"
 lab_assert diverged-names-snapshot grep -q made-on-dr "$R/diverged.err"
 lab_assert diverged-target-kept sh -c "zfs list dst/backup/data@made-on-dr"
 lab_assert diverged-status grep -q '"last_result": *"diverged"' "$work/state/data.status.json"
+before_hist=$(history dst/backup/data)
+rc=0
+push forced-default "$work/send.toml" --force || rc=$?
+lab_assert_eq forced-default-refused 4 "$rc"
+lab_assert forced-default-names-setting grep -q allow_rollback "$R/forced-default.err"
+lab_assert_eq forced-default-history-kept "$before_hist" "$(history dst/backup/data)"
+# the operator removes the snapshot made on the DR node; the push goes on
+zfs destroy dst/backup/data@made-on-dr
+rc=0
+push after-divergence "$work/send.toml" || rc=$?
+lab_assert_eq after-divergence-exit 0 "$rc"
+compare_target after-divergence
+
+# 5b. a stolen key with the primary's pool: roll the source back past the last two pushes,
+# overwrite the files, push --force. Refused by default; granted rollback is still refused
+# below min_age (7 days by default); only with min_age = 0s is the rollback honoured.
+lab_step mutate-5b lab_mutate "$smnt" 351 128K
+push extra "$work/send.toml" || true
+old_base=$(zfs list -H -t snapshot -o name -s createtxg -d 1 src/data | tail -n3 | head -n1)
+zfs rollback -r "$old_base"
+lab_step overwrite lab_fill "$smnt" 99 1M
+before_hist=$(history dst/backup/data)
+rc=0
+push attack "$work/send.toml" --force || rc=$?
+lab_assert attack-refused test "$rc" -ne 0
+lab_assert_eq attack-history-kept "$before_hist" "$(history dst/backup/data)"
+recv_config "" "allow_rollback = true"
+serve_restart
+rc=0
+push attack-young "$work/send.toml" --force || rc=$?
+lab_assert attack-young-refused test "$rc" -ne 0
+lab_assert attack-young-says-min-age grep -q min_age "$R/attack-young.err"
+lab_assert_eq attack-young-history-kept "$before_hist" "$(history dst/backup/data)"
+recv_config 'min_age = "0s"' "allow_rollback = true"
+serve_restart
 rc=0
 push forced "$work/send.toml" --force || rc=$?
 lab_assert_eq forced-exit 0 "$rc"
-lab_assert forced-rolled-back sh -c "! zfs list dst/backup/data@made-on-dr 2>/dev/null"
+lab_assert forced-rolled-back test "$before_hist" != "$(history dst/backup/data)"
+lab_assert forced-held all_held dst/backup/data
 compare_target forced
 
 # 6. retention (hourly = 3, source and target): of four old hourly snapshots with our prefix
@@ -275,6 +341,15 @@ for h in 00 01 02 03; do
 done
 zfs snapshot src/data@manual-keep
 lab_step mutate-6 lab_mutate "$smnt" 36 128K
+rc=0
+push retention-ungranted "$work/send.toml" || rc=$?
+lab_assert_eq retention-ungranted-exit 0 "$rc"
+lab_assert retention-ungranted-target-kept zfs list dst/backup/data@fjord_2026-01-01T000000Z
+lab_assert retention-ungranted-says-why grep -q allow_prune "$R/retention-ungranted.out" "$R/retention-ungranted.err"
+recv_config 'min_age = "0s"' "allow_rollback = true
+allow_prune = true"
+serve_restart
+lab_step mutate-6b lab_mutate "$smnt" 361 128K
 rc=0
 push retention "$work/send.toml" || rc=$?
 lab_assert_eq retention-exit 0 "$rc"
@@ -300,6 +375,21 @@ push outside "$work/other.toml" || rc=$?
 lab_assert outside-prefix-refused test "$rc" -ne 0
 lab_assert outside-prefix-says-why grep -q 'prefix' "$R/outside.err"
 lab_assert_eq outside-prefix-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+
+# 7b. a hostile stream (zfs send -p) with properties that would mount, share and run setuid
+# programs on the DR node: received inert
+zfs create -o setuid=on -o devices=on -o canmount=on -o mountpoint=/root -o quota=1G src/evil
+zfs snapshot src/evil@s1
+rc=0
+ip netns exec primary sh -c "zfs send -p src/evil@s1 | timeout 300 '$send' send --stream - \
+    --to $LAB_DR_WG_IP:7450 --key '$work/send.key' --server-key '$rpub' --dataset dst/backup/evil" \
+    >"$R/evil.out" 2>"$R/evil.err" || rc=$?
+lab_assert_eq evil-received 0 "$rc"
+zfs get -H -o property,value,source canmount,setuid,devices,readonly,mountpoint,quota,mounted dst/backup/evil >"$R/evil.props" || true
+lab_assert evil-inert inert dst/backup/evil
+lab_assert evil-mountpoint-not-root sh -c "! zfs get -H -o value mountpoint dst/backup/evil | grep -qx '/root'"
+lab_assert_eq evil-quota-excluded none "$(zfs get -H -o value quota dst/backup/evil)"
+lab_assert evil-held all_held dst/backup/evil
 
 # 8. two overlapping pushes of one job: the second exits "locked", the first completes
 lab_step mutate-8 lab_mutate "$smnt" 38 6M
@@ -339,6 +429,22 @@ lab_assert status-ok grep -q '"last_result": *"ok"' "$R/status.json"
 cp "$work/metrics/fjord.prom" "$R/fjord.prom" 2>/dev/null || true
 lab_assert metrics-last-success grep -q '^fjord_job_last_success_timestamp_seconds{job="data"}' "$work/metrics/fjord.prom"
 lab_assert metrics-lag grep -q '^fjord_job_replication_lag_seconds{job="data"}' "$work/metrics/fjord.prom"
+
+# 10. the DR node's own retention: fjord-recv prune
+recv_config 'min_age = "0s"
+[retention]
+hourly = 2' ""
+rc=0
+"$recv" prune --config "$work/recv.toml" --dry-run --json >"$R/prune-dry.json" 2>"$R/prune-dry.err" || rc=$?
+lab_assert_eq prune-dry-exit 0 "$rc"
+lab_assert prune-dry-lists grep -q '"dataset":"dst/backup/data"' "$R/prune-dry.json"
+before_hist=$(history dst/backup/data)
+lab_assert_eq prune-dry-destroyed-nothing "$before_hist" "$(history dst/backup/data)"
+rc=0
+"$recv" prune --config "$work/recv.toml" >"$R/prune.out" 2>"$R/prune.err" || rc=$?
+lab_assert_eq prune-exit 0 "$rc"
+lab_assert prune-kept-newest zfs list "$(newest dst/backup/data)"
+lab_assert prune-kept-two test "$(zfs list -H -t snapshot -o name -d 1 dst/backup/data | grep -c '@fjord_')" -le 3
 
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
