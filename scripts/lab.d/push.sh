@@ -304,12 +304,18 @@ push after-divergence "$work/send.toml" || rc=$?
 lab_assert_eq after-divergence-exit 0 "$rc"
 compare_target after-divergence
 
-# 5b. a stolen key with the primary's pool: roll the source back past the last two pushes,
+# 5b. a stolen key with the primary's pool: roll the source back past the last push,
 # overwrite the files, push --force. Refused by default; granted rollback is still refused
 # below min_age (7 days by default); only with min_age = 0s is the rollback honoured.
+old_base=$(newest src/data)
+zfs hold attack-keep "$old_base"
 lab_step mutate-5b lab_mutate "$smnt" 351 128K
 push extra "$work/send.toml" || true
-old_base=$(zfs list -H -t snapshot -o name -s createtxg -d 1 src/data | tail -n3 | head -n1)
+zfs release attack-keep "$old_base"
+# the attacker owns the pool: release the sender's holds on the newer snapshots, roll back
+for s in $(zfs list -H -t snapshot -o name -s createtxg -d 1 src/data | sed -n "\|^$old_base\$|,\$p" | tail -n +2); do
+    for t in $(zfs holds -H "$s" | cut -f2); do zfs release "$t" "$s"; done
+done
 zfs rollback -r "$old_base"
 lab_step overwrite lab_fill "$smnt" 99 1M
 before_hist=$(history dst/backup/data)
