@@ -97,4 +97,4 @@ impl LinkArgs {
 
 /// Parses `300`, `90s`, `10m`, `1h`, `2d`, `500ms`: the same rules as the
 /// config files.
-pub use fjord_push::config::parse_duration;
+pub use fjord_config::units::parse_duration;

@@ -1,14 +1,14 @@
 //! The DR node's own retention: which of a target's snapshots the DR node
 //! prunes, by the counts in `recv.toml`, whatever the senders' configs say.
 //!
-//! Counted like the sender's retention (`fjord_push::retention`): only
+//! Counted like the sender's retention (`fjord_config::retention`): only
 //! snapshots named `{snapshot_prefix}_{time}` are candidates. Never pruned:
 //! the newest snapshot (the base the sender needs for its next
 //! incremental), anything younger than `min_age`, and anything carrying a
 //! hold other than the DR node's own.
 
 use crate::TargetSnapshot;
-use fjord_push::retention::{plan_pruning, Retention};
+use fjord_config::retention::{plan_pruning, Retention};
 use fjord_zfs::SnapshotInfo;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 
 use crate::zfs_target::ZfsTarget;
 use anyhow::Context;
-use fjord_push::config::RecvConfig;
+use fjord_config::config::RecvConfig;
 use fjord_transport::PublicKey;
 use fjord_zfs::Zfs;
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 
 use crate::zfs_target::{SharedTarget, ZfsTarget};
 use anyhow::Context;
-use fjord_push::config::RecvConfig;
+use fjord_config::config::RecvConfig;
 use fjord_transport::admission::Limits;
 use fjord_transport::chunk_cache::ChunkCacheOptions;
 use fjord_transport::control::{Control, NoControl};
@@ -86,7 +86,7 @@ pub struct Args {
     chunk_cache: Option<PathBuf>,
     /// Most bytes the chunk cache keeps per sender key (K, M, G, T);
     /// least recently used chunks go first.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = fjord_push::config::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = fjord_config::units::parse_size)]
     chunk_cache_size: u64,
     #[command(flatten)]
     link: fjord_cli::LinkArgs,
@@ -194,7 +194,7 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
 }
 
 /// The transport's limits with the config's `[limits]` over them.
-fn limits(cfg: &fjord_push::config::LimitsConfig, held: u64) -> Limits {
+fn limits(cfg: &fjord_config::config::LimitsConfig, held: u64) -> Limits {
     let d = Limits::default();
     Limits {
         per_client_sessions: cfg.sessions_per_client.unwrap_or(d.per_client_sessions),

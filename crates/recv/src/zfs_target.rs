@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use fjord_dr::policy::{decide, Ask, Grants, Refusal};
 use fjord_dr::{retention, DR_HOLD_TAG};
-use fjord_push::config::{Client, RecvConfig};
+use fjord_config::config::{Client, RecvConfig};
 use fjord_transport::message::offer_flags;
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,

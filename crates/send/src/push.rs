@@ -5,12 +5,12 @@
 use crate::progress::Progress;
 use crate::replicate::{replicate, DatasetReport, JobContext};
 use anyhow::Context;
-use fjord_push::config::{CongestionChoice, Job, SendConfig};
-use fjord_push::exit_code;
-use fjord_push::lock::JobLock;
-use fjord_push::metrics;
-use fjord_push::plan::PlanError;
-use fjord_push::status::{self, JobStatus};
+use fjord_config::config::{CongestionChoice, Job, SendConfig};
+use fjord_replicate::exit_code;
+use fjord_replicate::lock::JobLock;
+use fjord_replicate::metrics;
+use fjord_replicate::plan::PlanError;
+use fjord_replicate::status::{self, JobStatus};
 use fjord_transport::{Congestion, Identity, LinkConfig, PublicKey};
 use fjord_zfs::{snapname, SendKind, SendSpec, Zfs};
 use std::collections::HashSet;

@@ -1,15 +1,15 @@
 //! One dataset of a push job: ask the receiver what the target has, plan
 //! (full, incremental, resume, or nothing), send `zfs send` through the
 //! transport, protect the new base with a hold, then prune on both sides.
-//! The decisions are `fjord_push::plan` and `fjord_push::retention` (pure);
+//! The decisions are `fjord_replicate::plan` and `fjord_config::retention` (pure);
 //! this module only carries them out.
 
 use crate::progress::Progress;
 use crate::zfs_source::CheckedSend;
 use anyhow::{anyhow, bail, Context};
 use fjord_pack::{NoCache, PackOptions, ReceiverHoldings};
-use fjord_push::plan::{plan, Plan, TargetState as PlanTarget};
-use fjord_push::retention::{plan_pruning, Retention};
+use fjord_replicate::plan::{plan, Plan, TargetState as PlanTarget};
+use fjord_config::retention::{plan_pruning, Retention};
 use fjord_transport::client::{chunk_inventory, request, Counters, RequestOptions, SendOptions};
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;

@@ -58,7 +58,7 @@ pub struct Args {
     replay_window_mib: u64,
     /// Limit the sending rate, bytes per second with an optional K/M/G
     /// suffix (1024-based), e.g. 50M.
-    #[arg(long, value_name = "RATE", value_parser = fjord_push::config::parse_bwlimit)]
+    #[arg(long, value_name = "RATE", value_parser = fjord_config::units::parse_bwlimit)]
     bwlimit: Option<u64>,
     /// Pack the stream on the wire: record-aligned frames, BLAKE3 dedup
     /// within the stream, zstd where it pays (fjord-pack). The receiver
@@ -224,7 +224,7 @@ mod tests {
             Ok(Duration::from_millis(500))
         );
         assert!(fjord_cli::parse_duration("5 weeks").is_err());
-        let rate = fjord_push::config::parse_bwlimit;
+        let rate = fjord_config::units::parse_bwlimit;
         assert_eq!(rate("50M"), Ok(50 << 20));
         assert_eq!(rate("50m"), Ok(50 << 20));
         assert_eq!(rate("1000"), Ok(1000));

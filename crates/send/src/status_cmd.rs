@@ -1,9 +1,9 @@
 //! `fjord-send status`: what the last push of each job did, from the
 //! status files `push` writes in the config's state_dir.
 
-use fjord_push::config::SendConfig;
-use fjord_push::exit_code;
-use fjord_push::status::{self, JobStatus};
+use fjord_config::config::SendConfig;
+use fjord_replicate::exit_code;
+use fjord_replicate::status::{self, JobStatus};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
