@@ -8,15 +8,125 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-/// Exit codes of every fjord command (documented in README.md).
+/// Exit codes of every fjord command: the one table, also in README.md
+/// ("Exit codes"), which a unit test keeps in step with this module.
+///
+/// Code 2 is clap's: a bad command line, before any subcommand runs.
 pub mod exit {
-    /// Success: the stream was valid, stored, or written.
+    /// Success: the stream was valid, stored or written; every job
+    /// succeeded or had nothing to do; the key was written.
     pub const OK: u8 = 0;
-    /// The stream (or pack) is invalid or truncated, or the peer refused it.
+    /// The stream (or pack) is invalid or truncated, or the receiver
+    /// refused or rejected it.
     pub const INVALID_STREAM: u8 = 1;
-    /// Reading the input or writing the output failed, or the peer stayed
-    /// unreachable.
+    /// Reading the input or writing the output failed, a key could not be
+    /// read or written, the peer stayed unreachable for the whole grace
+    /// period, or a daemon could not start.
     pub const IO_ERROR: u8 = 3;
+    /// At least one job failed or found its target diverged (`push`), or a
+    /// job's last push did not succeed (`status`); the other jobs still ran.
+    pub const JOB_FAILED: u8 = 4;
+    /// The config file is missing or invalid, or names no such job; nothing
+    /// was run.
+    pub const CONFIG_ERROR: u8 = 5;
+    /// Another run holds the job's lock; this run skipped it. Only this.
+    pub const LOCKED: u8 = 6;
+    /// Local state (`state_dir`, the job lock file, the status file, the
+    /// metrics file) could not be written.
+    pub const STATE_ERROR: u8 = 7;
+}
+
+/// Why a fjord command failed: each variant is one exit code of [`exit`].
+/// Every subcommand returns `Result<(), Failure>`; `main` hands it to
+/// [`finish`], which prints the error once and picks the code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The stream or pack is invalid or truncated, or the receiver refused
+    /// it: [`exit::INVALID_STREAM`].
+    InvalidStream(anyhow::Error),
+    /// Input, output, key or network failure: [`exit::IO_ERROR`].
+    Io(anyhow::Error),
+    /// A job failed: [`exit::JOB_FAILED`].
+    JobFailed(anyhow::Error),
+    /// The config is invalid: [`exit::CONFIG_ERROR`].
+    Config(anyhow::Error),
+    /// Another run holds the lock: [`exit::LOCKED`].
+    Locked(anyhow::Error),
+    /// Local state could not be written: [`exit::STATE_ERROR`].
+    State(anyhow::Error),
+}
+
+impl Failure {
+    /// The process exit code for this failure, from [`exit`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::InvalidStream(_) => exit::INVALID_STREAM,
+            Failure::Io(_) => exit::IO_ERROR,
+            Failure::JobFailed(_) => exit::JOB_FAILED,
+            Failure::Config(_) => exit::CONFIG_ERROR,
+            Failure::Locked(_) => exit::LOCKED,
+            Failure::State(_) => exit::STATE_ERROR,
+        }
+    }
+
+    /// The error this failure carries.
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::InvalidStream(e)
+            | Failure::Io(e)
+            | Failure::JobFailed(e)
+            | Failure::Config(e)
+            | Failure::Locked(e)
+            | Failure::State(e) => e,
+        }
+    }
+
+    /// [`Failure::InvalidStream`] from any error.
+    pub fn invalid_stream(e: impl Into<anyhow::Error>) -> Self {
+        Failure::InvalidStream(e.into())
+    }
+    /// [`Failure::Io`] from any error.
+    pub fn io(e: impl Into<anyhow::Error>) -> Self {
+        Failure::Io(e.into())
+    }
+    /// [`Failure::JobFailed`] from any error.
+    pub fn job_failed(e: impl Into<anyhow::Error>) -> Self {
+        Failure::JobFailed(e.into())
+    }
+    /// [`Failure::Config`] from any error.
+    pub fn config(e: impl Into<anyhow::Error>) -> Self {
+        Failure::Config(e.into())
+    }
+    /// [`Failure::Locked`] from any error.
+    pub fn locked(e: impl Into<anyhow::Error>) -> Self {
+        Failure::Locked(e.into())
+    }
+    /// [`Failure::State`] from any error.
+    pub fn state(e: impl Into<anyhow::Error>) -> Self {
+        Failure::State(e.into())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            write!(f, "{:#}", self.error())
+        } else {
+            write!(f, "{}", self.error())
+        }
+    }
+}
+
+/// The one place a subcommand's outcome becomes the process's: on error
+/// prints `"{binary}: error: {err:#}"` once to stderr; returns the exit code.
+pub fn finish(binary: &str, result: Result<(), Failure>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("{binary}: error: {:#}", failure.error());
+            std::process::ExitCode::from(failure.exit_code())
+        }
+    }
 }
 
 /// Logs to stderr through `tracing`, filtered by `FJORD_LOG` (default `warn`);
