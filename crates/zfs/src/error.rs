@@ -72,10 +72,62 @@ impl ZfsError {
     pub fn is_does_not_exist(&self) -> bool {
         self.stderr().is_some_and(says_does_not_exist)
     }
+
+    /// Whether `zfs hold` failed because the snapshot already carries a
+    /// hold with this tag (`EZFS_REFTAG_HOLD`). With several snapshots
+    /// (`zfs hold TAG A B`) nothing was held: the hold is atomic.
+    pub fn is_hold_exists(&self) -> bool {
+        self.says(HOLD_EXISTS)
+    }
+
+    /// Whether `zfs release` failed because the snapshot carries no hold
+    /// with this tag (`EZFS_REFTAG_RELE`).
+    pub fn is_no_such_hold(&self) -> bool {
+        self.says(NO_SUCH_HOLD)
+    }
+
+    /// Whether `zfs` said the dataset (or pool) is busy (`EBUSY`): in
+    /// use by a mount, a running receive, a clone being promoted. Asking
+    /// again later may succeed.
+    pub fn is_dataset_busy(&self) -> bool {
+        self.says(DATASET_BUSY) || self.says(POOL_OR_DATASET_BUSY)
+    }
+
+    /// Whether `zfs destroy` refused a snapshot because it is held (by
+    /// any tag); `zfs holds` names the holders.
+    pub fn is_snapshot_held(&self) -> bool {
+        self.says(SNAPSHOT_HELD)
+    }
+
+    /// Whether this is a failed command whose stderr contains `words`.
+    fn says(&self, words: &str) -> bool {
+        self.stderr().is_some_and(|e| e.contains(words))
+    }
 }
 
-/// Whether a `zfs` stderr says "dataset does not exist". The executor runs
-/// `zfs` with `LC_ALL=C` so that this English text is what it prints.
+// What OpenZFS prints, in its own words. The `zfs` CLI reports errors only
+// as text, so this is the one place that reads them; the executor runs
+// `zfs` with `LC_ALL=C` so that these English texts are what it prints.
+// libzfs prints "ACTION: DESCRIPTION", the description from
+// `libzfs_error_description` (lib/libzfs/libzfs_util.c) or an aux text.
+
+/// `EZFS_REFTAG_HOLD`: "cannot hold snapshot 'tank/fs@a': tag already
+/// exists on this dataset".
+const HOLD_EXISTS: &str = "tag already exists on this dataset";
+/// `EZFS_REFTAG_RELE`: "cannot release hold from snapshot 'tank/fs@a': no
+/// such tag on this dataset".
+const NO_SUCH_HOLD: &str = "no such tag on this dataset";
+/// `zfs_standard_error` for `EBUSY`: "cannot destroy 'tank/fs': dataset
+/// is busy".
+const DATASET_BUSY: &str = "dataset is busy";
+/// `EZFS_BUSY` without an aux text: "...: pool or dataset is busy".
+const POOL_OR_DATASET_BUSY: &str = "pool or dataset is busy";
+/// `zfs_destroy_snaps_nvl` for `EBUSY` with holds: "cannot destroy
+/// snapshot tank/fs@a: it's being held. Run 'zfs holds -r tank/fs@a' to
+/// see holders."
+const SNAPSHOT_HELD: &str = "it's being held";
+
+/// Whether a `zfs` stderr says "dataset does not exist" (see above).
 pub(crate) fn says_does_not_exist(stderr: &str) -> bool {
     stderr.contains("dataset does not exist")
 }
@@ -146,6 +198,81 @@ mod tests {
             stderr: "cannot open 'tank': pool I/O is currently suspended\n".into(),
         };
         assert!(!other.is_does_not_exist());
+    }
+
+    fn failed(argv: &str, stderr: &str) -> ZfsError {
+        ZfsError::Command {
+            argv: argv.into(),
+            status: Some(1),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// Each predicate against OpenZFS's own messages (libzfs_dataset.c's
+    /// actions, libzfs_util.c's descriptions), and against the others'.
+    #[test]
+    fn predicates_recognise_real_openzfs_stderr_and_nothing_else() {
+        let hold_exists = failed(
+            "zfs hold fjord tank/fs@a",
+            "cannot hold snapshot 'tank/fs@a': tag already exists on this dataset\n",
+        );
+        // `zfs hold TAG A B` reports each snapshot that failed.
+        let hold_many_exists = failed(
+            "zfs hold fjord tank/fs@a tank/fs@b",
+            "cannot hold snapshot 'tank/fs@b': tag already exists on this dataset\n",
+        );
+        let no_such_hold = failed(
+            "zfs release fjord tank/fs@a",
+            "cannot release hold from snapshot 'tank/fs@a': no such tag on this dataset\n",
+        );
+        let busy = failed(
+            "zfs destroy tank/fs@a",
+            "cannot destroy snapshot tank/fs@a: dataset is busy\n",
+        );
+        let pool_busy = failed(
+            "zfs rollback -r tank/fs@a",
+            "cannot rollback 'tank/fs': pool or dataset is busy\n",
+        );
+        let held = failed(
+            "zfs destroy tank/fs@a",
+            "cannot destroy snapshot tank/fs@a: it's being held. Run 'zfs holds -r tank/fs@a' to see holders.\n",
+        );
+        let missing = failed(
+            "zfs hold fjord tank/fs@nope",
+            "cannot hold snapshot 'tank/fs@nope': dataset does not exist\n",
+        );
+        let exists = failed(
+            "zfs snapshot tank/fs@a",
+            "cannot create snapshot 'tank/fs@a': dataset already exists\n",
+        );
+        type Pred = fn(&ZfsError) -> bool;
+        let preds: [(&str, Pred); 5] = [
+            ("hold_exists", ZfsError::is_hold_exists),
+            ("no_such_hold", ZfsError::is_no_such_hold),
+            ("dataset_busy", ZfsError::is_dataset_busy),
+            ("snapshot_held", ZfsError::is_snapshot_held),
+            ("does_not_exist", ZfsError::is_does_not_exist),
+        ];
+        let cases: [(&ZfsError, &[&str]); 8] = [
+            (&hold_exists, &["hold_exists"]),
+            (&hold_many_exists, &["hold_exists"]),
+            (&no_such_hold, &["no_such_hold"]),
+            (&busy, &["dataset_busy"]),
+            (&pool_busy, &["dataset_busy"]),
+            (&held, &["snapshot_held"]),
+            (&missing, &["does_not_exist"]),
+            (&exists, &[]),
+        ];
+        for (e, expected) in cases {
+            for (name, pred) in preds {
+                assert_eq!(pred(e), expected.contains(&name), "{name} on {e}");
+            }
+        }
+        // Only a failed command has words to read.
+        let not_found = ZfsError::NotFound {
+            binary: "zfs".into(),
+        };
+        assert!(!not_found.is_hold_exists() && !not_found.is_dataset_busy());
     }
 
     #[test]
