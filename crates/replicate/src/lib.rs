@@ -1,41 +1,85 @@
 //! # fjord-replicate
 //!
-//! The logic of `fjord-send push` (snapshot, plan, send, prune; run from
-//! cron) and the receiver's config, as pure functions around thin I/O:
+//! A push from start to finish, as a library: lock, snapshot, plan, send,
+//! hold and release the base, prune, status and metrics. It talks to the
+//! world only through two traits, the primary's pool ([`Pool`]) and the DR
+//! node ([`DrNode`]); [`edge`] holds their real implementations (the `zfs`
+//! CLI, fjord's QUIC transport) and [`fake`] in-memory ones for tests.
+//! `fjord-send push` only parses its arguments, loads the config and calls
+//! [`run_job`].
 //!
-//! - [`config`]: [`SendConfig`] and [`RecvConfig`], loaded and checked.
-//! - [`plan`]: what to send to bring a target up to date ([`plan::plan`]).
-//! - [`retention`]: which of fjord's snapshots to destroy
-//!   ([`retention::plan_pruning`]).
-//! - [`lock`]: one run of a job at a time ([`JobLock`]).
-//! - [`status`] and [`metrics`]: each job's last run, as JSON and as
-//!   Prometheus text.
-//! - [`exit_code`]: the exit codes of `fjord-send push`.
-//!
-//! The `zfs` side (names, snapshots, commands) is `fjord-zfs`.
-//!
+//! - [`plan`]: what to send to bring a target up to date ([`plan::plan`],
+//!   pure).
+//! - [`dataset`]: one dataset's push, over the traits.
+//! - [`job`]: a job's lock, snapshot, tree, status and metrics.
+//! - [`report`]: what happened, per dataset and per job (`--json`).
+//! - [`lock`], [`status`], [`metrics`]: the job's local state.
 #![warn(missing_docs)]
 
+pub mod dataset;
+pub mod dr_node;
+pub mod edge;
+pub mod fake;
+pub mod job;
 pub mod lock;
 pub mod metrics;
 pub mod plan;
+pub mod pool;
+pub mod report;
 pub mod status;
 
+pub use dataset::DatasetError;
+pub use dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};
+pub use job::{run_job, verdict, JobOutcome, StateError, StateFiles, Verdict};
 pub use lock::{JobLock, LockError};
 pub use plan::{Plan, PlanError, Planned, TargetState};
+pub use pool::{Pool, PoolError, SendStream};
+pub use report::{DatasetReport, DatasetResult, JobReport, JobResult};
 pub use status::JobStatus;
 
-/// Exit codes of `fjord-send push`, continuing those of `fjord-cli`
-/// (0 ok, 1 invalid stream, 3 I/O error).
+use fjord_config::Job;
+
+/// How this run was asked to behave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// `--force`: roll a diverged target back (the DR node's policy still
+    /// decides).
+    pub force: bool,
+    /// `--dry-run`: plan only; no snapshot, no lock, no status.
+    pub dry_run: bool,
+    /// The time of this run (Unix seconds): the snapshot's name and the
+    /// status's attempt time.
+    pub now_unix: i64,
+}
+
+/// Everything a job's datasets share.
+pub struct JobContext<P, D> {
+    /// The primary's pool.
+    pub pool: P,
+    /// The DR node.
+    pub dr: D,
+    /// The job, as configured.
+    pub job: Job,
+    /// This run's options.
+    pub options: RunOptions,
+}
+
+impl<P, D> JobContext<P, D> {
+    /// The hold tag protecting this job's replication base on the source.
+    pub fn hold_tag(&self) -> String {
+        format!("fjord-{}", self.job.name)
+    }
+}
+
+/// Exit codes of `fjord-send push` (moving to `fjord_cli::exit`).
+#[doc(hidden)]
 pub mod exit_code {
     /// Every job succeeded (or had nothing to do).
     pub const OK: u8 = 0;
-    /// At least one job failed or found its target diverged; the status
-    /// files and the log say which and why.
+    /// At least one job failed or found its target diverged.
     pub const JOB_FAILED: u8 = 4;
     /// The config file is missing or invalid; nothing was run.
     pub const CONFIG_ERROR: u8 = 5;
-    /// Every requested job was already running (an overlapping cron run
-    /// skipped them).
+    /// Another run holds the job's lock.
     pub const LOCKED: u8 = 6;
 }

@@ -1,0 +1,556 @@
+//! One dataset of a push: ask the DR node what the target has, plan (full,
+//! incremental, resume, or nothing), send, hold the new base, then prune on
+//! both sides. The decisions are [`crate::plan::plan`] and
+//! [`fjord_config::retention::plan_pruning`] (pure); this module carries
+//! them out over the [`Pool`] and [`DrNode`] traits.
+
+use crate::dr_node::{DrError, DrNode, SnapshotRef, Transfer};
+use crate::plan::{plan, Plan, PlanError};
+use crate::pool::{Pool, PoolError};
+use crate::report::{Action, DatasetReport, DatasetResult, Step};
+use crate::JobContext;
+use fjord_config::retention::plan_pruning;
+use fjord_zfs::{SendKind, SendSpec, SnapshotInfo};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why a dataset's push failed. Each names the dataset and what to do.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DatasetError {
+    /// The source's snapshots could not be listed.
+    #[error("listing the snapshots of {dataset}: {cause}")]
+    ListSource {
+        /// The source dataset.
+        dataset: String,
+        /// What `zfs` said.
+        cause: PoolError,
+    },
+    /// The DR node did not say what the target has.
+    #[error("asking the DR node about {target}: {cause}")]
+    TargetState {
+        /// The target dataset.
+        target: String,
+        /// Why.
+        cause: DrError,
+    },
+    /// No plan can be made (diverged target, unrelated target, bad token).
+    #[error("{source_dataset} -> {target}: {cause}")]
+    Plan {
+        /// The source dataset.
+        source_dataset: String,
+        /// The target dataset.
+        target: String,
+        /// The planner's reason, with what to do.
+        cause: PlanError,
+    },
+    /// The stale resume token could not be discarded.
+    #[error("discarding the stale resume token of {target}: {cause}")]
+    AbortResume {
+        /// The target dataset.
+        target: String,
+        /// Why.
+        cause: DrError,
+    },
+    /// `--force` found a diverged target but nothing new to send.
+    #[error("{target} diverged after @{common}; --force would roll it back, but there is nothing new to send: run the push again")]
+    NothingToSend {
+        /// The target dataset.
+        target: String,
+        /// The common snapshot.
+        common: String,
+    },
+    /// The snapshot a resume token names is gone from the source.
+    #[error("the snapshot that the resume token of {target} resumes vanished from the source during the push; run the push again")]
+    ResumeSnapshotVanished {
+        /// The target dataset.
+        target: String,
+    },
+    /// `zfs send` did not start.
+    #[error("starting zfs send of {source_dataset}: {cause}")]
+    StartSend {
+        /// The source dataset.
+        source_dataset: String,
+        /// What `zfs` said.
+        cause: PoolError,
+    },
+    /// The transfer failed. A resumable partial receive is left on the
+    /// target if the stream got that far; the next push resumes it.
+    #[error("{source_dataset} -> {target}: {step} failed: {cause}")]
+    Transfer {
+        /// The source dataset.
+        source_dataset: String,
+        /// The target dataset.
+        target: String,
+        /// The step, for the operator.
+        step: String,
+        /// Why.
+        cause: DrError,
+    },
+    /// Not tried: a parent dataset failed (a child's target needs its
+    /// parent's).
+    #[error("skipped: its parent {parent} failed")]
+    ParentFailed {
+        /// The failed parent.
+        parent: String,
+    },
+    /// The source child's target name is not a valid dataset name.
+    #[error("no valid target name below {target_root} for it (too long?)")]
+    NoTargetName {
+        /// The job's `target_dataset`.
+        target_root: String,
+    },
+    /// The target kept moving: several transfers did not bring it up to
+    /// date.
+    #[error("{target} is still not up to date after {passes} transfers; run the push again")]
+    TooManyPasses {
+        /// The target dataset.
+        target: String,
+        /// Transfers tried.
+        passes: usize,
+    },
+}
+
+impl DatasetError {
+    /// The target diverged: an operator must look (and maybe `--force`).
+    pub fn is_diverged(&self) -> bool {
+        matches!(
+            self,
+            DatasetError::Plan {
+                cause: PlanError::Diverged { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// Passes of plan-and-send: a resume, then the catch-up to the newest
+/// snapshot, with room for a stale token discarded first.
+const MAX_PASSES: usize = 4;
+
+/// Replicates `source` to `target` until the target has the source's
+/// newest snapshot, then prunes. Never fails outright: the report says
+/// what happened.
+pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    target: &str,
+) -> DatasetReport {
+    let started = Instant::now();
+    let mut report = DatasetReport::new(&ctx.job.name, source, target);
+    let outcome = carry_out(ctx, source, target, &mut report).await;
+    match outcome {
+        Ok(()) => {
+            if !ctx.options.dry_run {
+                prune(ctx, source, target, &mut report).await;
+            }
+        }
+        Err(e) => fail(&mut report, &e),
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Marks `report` as failed (or diverged) by `error`.
+pub(crate) fn fail(report: &mut DatasetReport, error: &DatasetError) {
+    report.result = match error {
+        e if e.is_diverged() => DatasetResult::Diverged,
+        DatasetError::ParentFailed { .. } => DatasetResult::Skipped,
+        _ => DatasetResult::Failed,
+    };
+    report.error = Some(error.to_string());
+}
+
+async fn carry_out<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    target: &str,
+    report: &mut DatasetReport,
+) -> Result<(), DatasetError> {
+    let dry_run = ctx.options.dry_run;
+    let mut sent_any = false;
+    for pass in 0..MAX_PASSES {
+        let src = ctx
+            .pool
+            .snapshots(source)
+            .await
+            .map_err(|cause| DatasetError::ListSource {
+                dataset: source.into(),
+                cause,
+            })?;
+        let tgt =
+            ctx.dr
+                .target_state(target)
+                .await
+                .map_err(|cause| DatasetError::TargetState {
+                    target: target.into(),
+                    cause,
+                })?;
+        if pass == 0 && !dry_run {
+            hold_common_base(ctx, source, &src, &tgt.snapshots, report).await;
+        }
+        let planned = plan(&src, &tgt, ctx.job.intermediates, ctx.options.force).map_err(
+            |cause| DatasetError::Plan {
+                source_dataset: source.into(),
+                target: target.into(),
+                cause,
+            },
+        )?;
+        if let Some(stale) = &planned.abort_stale_token {
+            tracing::info!(target, reason = %stale, "stale resume token");
+            let mut step = Step::new(Action::DiscardStaleToken);
+            if !dry_run {
+                ctx.dr
+                    .abort_resume(target)
+                    .await
+                    .map_err(|cause| DatasetError::AbortResume {
+                        target: target.into(),
+                        cause,
+                    })?;
+                step.done = true;
+                report.steps.push(step);
+                // The partial state is gone: plan again from what is left.
+                continue;
+            }
+            report.steps.push(step);
+        }
+        let (spec, transfer, mut step, to) = match &planned.plan {
+            Plan::UpToDate { common } => {
+                report.replicated = Some(common.name.clone());
+                report.replicated_creation = Some(common.creation);
+                report.result = if dry_run {
+                    DatasetResult::Planned
+                } else if sent_any {
+                    DatasetResult::Ok
+                } else {
+                    DatasetResult::UpToDate
+                };
+                return Ok(());
+            }
+            Plan::RollbackOnly { to } => {
+                // Every push takes a snapshot first, so only a dry run can
+                // find nothing newer than the common snapshot.
+                if dry_run {
+                    let mut step = Step::new(Action::RollbackOnly);
+                    step.to = Some(to.name.clone());
+                    report.steps.push(step);
+                    report.result = DatasetResult::Planned;
+                    return Ok(());
+                }
+                return Err(DatasetError::NothingToSend {
+                    target: target.into(),
+                    common: to.name.clone(),
+                });
+            }
+            other => prepare(ctx, source, target, &src, other)?,
+        };
+        if dry_run {
+            report.steps.push(step);
+            report.result = DatasetResult::Planned;
+            return Ok(());
+        }
+        let resumed = transfer.resume;
+        let stats = send_one(ctx, &spec, transfer, &step).await;
+        let stats = match stats {
+            Ok(s) => s,
+            Err(e) => {
+                report.steps.push(step);
+                return Err(e);
+            }
+        };
+        step.bytes = stats.bytes;
+        step.bytes_resent = stats.bytes_resent;
+        step.reconnects = stats.reconnects;
+        step.done = true;
+        report.bytes += stats.bytes;
+        report.bytes_resent += stats.bytes_resent;
+        report.reconnects += stats.reconnects;
+        report.steps.push(step);
+        sent_any = true;
+        protect_base(ctx, source, &src, &to, report).await;
+        report.replicated = Some(to.name.clone());
+        report.replicated_creation = Some(to.creation);
+        let newest = src.iter().max_by_key(|s| s.createtxg).map(|s| s.guid);
+        if !resumed && newest == Some(to.guid) {
+            report.result = DatasetResult::Ok;
+            return Ok(());
+        }
+        tracing::debug!(target, pass, "not yet at the newest snapshot; planning again");
+    }
+    Err(DatasetError::TooManyPasses {
+        target: target.into(),
+        passes: MAX_PASSES,
+    })
+}
+
+/// The `zfs send`, the transfer and the report's step for a plan that sends.
+fn prepare<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    target: &str,
+    src: &[SnapshotInfo],
+    planned: &Plan,
+) -> Result<(SendSpec, Transfer, Step, SnapshotInfo), DatasetError> {
+    let job = &ctx.job;
+    let flags = |kind| SendSpec {
+        kind,
+        raw: job.raw,
+        compressed: job.compressed,
+        large_blocks: job.large_blocks,
+        embedded: job.compressed || job.raw,
+    };
+    let sref = |s: &SnapshotInfo| SnapshotRef {
+        name: s.full_name(source),
+        guid: s.guid,
+    };
+    let transfer = |from: Option<&SnapshotInfo>, to: &SnapshotInfo, rollback, resume| Transfer {
+        source: source.into(),
+        target: target.into(),
+        from: from.map(sref),
+        to: sref(to),
+        rollback,
+        resume,
+        size_estimate: None,
+    };
+    Ok(match planned {
+        Plan::Full { to } => {
+            let mut step = Step::new(Action::Full);
+            step.to = Some(to.name.clone());
+            let spec = flags(SendKind::Full {
+                snap: to.full_name(source),
+            });
+            (spec, transfer(None, to, false, false), step, to.clone())
+        }
+        Plan::Incremental {
+            from,
+            to,
+            intermediates,
+            rollback,
+        } => {
+            let mut step = Step::new(Action::Incremental);
+            step.from = Some(from.name.clone());
+            step.to = Some(to.name.clone());
+            step.intermediates = *intermediates;
+            step.rollback = *rollback;
+            let spec = flags(SendKind::Incremental {
+                from: from.full_name(source),
+                to: to.full_name(source),
+                intermediates: *intermediates,
+            });
+            (
+                spec,
+                transfer(Some(from), to, *rollback, false),
+                step,
+                to.clone(),
+            )
+        }
+        Plan::Resume { token, to_guid } => {
+            let to = src.iter().find(|s| s.guid == *to_guid).cloned().ok_or_else(|| {
+                DatasetError::ResumeSnapshotVanished {
+                    target: target.into(),
+                }
+            })?;
+            let mut step = Step::new(Action::Resume);
+            step.to = Some(to.name.clone());
+            // `zfs send -t` takes its flags from the token.
+            let spec = SendSpec {
+                kind: SendKind::Resume {
+                    token: token.clone(),
+                },
+                raw: false,
+                compressed: false,
+                large_blocks: false,
+                embedded: false,
+            };
+            (spec, transfer(None, &to, false, true), step, to)
+        }
+        // Handled by the caller.
+        Plan::UpToDate { common: to } | Plan::RollbackOnly { to } => {
+            return Err(DatasetError::NothingToSend {
+                target: target.into(),
+                common: to.name.clone(),
+            })
+        }
+    })
+}
+
+async fn send_one<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    spec: &SendSpec,
+    mut transfer: Transfer,
+    step: &Step,
+) -> Result<crate::dr_node::TransferStats, DatasetError> {
+    transfer.size_estimate = ctx.pool.size_estimate(spec).await;
+    let what = step.describe();
+    let source = transfer.source.clone();
+    let target = transfer.target.clone();
+    tracing::info!(dataset = %source, %target, estimate = transfer.size_estimate, step = %what, "sending");
+    let stream = ctx
+        .pool
+        .send(spec)
+        .map_err(|cause| DatasetError::StartSend {
+            source_dataset: source.clone(),
+            cause,
+        })?;
+    let stats = ctx
+        .dr
+        .transfer(transfer, stream)
+        .await
+        .map_err(|cause| DatasetError::Transfer {
+            source_dataset: source.clone(),
+            target: target.clone(),
+            step: what,
+            cause,
+        })?;
+    tracing::info!(
+        dataset = %source,
+        bytes = stats.bytes,
+        bytes_resent = stats.bytes_resent,
+        reconnects = stats.reconnects,
+        "sent"
+    );
+    Ok(stats)
+}
+
+/// Holds the new base so that pruning (ours or anyone's `zfs destroy`)
+/// cannot remove it, then releases the job's tag on older snapshots. Only
+/// after the transfer succeeded; failures are warnings, as the
+/// replication itself succeeded.
+async fn protect_base<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    src: &[SnapshotInfo],
+    to: &SnapshotInfo,
+    report: &mut DatasetReport,
+) {
+    let tag = ctx.hold_tag();
+    let new = to.full_name(source);
+    match ctx.pool.hold(&tag, &new).await {
+        Ok(()) => {}
+        // A resumed transfer of a snapshot already held.
+        Err(e) if e.is_hold_exists() => {}
+        Err(e) => {
+            // Without the new hold, keep the old one: the base stays protected.
+            report
+                .warnings
+                .push(format!("cannot hold the new base {new}: {e}"));
+            return;
+        }
+    }
+    for s in src.iter().filter(|s| s.createtxg < to.createtxg) {
+        let full = s.full_name(source);
+        match ctx.pool.holds(&full).await {
+            Ok(tags) if tags.contains(&tag) => {
+                if let Err(e) = ctx.pool.release(&tag, &full).await {
+                    report
+                        .warnings
+                        .push(format!("cannot release the old base {full}: {e}"));
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => report
+                .warnings
+                .push(format!("cannot read the holds of {full}: {e}")),
+        }
+    }
+}
+
+/// Holds the newest snapshot both sides have, if it is not held yet: a
+/// transfer cut short may have committed snapshots beyond the held base,
+/// and the base must survive until the next push moves it. Only adds a
+/// hold; releasing waits for a successful transfer.
+async fn hold_common_base<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    src: &[SnapshotInfo],
+    target: &[SnapshotInfo],
+    report: &mut DatasetReport,
+) {
+    let Some(base) = common_base(src, target).and_then(|g| src.iter().find(|s| s.guid == g)) else {
+        return;
+    };
+    let full = base.full_name(source);
+    let tag = ctx.hold_tag();
+    if ctx.pool.holds(&full).await.is_ok_and(|tags| tags.contains(&tag)) {
+        return;
+    }
+    match ctx.pool.hold(&tag, &full).await {
+        Ok(()) => tracing::info!(snapshot = %full, "held the common base left by an earlier run"),
+        Err(e) if e.is_hold_exists() => {}
+        Err(e) => report
+            .warnings
+            .push(format!("cannot hold the common base {full}: {e}")),
+    }
+}
+
+/// Applies retention on both sides after a successful push. The base (the
+/// newest snapshot both sides have) is never a candidate. Failures are
+/// warnings.
+async fn prune<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    target: &str,
+    report: &mut DatasetReport,
+) {
+    let keep = &ctx.job.retention;
+    if keep.source.is_none() && keep.target.is_none() {
+        return;
+    }
+    let tgt = match ctx.dr.target_state(target).await {
+        Ok(t) => t,
+        Err(e) => {
+            report
+                .warnings
+                .push(format!("not pruning: cannot list {target}: {e}"));
+            return;
+        }
+    };
+    let src = match ctx.pool.snapshots(source).await {
+        Ok(s) => s,
+        Err(e) => {
+            report
+                .warnings
+                .push(format!("not pruning: cannot list {source}: {e}"));
+            return;
+        }
+    };
+    let Some(base) = common_base(&src, &tgt.snapshots) else {
+        return; // nothing replicated yet: prune nothing
+    };
+    let protected = [base];
+    let prefix = &ctx.job.snapshot_prefix;
+    if let Some(policy) = &keep.source {
+        for s in plan_pruning(&src, prefix, policy, &protected) {
+            let full = s.full_name(source);
+            match ctx.pool.destroy_snapshot(&full).await {
+                Ok(()) => report.pruned_source.push(s.name),
+                Err(e) => report
+                    .warnings
+                    .push(format!("could not prune {full}: {e}")),
+            }
+        }
+    }
+    if let Some(policy) = &keep.target {
+        let doomed: Vec<String> = plan_pruning(&tgt.snapshots, prefix, policy, &protected)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        if !doomed.is_empty() {
+            match ctx.dr.destroy_snapshots(target, &doomed).await {
+                Ok(()) => report.pruned_target = doomed,
+                Err(e) => report
+                    .warnings
+                    .push(format!("could not prune {target}: {e}")),
+            }
+        }
+    }
+}
+
+/// The GUID of the newest target snapshot that the source also has.
+pub fn common_base(source: &[SnapshotInfo], target: &[SnapshotInfo]) -> Option<u64> {
+    target
+        .iter()
+        .filter(|t| source.iter().any(|s| s.guid == t.guid))
+        .max_by_key(|t| t.createtxg)
+        .map(|t| t.guid)
+}

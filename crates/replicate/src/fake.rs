@@ -1,0 +1,609 @@
+//! In-memory fakes of both sides, for tests of the replication logic in
+//! milliseconds: [`FakePool`] (snapshots, GUIDs, holds, `zfs send`) and
+//! [`FakeDrNode`] (targets, resume tokens, `written`, the rules by which
+//! `zfs recv` refuses). Faults are injected one at a time.
+//!
+//! They model ZFS's rules that the replication logic depends on; they are
+//! not ZFS. Claims about real ZFS are tested in the lab.
+
+use crate::dr_node::{DrError, DrNode, Transfer, TransferStats};
+use crate::plan::TargetState;
+use crate::pool::{Pool, PoolError, SendStream};
+use fjord_stream::token::{self, ResumeToken};
+use fjord_zfs::{SendKind, SendSpec, SnapshotInfo};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::{Mutex, MutexGuard};
+
+/// A fault for the next matching [`FakePool`] operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolFault {
+    /// `snapshot` fails.
+    Snapshot,
+    /// `send` of this dataset fails to start.
+    StartSend(String),
+    /// `send` of this dataset starts, but its stream fails (`zfs send`
+    /// exits non-zero).
+    StreamFails(String),
+    /// `hold` fails.
+    Hold,
+    /// `destroy_snapshot` fails.
+    Destroy,
+}
+
+/// A fault for the next matching [`FakeDrNode`] request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrFault {
+    /// The next request of any kind finds the DR node unreachable.
+    Unreachable,
+    /// The next transfer into this target commits this many snapshots of
+    /// its stream, then the link is lost for good: the next one is left as
+    /// a resumable partial receive.
+    LinkLostAfter {
+        /// The target.
+        target: String,
+        /// Snapshots committed before the loss.
+        committed: usize,
+    },
+    /// The next destroy request is refused.
+    RefuseDestroy,
+}
+
+#[derive(Clone, Debug)]
+struct FakeSnapshot {
+    info: SnapshotInfo,
+    holds: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    datasets: BTreeMap<String, Vec<FakeSnapshot>>,
+    next_guid: u64,
+    txg: u64,
+    clock: i64,
+    faults: Vec<PoolFault>,
+}
+
+/// The primary's pool, in memory.
+#[derive(Default)]
+pub struct FakePool {
+    state: Mutex<PoolState>,
+}
+
+/// What a fake stream carries: the snapshots `zfs recv` would create.
+#[derive(Serialize, Deserialize)]
+struct FakeStream {
+    /// The source dataset.
+    dataset: String,
+    /// The incremental base's GUID.
+    from_guid: Option<u64>,
+    /// The snapshots the stream creates, oldest first.
+    snapshots: Vec<(String, u64, i64)>,
+    /// It resumes an interrupted receive.
+    resume: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread poisons nothing we cannot read.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn take<F: PartialEq>(faults: &mut Vec<F>, pred: impl Fn(&F) -> bool) -> bool {
+    match faults.iter().position(pred) {
+        Some(i) => {
+            faults.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+fn split(full: &str) -> Result<(&str, &str), PoolError> {
+    full.split_once('@')
+        .ok_or_else(|| PoolError::Failed(format!("{full}: not a snapshot name")))
+}
+
+impl FakePool {
+    /// An empty pool at clock 1,769,904,000 (2026-02-01).
+    pub fn new() -> FakePool {
+        let pool = FakePool::default();
+        {
+            let mut s = lock(&pool.state);
+            s.clock = 1_769_904_000;
+            s.next_guid = 0x1000;
+        }
+        pool
+    }
+
+    /// Creates a dataset (its parent need not exist in the fake).
+    pub fn create(&self, dataset: &str) {
+        lock(&self.state)
+            .datasets
+            .entry(dataset.into())
+            .or_default();
+    }
+
+    /// Sets the clock: the creation time of the next snapshots.
+    pub fn set_clock(&self, unix: i64) {
+        lock(&self.state).clock = unix;
+    }
+
+    /// Queues a fault.
+    pub fn inject(&self, fault: PoolFault) {
+        lock(&self.state).faults.push(fault);
+    }
+
+    /// The snapshots of `dataset`, oldest first.
+    pub fn snapshots_of(&self, dataset: &str) -> Vec<SnapshotInfo> {
+        lock(&self.state)
+            .datasets
+            .get(dataset)
+            .map(|v| v.iter().map(|s| s.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The hold tags of `dataset@snap`.
+    pub fn holds_of(&self, full: &str) -> Vec<String> {
+        let s = lock(&self.state);
+        let Ok((ds, name)) = split(full) else {
+            return Vec::new();
+        };
+        s.datasets
+            .get(ds)
+            .and_then(|v| v.iter().find(|x| x.info.name == name))
+            .map(|x| x.holds.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `zfs destroy` by someone else (an operator, an attacker): refused
+    /// while held, like ZFS.
+    pub fn destroy(&self, full: &str) -> Result<(), PoolError> {
+        let mut s = lock(&self.state);
+        destroy(&mut s, full)
+    }
+
+    fn take_fault(&self, pred: impl Fn(&PoolFault) -> bool) -> bool {
+        take(&mut lock(&self.state).faults, pred)
+    }
+}
+
+fn destroy(s: &mut PoolState, full: &str) -> Result<(), PoolError> {
+    let (ds, name) = split(full)?;
+    let snaps = s
+        .datasets
+        .get_mut(ds)
+        .ok_or_else(|| PoolError::NotFound(format!("{ds}: dataset does not exist")))?;
+    let i = snaps
+        .iter()
+        .position(|x| x.info.name == name)
+        .ok_or_else(|| PoolError::NotFound(format!("{full}: snapshot does not exist")))?;
+    if !snaps[i].holds.is_empty() {
+        return Err(PoolError::Failed(format!("cannot destroy {full}: dataset is busy")));
+    }
+    snaps.remove(i);
+    Ok(())
+}
+
+impl Pool for FakePool {
+    async fn datasets(&self, root: &str, recursive: bool) -> Result<Vec<String>, PoolError> {
+        let s = lock(&self.state);
+        Ok(s.datasets
+            .keys()
+            .filter(|d| {
+                *d == root
+                    || (recursive && d.len() > root.len() && d.starts_with(root) && d.as_bytes()[root.len()] == b'/')
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn snapshots(&self, dataset: &str) -> Result<Vec<SnapshotInfo>, PoolError> {
+        let s = lock(&self.state);
+        s.datasets
+            .get(dataset)
+            .map(|v| v.iter().map(|x| x.info.clone()).collect())
+            .ok_or_else(|| PoolError::NotFound(format!("{dataset}: dataset does not exist")))
+    }
+
+    async fn snapshot(&self, root: &str, short: &str, recursive: bool) -> Result<(), PoolError> {
+        if self.take_fault(|f| *f == PoolFault::Snapshot) {
+            return Err(PoolError::Failed(format!("cannot create snapshot {root}@{short}: out of space")));
+        }
+        let names = self.datasets(root, recursive).await?;
+        let mut s = lock(&self.state);
+        if names.is_empty() {
+            return Err(PoolError::NotFound(format!("{root}: dataset does not exist")));
+        }
+        for d in &names {
+            if s.datasets[d].iter().any(|x| x.info.name == short) {
+                return Err(PoolError::Failed(format!("{d}@{short}: dataset already exists")));
+            }
+        }
+        // One transaction group for the whole tree, as `zfs snapshot -r`.
+        s.txg += 1;
+        let (txg, clock) = (s.txg, s.clock);
+        for d in names {
+            s.next_guid += 0x9e37;
+            let guid = s.next_guid;
+            if let Some(v) = s.datasets.get_mut(&d) {
+                v.push(FakeSnapshot {
+                    info: SnapshotInfo {
+                        name: short.into(),
+                        guid,
+                        createtxg: txg,
+                        creation: clock,
+                    },
+                    holds: BTreeSet::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn holds(&self, snapshot: &str) -> Result<Vec<String>, PoolError> {
+        let (ds, name) = split(snapshot)?;
+        let s = lock(&self.state);
+        s.datasets
+            .get(ds)
+            .and_then(|v| v.iter().find(|x| x.info.name == name))
+            .map(|x| x.holds.iter().cloned().collect())
+            .ok_or_else(|| PoolError::NotFound(format!("{snapshot}: snapshot does not exist")))
+    }
+
+    async fn hold(&self, tag: &str, snapshot: &str) -> Result<(), PoolError> {
+        if self.take_fault(|f| *f == PoolFault::Hold) {
+            return Err(PoolError::Failed(format!("cannot hold {snapshot}: pool I/O is suspended")));
+        }
+        let (ds, name) = split(snapshot)?;
+        let mut s = lock(&self.state);
+        let snap = s
+            .datasets
+            .get_mut(ds)
+            .and_then(|v| v.iter_mut().find(|x| x.info.name == name))
+            .ok_or_else(|| PoolError::NotFound(format!("{snapshot}: snapshot does not exist")))?;
+        if !snap.holds.insert(tag.into()) {
+            return Err(PoolError::HoldExists(format!(
+                "cannot hold snapshot '{snapshot}': tag already exists on this dataset"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn release(&self, tag: &str, snapshot: &str) -> Result<(), PoolError> {
+        let (ds, name) = split(snapshot)?;
+        let mut s = lock(&self.state);
+        let snap = s
+            .datasets
+            .get_mut(ds)
+            .and_then(|v| v.iter_mut().find(|x| x.info.name == name))
+            .ok_or_else(|| PoolError::NotFound(format!("{snapshot}: snapshot does not exist")))?;
+        if !snap.holds.remove(tag) {
+            return Err(PoolError::Failed(format!("cannot release hold from snapshot '{snapshot}': no such tag on this dataset")));
+        }
+        Ok(())
+    }
+
+    async fn destroy_snapshot(&self, snapshot: &str) -> Result<(), PoolError> {
+        if self.take_fault(|f| *f == PoolFault::Destroy) {
+            return Err(PoolError::Failed(format!("cannot destroy {snapshot}: pool I/O is suspended")));
+        }
+        destroy(&mut lock(&self.state), snapshot)
+    }
+
+    async fn size_estimate(&self, _spec: &SendSpec) -> Option<u64> {
+        Some(4096)
+    }
+
+    fn send(&self, spec: &SendSpec) -> Result<SendStream, PoolError> {
+        let s = lock(&self.state);
+        let find = |full: &str| -> Result<(String, FakeSnapshot), PoolError> {
+            let (ds, name) = split(full)?;
+            s.datasets
+                .get(ds)
+                .and_then(|v| v.iter().find(|x| x.info.name == name))
+                .map(|x| (ds.to_string(), x.clone()))
+                .ok_or_else(|| PoolError::NotFound(format!("{full}: snapshot does not exist")))
+        };
+        let stream = match &spec.kind {
+            SendKind::Full { snap } => {
+                let (dataset, to) = find(snap)?;
+                FakeStream { dataset, from_guid: None, snapshots: vec![tuple(&to.info)], resume: false }
+            }
+            SendKind::Incremental { from, to, intermediates } => {
+                let (dataset, from) = find(from)?;
+                let (to_ds, to) = find(to)?;
+                if to_ds != dataset || from.info.createtxg >= to.info.createtxg {
+                    return Err(PoolError::Failed(format!("{}: not an earlier snapshot of {to_ds}", from.info.name)));
+                }
+                let snapshots = if *intermediates {
+                    s.datasets[&dataset]
+                        .iter()
+                        .filter(|x| x.info.createtxg > from.info.createtxg && x.info.createtxg <= to.info.createtxg)
+                        .map(|x| tuple(&x.info))
+                        .collect()
+                } else {
+                    vec![tuple(&to.info)]
+                };
+                FakeStream { dataset, from_guid: Some(from.info.guid), snapshots, resume: false }
+            }
+            SendKind::Resume { token } => {
+                let t = token::decode(token).map_err(|e| PoolError::Failed(format!("bad resume token: {e}")))?;
+                let (ds, _) = split(&t.toname)?;
+                let snaps = s.datasets.get(ds).ok_or_else(|| PoolError::NotFound(format!("{ds}: dataset does not exist")))?;
+                let to = snaps.iter().find(|x| x.info.guid == t.toguid).ok_or_else(|| {
+                    PoolError::NotFound(format!("{}: the resume token's snapshot no longer exists", t.toname))
+                })?;
+                if let Some(f) = t.fromguid {
+                    if !snaps.iter().any(|x| x.info.guid == f) {
+                        return Err(PoolError::NotFound("the resume token's incremental source no longer exists".into()));
+                    }
+                }
+                FakeStream { dataset: ds.into(), from_guid: t.fromguid, snapshots: vec![tuple(&to.info)], resume: true }
+            }
+        };
+        let bytes = serde_json::to_vec(&stream).map_err(|e| PoolError::Failed(e.to_string()))?;
+        let fails = &stream.dataset;
+        drop(s);
+        if self.take_fault(|f| *f == PoolFault::StartSend(fails.clone())) {
+            return Err(PoolError::Failed(format!("cannot open {fails}: permission denied")));
+        }
+        if self.take_fault(|f| *f == PoolFault::StreamFails(fails.clone())) {
+            return Ok(Box::new(FailingReader));
+        }
+        Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
+}
+
+fn tuple(s: &SnapshotInfo) -> (String, u64, i64) {
+    (s.name.clone(), s.guid, s.creation)
+}
+
+/// A `zfs send` that fails.
+struct FailingReader;
+
+impl Read for FailingReader {
+    fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("zfs send exited 1: cannot send: I/O error"))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct FakeTarget {
+    snapshots: Vec<SnapshotInfo>,
+    token: Option<ResumeToken>,
+    written: u64,
+}
+
+#[derive(Default)]
+struct DrState {
+    targets: BTreeMap<String, FakeTarget>,
+    txg: u64,
+    next_guid: u64,
+    faults: Vec<DrFault>,
+    transfers: Vec<Transfer>,
+}
+
+/// The DR node, in memory: `zfs recv`'s rules, a permissive policy.
+#[derive(Default)]
+pub struct FakeDrNode {
+    state: Mutex<DrState>,
+}
+
+impl FakeDrNode {
+    /// A DR node whose pool has these (empty) datasets, e.g. `["backup"]`.
+    pub fn new(roots: &[&str]) -> FakeDrNode {
+        let dr = FakeDrNode::default();
+        {
+            let mut s = lock(&dr.state);
+            s.next_guid = 0xd000_0000;
+            for r in roots {
+                s.targets.insert((*r).into(), FakeTarget::default());
+            }
+        }
+        dr
+    }
+
+    /// Creates an empty target dataset (someone else's, say).
+    pub fn create(&self, target: &str) {
+        lock(&self.state).targets.entry(target.into()).or_default();
+    }
+
+    /// Queues a fault.
+    pub fn inject(&self, fault: DrFault) {
+        lock(&self.state).faults.push(fault);
+    }
+
+    /// Whether `target` exists.
+    pub fn exists(&self, target: &str) -> bool {
+        lock(&self.state).targets.contains_key(target)
+    }
+
+    /// The snapshots of `target`, oldest first.
+    pub fn snapshots_of(&self, target: &str) -> Vec<SnapshotInfo> {
+        lock(&self.state)
+            .targets
+            .get(target)
+            .map(|t| t.snapshots.clone())
+            .unwrap_or_default()
+    }
+
+    /// The GUID the target's resume token resumes, if it has one.
+    pub fn resume_guid(&self, target: &str) -> Option<u64> {
+        lock(&self.state)
+            .targets
+            .get(target)
+            .and_then(|t| t.token.as_ref().map(|k| k.toguid))
+    }
+
+    /// Writes to the target (as if mounted and changed): `written` > 0.
+    pub fn write(&self, target: &str) {
+        if let Some(t) = lock(&self.state).targets.get_mut(target) {
+            t.written += 4096;
+        }
+    }
+
+    /// Takes a snapshot on the target that the source does not have.
+    pub fn snapshot_foreign(&self, target: &str, name: &str) {
+        let mut s = lock(&self.state);
+        s.txg += 1;
+        s.next_guid += 0x51;
+        let (txg, guid) = (s.txg, s.next_guid);
+        if let Some(t) = s.targets.get_mut(target) {
+            t.written = 0;
+            t.snapshots.push(SnapshotInfo { name: name.into(), guid, createtxg: txg, creation: 1_769_904_000 });
+        }
+    }
+
+    /// Destroys a snapshot on the target (the DR node's own retention).
+    pub fn destroy(&self, target: &str, name: &str) {
+        if let Some(t) = lock(&self.state).targets.get_mut(target) {
+            t.snapshots.retain(|s| s.name != name);
+        }
+    }
+
+    /// Every transfer attempted, in order.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        lock(&self.state).transfers.clone()
+    }
+
+    fn unreachable(&self) -> Result<(), DrError> {
+        if take(&mut lock(&self.state).faults, |f| *f == DrFault::Unreachable) {
+            return Err(DrError::Unreachable("connection refused (injected)".into()));
+        }
+        Ok(())
+    }
+}
+
+fn refused(msg: impl Into<String>) -> DrError {
+    DrError::Refused(msg.into())
+}
+
+impl DrNode for FakeDrNode {
+    async fn target_state(&self, target: &str) -> Result<TargetState, DrError> {
+        self.unreachable()?;
+        let s = lock(&self.state);
+        Ok(match s.targets.get(target) {
+            None => TargetState::default(),
+            Some(t) => TargetState {
+                exists: true,
+                snapshots: t.snapshots.clone(),
+                resume_token: t.token.as_ref().map(token::encode),
+                written: t.written,
+            },
+        })
+    }
+
+    async fn abort_resume(&self, target: &str) -> Result<(), DrError> {
+        self.unreachable()?;
+        let mut s = lock(&self.state);
+        let t = s.targets.get_mut(target).ok_or_else(|| refused(format!("{target} does not exist")))?;
+        if t.token.take().is_none() {
+            return Err(refused(format!("{target} has no partial receive to abort")));
+        }
+        if t.snapshots.is_empty() {
+            // An aborted full receive leaves nothing behind.
+            s.targets.remove(target);
+        }
+        Ok(())
+    }
+
+    async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
+        self.unreachable()?;
+        let mut s = lock(&self.state);
+        if take(&mut s.faults, |f| *f == DrFault::RefuseDestroy) {
+            return Err(refused("refused by the DR node's policy: set allow_prune = true"));
+        }
+        let t = s.targets.get_mut(target).ok_or_else(|| refused(format!("{target} does not exist")))?;
+        for name in snapshots {
+            if !t.snapshots.iter().any(|x| &x.name == name) {
+                return Err(refused(format!("{target}@{name} does not exist")));
+            }
+        }
+        t.snapshots.retain(|x| !snapshots.contains(&x.name));
+        Ok(())
+    }
+
+    async fn transfer(&self, transfer: Transfer, mut stream: SendStream) -> Result<TransferStats, DrError> {
+        self.unreachable()?;
+        lock(&self.state).transfers.push(transfer.clone());
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).map_err(|e| DrError::Source(e.to_string()))?;
+        let fake: FakeStream = serde_json::from_slice(&bytes).map_err(|e| DrError::Protocol(e.to_string()))?;
+        let target = transfer.target.as_str();
+        let mut s = lock(&self.state);
+        let lost_after = s.faults.iter().find_map(|f| match f {
+            DrFault::LinkLostAfter { target: t, committed } if t == target => Some(*committed),
+            _ => None,
+        });
+        if lost_after.is_some() {
+            take(&mut s.faults, |f| matches!(f, DrFault::LinkLostAfter { target: t, .. } if t == target));
+        }
+        let exists = s.targets.contains_key(target);
+        let parent_exists = target.rsplit_once('/').is_none_or(|(p, _)| s.targets.contains_key(p));
+        if fake.resume {
+            let t = s.targets.get(target).ok_or_else(|| refused(format!("{target}: no partial receive to resume")))?;
+            let ok = t.token.as_ref().is_some_and(|k| fake.snapshots.first().is_some_and(|x| x.1 == k.toguid));
+            if !ok {
+                return Err(refused(format!("{target}: the stream does not resume its partial receive")));
+            }
+        } else if let Some(t) = s.targets.get(target) {
+            if t.token.is_some() {
+                return Err(refused(format!("{target} contains partially-complete state from \"zfs receive -s\"")));
+            }
+        }
+        match (fake.resume, fake.from_guid) {
+            (true, _) => {}
+            (false, None) => {
+                if exists {
+                    return Err(refused(format!("destination {target} exists")));
+                }
+                if !parent_exists {
+                    return Err(refused(format!("{target}: parent does not exist")));
+                }
+            }
+            (false, Some(from)) => {
+                let t = s.targets.get_mut(target).ok_or_else(|| refused(format!("{target} does not exist")))?;
+                if transfer.rollback {
+                    let Some(i) = t.snapshots.iter().position(|x| x.guid == from) else {
+                        return Err(refused(format!("{target}: cannot roll back: the base is not there")));
+                    };
+                    t.snapshots.truncate(i + 1);
+                    t.written = 0;
+                }
+                if t.snapshots.last().map(|x| x.guid) != Some(from) {
+                    return Err(refused(format!("{target}: most recent snapshot does not match incremental source")));
+                }
+                if t.written > 0 {
+                    return Err(refused(format!("{target}: destination has been modified since most recent snapshot")));
+                }
+            }
+        }
+        let n = fake.snapshots.len();
+        let commit = lost_after.unwrap_or(n).min(n);
+        let mut prev = fake.from_guid;
+        let mut txg = s.txg;
+        let t = s.targets.entry(target.into()).or_default();
+        for (name, guid, creation) in &fake.snapshots[..commit] {
+            txg += 1;
+            t.snapshots.push(SnapshotInfo { name: name.clone(), guid: *guid, createtxg: txg, creation: *creation });
+            prev = Some(*guid);
+        }
+        t.token = None;
+        if commit < n {
+            let (name, guid, _) = &fake.snapshots[commit];
+            t.token = Some(ResumeToken {
+                toname: format!("{}@{name}", fake.dataset),
+                toguid: *guid,
+                fromguid: prev,
+                bytes: bytes.len() as u64 / 2,
+                ..ResumeToken::default()
+            });
+        }
+        s.txg = txg;
+        if commit < n {
+            return Err(DrError::Unreachable("the link stayed down beyond the grace (injected)".into()));
+        }
+        Ok(TransferStats { bytes: bytes.len() as u64, bytes_resent: 0, reconnects: 0 })
+    }
+}

@@ -1,0 +1,137 @@
+//! The primary's side of a push: the pool that holds the source datasets.
+//!
+//! [`Pool`] is what the replication logic needs from ZFS on the primary:
+//! list, snapshot, send, hold, release, destroy. The real implementation
+//! runs the `zfs` CLI ([`crate::edge::ZfsPool`]); the tests use
+//! [`crate::fake::FakePool`].
+
+use fjord_zfs::{SendSpec, SnapshotInfo};
+use std::future::Future;
+use thiserror::Error;
+
+/// A running `zfs send`'s output. A read fails if the send failed, so a
+/// stream cut short is never taken for a complete one.
+pub type SendStream = Box<dyn std::io::Read + Send>;
+
+/// Why an operation on the primary's pool failed. Callers decide by the
+/// variant, never by the message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// The dataset or snapshot does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// `zfs hold`: the snapshot already has this tag.
+    #[error("{0}")]
+    HoldExists(String),
+    /// Anything else `zfs` reported, with its message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl PoolError {
+    /// `zfs hold` found the tag already there (harmless when re-holding).
+    pub fn is_hold_exists(&self) -> bool {
+        matches!(self, PoolError::HoldExists(_))
+    }
+
+    /// The dataset or snapshot does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, PoolError::NotFound(_))
+    }
+}
+
+/// The primary's pool, as the replication logic uses it. Names are full
+/// ZFS names (`pool/ds`, `pool/ds@snap`).
+pub trait Pool: Send + Sync {
+    /// `root` and, if `recursive`, every filesystem and volume below it,
+    /// parents before children. Empty if `root` does not exist.
+    fn datasets(
+        &self,
+        root: &str,
+        recursive: bool,
+    ) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send;
+
+    /// The snapshots of `dataset`, oldest first.
+    fn snapshots(
+        &self,
+        dataset: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotInfo>, PoolError>> + Send;
+
+    /// Takes `root@short` (and the same name on every child, atomically,
+    /// if `recursive`).
+    fn snapshot(
+        &self,
+        root: &str,
+        short: &str,
+        recursive: bool,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send;
+
+    /// The hold tags on `snapshot`.
+    fn holds(&self, snapshot: &str) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send;
+
+    /// `zfs hold tag snapshot`.
+    fn hold(&self, tag: &str, snapshot: &str) -> impl Future<Output = Result<(), PoolError>> + Send;
+
+    /// `zfs release tag snapshot`.
+    fn release(
+        &self,
+        tag: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send;
+
+    /// `zfs destroy dataset@snap`.
+    fn destroy_snapshot(&self, snapshot: &str)
+        -> impl Future<Output = Result<(), PoolError>> + Send;
+
+    /// The size `zfs send -nP` expects, if it can tell.
+    fn size_estimate(&self, spec: &SendSpec) -> impl Future<Output = Option<u64>> + Send;
+
+    /// Starts `zfs send` and returns its output.
+    fn send(&self, spec: &SendSpec) -> Result<SendStream, PoolError>;
+}
+
+impl<T: Pool> Pool for std::sync::Arc<T> {
+    fn datasets(
+        &self,
+        root: &str,
+        recursive: bool,
+    ) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send {
+        (**self).datasets(root, recursive)
+    }
+    fn snapshots(
+        &self,
+        dataset: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotInfo>, PoolError>> + Send {
+        (**self).snapshots(dataset)
+    }
+    fn snapshot(
+        &self,
+        root: &str,
+        short: &str,
+        recursive: bool,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
+        (**self).snapshot(root, short, recursive)
+    }
+    fn holds(&self, snapshot: &str) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send {
+        (**self).holds(snapshot)
+    }
+    fn hold(&self, tag: &str, snapshot: &str) -> impl Future<Output = Result<(), PoolError>> + Send {
+        (**self).hold(tag, snapshot)
+    }
+    fn release(
+        &self,
+        tag: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
+        (**self).release(tag, snapshot)
+    }
+    fn destroy_snapshot(&self, snapshot: &str) -> impl Future<Output = Result<(), PoolError>> + Send {
+        (**self).destroy_snapshot(snapshot)
+    }
+    fn size_estimate(&self, spec: &SendSpec) -> impl Future<Output = Option<u64>> + Send {
+        (**self).size_estimate(spec)
+    }
+    fn send(&self, spec: &SendSpec) -> Result<SendStream, PoolError> {
+        (**self).send(spec)
+    }
+}
