@@ -1,5 +1,6 @@
 //! What the two fjord binaries share, so that they behave alike: exit
-//! codes, logging set-up, reading a `FILE` argument where `-` means
+//! codes and the typed [`Failure`] every subcommand returns, [`finish`]
+//! (the one place an outcome becomes an exit code), `keygen`, logging set-up, reading a `FILE` argument where `-` means
 //! standard input, and the link options of `send` and `serve`.
 #![warn(missing_docs)]
 
@@ -34,6 +35,17 @@ pub mod exit {
     /// Local state (`state_dir`, the job lock file, the status file, the
     /// metrics file) could not be written.
     pub const STATE_ERROR: u8 = 7;
+
+    /// Every code above, in order: the rows of README.md's table.
+    pub const ALL: [u8; 7] = [
+        OK,
+        INVALID_STREAM,
+        IO_ERROR,
+        JOB_FAILED,
+        CONFIG_ERROR,
+        LOCKED,
+        STATE_ERROR,
+    ];
 }
 
 /// Why a fjord command failed: each variant is one exit code of [`exit`].
@@ -118,16 +130,41 @@ impl std::fmt::Display for Failure {
 }
 
 /// The one place a subcommand's outcome becomes the process's: on error
-/// prints `"{binary}: error: {err:#}"` once to stderr; returns the exit code.
+/// prints `"{binary}: error: {err:#}"` once to stderr (see [`render`]);
+/// returns the exit code.
 pub fn finish(binary: &str, result: Result<(), Failure>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::from(exit::OK),
         Err(failure) => {
-            eprintln!("{binary}: error: {:#}", failure.error());
+            eprintln!("{binary}: error: {}", render(failure.error()));
             std::process::ExitCode::from(failure.exit_code())
         }
     }
 }
+
+/// An error and its causes as one line, like `{err:#}`, but without a
+/// cause that the message before it already shows: many error types
+/// (`thiserror`'s `"{path}: {source}"`) print their source and also return
+/// it from `source()`, which `{:#}` would print a second time
+/// ("... (os error 2): No such file or directory (os error 2)").
+pub fn render(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || previous.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    line
+}
+
+pub mod keygen;
 
 /// Logs to stderr through `tracing`, filtered by `FJORD_LOG` (default `warn`);
 /// colours only on a terminal, so journald and log files stay plain text.
@@ -208,3 +245,101 @@ impl LinkArgs {
 /// Parses `300`, `90s`, `10m`, `1h`, `2d`, `500ms`: the same rules as the
 /// config files.
 pub use fjord_config::units::parse_duration;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_failures() -> Vec<Failure> {
+        let e = || anyhow::anyhow!("x");
+        vec![
+            Failure::InvalidStream(e()),
+            Failure::Io(e()),
+            Failure::JobFailed(e()),
+            Failure::Config(e()),
+            Failure::Locked(e()),
+            Failure::State(e()),
+        ]
+    }
+
+    #[test]
+    fn each_failure_has_its_code() {
+        let codes: Vec<u8> = all_failures().iter().map(Failure::exit_code).collect();
+        assert_eq!(codes, [1, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            Failure::invalid_stream(anyhow::anyhow!("x")).exit_code(),
+            exit::INVALID_STREAM
+        );
+        assert_eq!(
+            Failure::io(std::io::Error::other("x")).exit_code(),
+            exit::IO_ERROR
+        );
+        assert_eq!(
+            Failure::job_failed(anyhow::anyhow!("x")).exit_code(),
+            exit::JOB_FAILED
+        );
+        assert_eq!(
+            Failure::config(anyhow::anyhow!("x")).exit_code(),
+            exit::CONFIG_ERROR
+        );
+        assert_eq!(
+            Failure::locked(anyhow::anyhow!("x")).exit_code(),
+            exit::LOCKED
+        );
+        assert_eq!(
+            Failure::state(anyhow::anyhow!("x")).exit_code(),
+            exit::STATE_ERROR
+        );
+        // Every code but OK is some failure's, and no two failures share one.
+        let mut from_failures = codes.clone();
+        from_failures.insert(0, exit::OK);
+        assert_eq!(from_failures, exit::ALL);
+    }
+
+    /// The rows of README.md's "Exit codes" table: exactly the codes in
+    /// [`exit`].
+    #[test]
+    fn the_readme_table_lists_every_code() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let section = readme
+            .split("\n### Exit codes\n")
+            .nth(1)
+            .expect("README.md has a '### Exit codes' section");
+        let section = section.split("\n#").next().unwrap_or(section);
+        let rows: Vec<u8> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix('|'))
+            .filter_map(|l| l.split('|').next())
+            .filter_map(|cell| cell.trim().parse().ok())
+            .collect();
+        assert_eq!(rows, exit::ALL, "README.md's exit-code rows, in order");
+    }
+
+    #[derive(Debug)]
+    struct Repeats(std::io::Error);
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "key file /k: {}", self.0)
+        }
+    }
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_shows_is_printed_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Repeats(io()));
+        let shown = render(&e);
+        assert_eq!(shown, format!("key file /k: {}", io()));
+        let e = anyhow::Error::new(Repeats(io())).context("loading the key");
+        assert_eq!(
+            render(&e),
+            format!("loading the key: key file /k: {}", io())
+        );
+        let e = anyhow::Error::new(io()).context("cannot open x");
+        assert_eq!(render(&e), format!("cannot open x: {}", io()));
+    }
+}

@@ -1,9 +1,10 @@
 //! `fjord-recv`: the DR node's side of fjord.
 //!
-//! Subcommands live in their own modules; this file parses arguments, sets
-//! up logging and maps outcomes to exit codes.
+//! Subcommands live in their own modules and return
+//! `Result<(), fjord_cli::Failure>`; this file parses arguments, sets up
+//! logging and hands the outcome to `fjord_cli::finish`, the one place it
+//! becomes an exit code (the table is `fjord_cli::exit`).
 
-mod keygen;
 mod prune;
 mod serve;
 mod unpack;
@@ -26,29 +27,25 @@ struct Cli {
 enum Command {
     Verify(verify::Args),
     Serve(serve::Args),
-    Keygen(keygen::Args),
+    #[command(
+        about = fjord_cli::keygen::Role::Receiver.about(),
+        long_about = fjord_cli::keygen::Role::Receiver.long_about()
+    )]
+    Keygen(fjord_cli::keygen::Args),
     Prune(prune::Args),
     Unpack(unpack::Args),
 }
-
-pub use fjord_cli::exit;
 
 fn main() -> ExitCode {
     fjord_cli::tune_allocator();
     fjord_cli::init_logging();
     let cli = Cli::parse();
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Verify(args) => verify::run(args),
         Command::Serve(args) => serve::run(args),
-        Command::Keygen(args) => match keygen::run(args) {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("fjord-recv: error: {e:#}");
-                exit::IO_ERROR
-            }
-        },
+        Command::Keygen(args) => fjord_cli::keygen::run(args),
         Command::Unpack(args) => unpack::run(args),
         Command::Prune(args) => prune::run(args),
     };
-    ExitCode::from(code)
+    fjord_cli::finish("fjord-recv", result)
 }

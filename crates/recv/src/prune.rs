@@ -2,6 +2,7 @@
 
 use crate::zfs_target::ZfsTarget;
 use anyhow::Context;
+use fjord_cli::Failure;
 use fjord_config::config::RecvConfig;
 use fjord_transport::PublicKey;
 use fjord_zfs::Zfs;
@@ -35,27 +36,26 @@ pub struct Args {
     json: bool,
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
-    match run_inner(&args) {
-        Ok(()) => crate::exit::OK,
-        Err(e) => {
-            eprintln!("fjord-recv: error: {e:#}");
-            crate::exit::IO_ERROR
-        }
-    }
-}
-
-fn run_inner(args: &Args) -> anyhow::Result<()> {
-    let config = RecvConfig::load(&args.config)?;
+/// Runs the subcommand: [`Failure::Config`] when the config is invalid,
+/// [`Failure::Io`] when pruning fails.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = RecvConfig::load(&args.config).map_err(Failure::config)?;
     let mut clients = HashMap::new();
     for c in &config.clients {
         let key: PublicKey = c.key.parse().map_err(|e| {
-            anyhow::anyhow!("{}: client {}: key: {e}", args.config.display(), c.name)
+            Failure::Config(anyhow::anyhow!(
+                "{}: client {}: key: {e}",
+                args.config.display(),
+                c.name
+            ))
         })?;
         clients.insert(key, c.clone());
     }
     let target = ZfsTarget::new(Zfs::new(), clients, Arc::new(config), 0);
+    prune(&args, target).map_err(Failure::Io)
+}
+
+fn prune(args: &Args, target: ZfsTarget) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

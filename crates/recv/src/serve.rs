@@ -3,6 +3,7 @@
 
 use crate::zfs_target::{SharedTarget, ZfsTarget};
 use anyhow::Context;
+use fjord_cli::Failure;
 use fjord_config::config::RecvConfig;
 use fjord_transport::admission::Limits;
 use fjord_transport::chunk_cache::ChunkCacheOptions;
@@ -92,16 +93,15 @@ pub struct Args {
     link: fjord_cli::LinkArgs,
 }
 
-/// Runs the subcommand until the process is killed; returns the exit code
-/// only when it cannot start.
-pub fn run(args: Args) -> u8 {
-    match run_inner(args) {
-        Ok(()) => crate::exit::OK,
-        Err(e) => {
-            eprintln!("fjord-recv: error: {e:#}");
-            crate::exit::IO_ERROR
-        }
-    }
+/// Runs the subcommand until SIGTERM or SIGINT; fails only when it cannot
+/// start: [`Failure::Config`] for an invalid `--config` file,
+/// [`Failure::Io`] for anything else (key, address, sink directory).
+pub fn run(args: Args) -> Result<(), Failure> {
+    let setup = match &args.config {
+        Some(path) => zfs_setup(&args, path)?,
+        None => file_setup(&args).map_err(Failure::Io)?,
+    };
+    serve(setup).map_err(Failure::Io)
 }
 
 /// What the server was set up with, for the start-up line.
@@ -149,18 +149,22 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
     })
 }
 
-fn zfs_setup(args: &Args, path: &std::path::Path) -> anyhow::Result<Setup> {
-    let config = RecvConfig::load(path)?;
-    let identity = Identity::load(&config.key)
-        .with_context(|| format!("loading the receiver key {}", config.key.display()))?;
+fn zfs_setup(args: &Args, path: &std::path::Path) -> Result<Setup, Failure> {
+    let config = RecvConfig::load(path).map_err(Failure::config)?;
     let mut clients = HashMap::new();
     for c in &config.clients {
-        let key: PublicKey = c
-            .key
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{}: client {}: key: {e}", path.display(), c.name))?;
+        let key: PublicKey = c.key.parse().map_err(|e| {
+            Failure::Config(anyhow::anyhow!(
+                "{}: client {}: key: {e}",
+                path.display(),
+                c.name
+            ))
+        })?;
         clients.insert(key, c.clone());
     }
+    let identity = Identity::load(&config.key)
+        .with_context(|| format!("loading the receiver key {}", config.key.display()))
+        .map_err(Failure::Io)?;
     let allowed = clients.keys().copied().collect();
     let target = SharedTarget(Arc::new(ZfsTarget::new(
         Zfs::new(),
@@ -209,11 +213,7 @@ fn limits(cfg: &fjord_config::config::LimitsConfig, held: u64) -> Limits {
     }
 }
 
-fn run_inner(args: Args) -> anyhow::Result<()> {
-    let setup = match &args.config {
-        Some(path) => zfs_setup(&args, path)?,
-        None => file_setup(&args)?,
-    };
+fn serve(setup: Setup) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

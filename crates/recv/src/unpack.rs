@@ -1,7 +1,8 @@
 //! `fjord-recv unpack`: a fjord pack file back into the original send
 //! stream, releasing only verified bytes.
 
-use crate::exit;
+use anyhow::anyhow;
+use fjord_cli::Failure;
 use fjord_pack::{unpack, NoCache, UnpackError, UnpackOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,24 +24,16 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.input.display().to_string();
-    let source = match fjord_cli::open_input(&args.input) {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("fjord-recv: error: cannot open {name}: {e}");
-            return exit::IO_ERROR;
-        }
-    };
+    let source = fjord_cli::open_input(&args.input)
+        .map_err(|e| Failure::Io(anyhow!("cannot open {name}: {e}")))?;
     let sink: Box<dyn Write> = match &args.output {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("fjord-recv: error: cannot create {}: {e}", path.display());
-                return exit::IO_ERROR;
-            }
-        },
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .map_err(|e| Failure::Io(anyhow!("cannot create {}: {e}", path.display())))?,
+        ),
         None => Box::new(std::io::stdout().lock()),
     };
     let span = tracing::info_span!("unpack", input = %name);
@@ -50,23 +43,19 @@ pub fn run(args: Args) -> u8 {
     // gathered.
     let out = std::io::BufWriter::with_capacity(256 << 10, sink);
     // File mode: nobody answered for a chunk cache when the pack was made.
-    match unpack(source, out, &mut NoCache, &UnpackOptions::default()) {
-        Ok(summary) => {
-            tracing::info!(
-                bytes = summary.receipt.stream_len,
-                receipt = %summary.receipt.hex(),
-                "stream rebuilt and verified"
-            );
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("fjord-recv: error: {name}: {e}");
-            match e.source {
-                UnpackError::Read { .. }
-                | UnpackError::Write { .. }
-                | UnpackError::Cache { .. } => exit::IO_ERROR,
-                _ => exit::INVALID_STREAM,
+    let summary = unpack(source, out, &mut NoCache, &UnpackOptions::default()).map_err(|e| {
+        let why = anyhow!("{name}: {e}");
+        match e.source {
+            UnpackError::Read { .. } | UnpackError::Write { .. } | UnpackError::Cache { .. } => {
+                Failure::Io(why)
             }
+            _ => Failure::InvalidStream(why),
         }
-    }
+    })?;
+    tracing::info!(
+        bytes = summary.receipt.stream_len,
+        receipt = %summary.receipt.hex(),
+        "stream rebuilt and verified"
+    );
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //! decoder's verified offset passes their end; on any error it stops, and
 //! nothing after the last verified record has been written.
 
-use crate::exit;
+use anyhow::anyhow;
+use fjord_cli::Failure;
 use fjord_stream::read::{decode_all, ReadError};
 use fjord_stream::{DecoderOptions, Record};
 use std::collections::VecDeque;
@@ -34,16 +35,11 @@ pub struct Args {
     max_held_mib: u64,
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.input.display().to_string();
-    let source = match fjord_cli::open_input(&args.input) {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("fjord-recv: error: cannot open {name}: {e}");
-            return exit::IO_ERROR;
-        }
-    };
+    let source = fjord_cli::open_input(&args.input)
+        .map_err(|e| Failure::Io(anyhow!("cannot open {name}: {e}")))?;
     let span = tracing::info_span!("verify", input = %name);
     let _enter = span.enter();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
@@ -57,33 +53,24 @@ pub fn run(args: Args) -> u8 {
         held.release(decoder.verified_offset(), &mut out)
             .map_err(|e| format!("writing the output: {e}"))
     });
-    let outcome = match result {
-        Ok(_) => held
-            .release(u64::MAX, &mut out)
-            .and_then(|_| out.flush())
-            .map_err(|e| format!("writing the output: {e}")),
-        Err(e) => {
-            // Write out what was verified before the error, then stop.
-            let _ = out.flush();
-            let code = if matches!(e, ReadError::Io { .. }) {
-                exit::IO_ERROR
-            } else {
-                exit::INVALID_STREAM
-            };
-            eprintln!("fjord-recv: error: {name}: {e}; {} verified bytes were written, nothing after them", held.written);
-            return code;
-        }
-    };
-    match outcome {
-        Ok(()) => {
-            tracing::info!(bytes = held.written, "stream verified and written");
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("fjord-recv: error: {e}");
-            exit::IO_ERROR
-        }
+    if let Err(e) = result {
+        // Write out what was verified before the error, then stop.
+        let _ = out.flush();
+        let why = anyhow!(
+            "{name}: {e}; {} verified bytes were written, nothing after them",
+            held.written
+        );
+        return Err(if matches!(e, ReadError::Io { .. }) {
+            Failure::Io(why)
+        } else {
+            Failure::InvalidStream(why)
+        });
     }
+    held.release(u64::MAX, &mut out)
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::Io(anyhow!("writing the output: {e}")))?;
+    tracing::info!(bytes = held.written, "stream verified and written");
+    Ok(())
 }
 
 /// Records decoded but not yet covered by a matched checksum.

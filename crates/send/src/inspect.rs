@@ -1,6 +1,7 @@
 //! `fjord-send inspect`: summarise (and with `--verify`, check) a send stream.
 
-use crate::exit;
+use anyhow::anyhow;
+use fjord_cli::Failure;
 use fjord_stream::read::{decode_all, ReadError};
 use fjord_stream::{DecoderOptions, RecordType, Summary};
 use std::io::Write;
@@ -35,16 +36,11 @@ struct Report<'a> {
     summary: &'a Summary,
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.input.display().to_string();
-    let source = match fjord_cli::open_input(&args.input) {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("fjord-send: error: cannot open {name}: {e}");
-            return exit::IO_ERROR;
-        }
-    };
+    let source = fjord_cli::open_input(&args.input)
+        .map_err(|e| Failure::Io(anyhow!("cannot open {name}: {e}")))?;
     let opts = DecoderOptions {
         verify_checksums: args.verify,
         allow_missing_end: args.allow_missing_end,
@@ -58,41 +54,37 @@ pub fn run(args: Args) -> u8 {
         }
         Ok(())
     });
-    match result {
-        Ok(decoder) => {
-            summary.ended_without_end = decoder.state().ended_without_end;
-            tracing::info!(
-                records = summary.total_records,
-                bytes = summary.total_bytes,
-                "stream valid"
-            );
-            let report = Report {
-                input: name,
-                checksums_verified: args.verify,
-                summary: &summary,
-            };
-            let printed = if args.json {
-                print_json(&report)
-            } else {
-                print_text(&report)
-            };
-            if let Err(e) = printed {
-                // A closed pipe (`| head`) is not the stream's fault.
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    eprintln!("fjord-send: error: writing the summary: {e}");
-                    return exit::IO_ERROR;
-                }
-            }
-            exit::OK
-        }
+    let decoder = match result {
+        Ok(decoder) => decoder,
         Err(ReadError::Io { at, source }) => {
-            eprintln!("fjord-send: error: {name}: read failed after {at} bytes: {source}");
-            exit::IO_ERROR
+            return Err(Failure::Io(anyhow!(
+                "{name}: read failed after {at} bytes: {source}"
+            )))
         }
-        Err(e) => {
-            eprintln!("fjord-send: error: {name}: {e}");
-            exit::INVALID_STREAM
+        Err(e) => return Err(Failure::InvalidStream(anyhow!("{name}: {e}"))),
+    };
+    summary.ended_without_end = decoder.state().ended_without_end;
+    tracing::info!(
+        records = summary.total_records,
+        bytes = summary.total_bytes,
+        "stream valid"
+    );
+    let report = Report {
+        input: name,
+        checksums_verified: args.verify,
+        summary: &summary,
+    };
+    let printed = if args.json {
+        print_json(&report)
+    } else {
+        print_text(&report)
+    };
+    match printed {
+        // A closed pipe (`| head`) is not the stream's fault.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::Io(anyhow!("writing the summary: {e}")))
         }
+        _ => Ok(()),
     }
 }
 

@@ -1,10 +1,11 @@
 //! `fjord-send`: the primary site's side of fjord.
 //!
-//! Subcommands live in their own modules; this file parses arguments, sets
-//! up logging and maps outcomes to exit codes.
+//! Subcommands live in their own modules and return
+//! `Result<(), fjord_cli::Failure>`; this file parses arguments, sets up
+//! logging and hands the outcome to `fjord_cli::finish`, the one place it
+//! becomes an exit code (the table is `fjord_cli::exit`).
 
 mod inspect;
-mod keygen;
 mod pack;
 mod progress;
 mod push;
@@ -32,29 +33,27 @@ enum Command {
     Status(status_cmd::Args),
     Inspect(inspect::Args),
     Send(send::Args),
-    Keygen(keygen::Args),
+    #[command(
+        about = fjord_cli::keygen::Role::Sender.about(),
+        long_about = fjord_cli::keygen::Role::Sender.long_about()
+    )]
+    Keygen(fjord_cli::keygen::Args),
     Pack(pack::Args),
 }
-
-pub use fjord_cli::exit;
 
 fn main() -> ExitCode {
     fjord_cli::tune_allocator();
     fjord_cli::init_logging();
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Push(args) => push::run(args),
+    let result = match cli.command {
+        // push still returns its exit code itself; its owner switches it to
+        // `Result<(), Failure>` (then: `Command::Push(args) => push::run(args),`).
+        Command::Push(args) => return ExitCode::from(push::run(args)),
         Command::Status(args) => status_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Send(args) => send::run(args),
-        Command::Keygen(args) => match keygen::run(args) {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("fjord-send: error: {e:#}");
-                exit::IO_ERROR
-            }
-        },
+        Command::Keygen(args) => fjord_cli::keygen::run(args),
         Command::Pack(args) => pack::run(args),
     };
-    ExitCode::from(code)
+    fjord_cli::finish("fjord-send", result)
 }

@@ -1,7 +1,8 @@
 //! `fjord-send pack`: a send stream into a fjord pack file (archiving,
 //! sneakernet); `fjord-recv unpack` turns it back.
 
-use crate::exit;
+use anyhow::anyhow;
+use fjord_cli::Failure;
 use fjord_pack::{pack, NoCache, PackError, PackOptions};
 use std::path::PathBuf;
 
@@ -31,24 +32,14 @@ pub struct Args {
     allow_missing_end: bool,
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
     let name = args.input.display().to_string();
-    let source = match fjord_cli::open_input(&args.input) {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("fjord-send: error: cannot open {name}: {e}");
-            return exit::IO_ERROR;
-        }
-    };
+    let source = fjord_cli::open_input(&args.input)
+        .map_err(|e| Failure::Io(anyhow!("cannot open {name}: {e}")))?;
     let out_name = args.output.display().to_string();
-    let file = match std::fs::File::create(&args.output) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("fjord-send: error: cannot create {out_name}: {e}");
-            return exit::IO_ERROR;
-        }
-    };
+    let file = std::fs::File::create(&args.output)
+        .map_err(|e| Failure::Io(anyhow!("cannot create {out_name}: {e}")))?;
     let opts = PackOptions {
         frame_target: args.frame_size,
         zstd_level: args.level,
@@ -60,34 +51,30 @@ pub fn run(args: Args) -> u8 {
     let _enter = span.enter();
     // No BufWriter: each frame goes out in one vectored write, and a buffer
     // would only copy the stored payloads once more.
-    match pack(source, file, &opts, &mut NoCache) {
-        Ok(summary) => {
-            let s = &summary.stats;
-            let ratio = s.wire_bytes as f64 / s.stream_bytes.max(1) as f64;
-            println!(
-                "packed {} stream bytes into {} ({} bytes, {:.1}%, {} frames)",
-                s.stream_bytes,
-                out_name,
-                s.wire_bytes,
-                ratio * 100.0,
-                s.frames
-            );
-            println!(
-                "deduplicated: {} repeated payloads ({} bytes); stored without recompression: {} bytes",
-                s.window_refs + s.cache_refs,
-                s.window_ref_bytes + s.cache_ref_bytes,
-                s.stored_bytes
-            );
-            println!("receipt: blake3 {}", summary.receipt.hex());
-            exit::OK
+    let summary = pack(source, file, &opts, &mut NoCache).map_err(|e| {
+        let _ = std::fs::remove_file(&args.output);
+        let why = anyhow!("{name}: {e}; {out_name} was removed");
+        match e {
+            PackError::Stream(_) => Failure::InvalidStream(why),
+            _ => Failure::Io(why),
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&args.output);
-            eprintln!("fjord-send: error: {name}: {e}; {out_name} was removed");
-            match e {
-                PackError::Stream(_) => exit::INVALID_STREAM,
-                _ => exit::IO_ERROR,
-            }
-        }
-    }
+    })?;
+    let s = &summary.stats;
+    let ratio = s.wire_bytes as f64 / s.stream_bytes.max(1) as f64;
+    println!(
+        "packed {} stream bytes into {} ({} bytes, {:.1}%, {} frames)",
+        s.stream_bytes,
+        out_name,
+        s.wire_bytes,
+        ratio * 100.0,
+        s.frames
+    );
+    println!(
+        "deduplicated: {} repeated payloads ({} bytes); stored without recompression: {} bytes",
+        s.window_refs + s.cache_refs,
+        s.window_ref_bytes + s.cache_ref_bytes,
+        s.stored_bytes
+    );
+    println!("receipt: blake3 {}", summary.receipt.hex());
+    Ok(())
 }

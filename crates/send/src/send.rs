@@ -2,6 +2,7 @@
 //! over QUIC, surviving link flaps.
 
 use anyhow::{bail, Context};
+use fjord_cli::Failure;
 use fjord_pack::PackOptions;
 use fjord_stream::{Body, Decoder};
 use fjord_transport::client::{chunk_inventory, Counters, RequestOptions, SendError, SendOptions};
@@ -113,41 +114,59 @@ fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{to:?} resolves to no address"))
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
-    match run_inner(args) {
-        Ok(()) => crate::exit::OK,
-        Err(e) => {
-            eprintln!("fjord-send: error: {e:#}");
-            match e.downcast_ref::<SendError>() {
-                Some(SendError::Session(
-                    SessionError::GraceExpired { .. } | SessionError::ResumeOutsideWindow { .. },
-                ))
-                | Some(SendError::Source { .. })
-                | Some(SendError::Setup(_)) => crate::exit::IO_ERROR,
-                Some(_) => crate::exit::INVALID_STREAM,
-                None => crate::exit::IO_ERROR,
-            }
-        }
-    }
-}
-
-fn run_inner(args: Args) -> anyhow::Result<()> {
-    let identity = Identity::load(&args.key)?;
-    let to = resolve(&args.to)?;
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let identity = Identity::load(&args.key).map_err(Failure::io)?;
+    let to = resolve(&args.to).map_err(Failure::io)?;
     let mut source: Box<dyn Read + Send> = if args.stream.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
         Box::new(
             std::fs::File::open(&args.stream)
-                .with_context(|| format!("cannot open {}", args.stream.display()))?,
+                .with_context(|| format!("cannot open {}", args.stream.display()))
+                .map_err(Failure::Io)?,
         )
     };
+    let (prefix, snap, from) = peek_begin(&mut source).map_err(|e| {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            Failure::Io(e)
+        } else {
+            Failure::InvalidStream(e)
+        }
+    })?;
+    transfer(args, identity, to, source, prefix, snap, from).map_err(|e| {
+        match e.downcast_ref::<SendError>() {
+            // The receiver refused or rejected the stream.
+            Some(SendError::KeyRefused { .. }) => Failure::InvalidStream(e),
+            Some(SendError::Session(s))
+                if !matches!(
+                    s,
+                    SessionError::GraceExpired { .. } | SessionError::ResumeOutsideWindow { .. }
+                ) =>
+            {
+                Failure::InvalidStream(e)
+            }
+            // Unreachable for the whole grace period, unreadable stream,
+            // local set-up and key problems.
+            _ => Failure::Io(e),
+        }
+    })
+}
+
+/// Offers the stream whose first record was `prefix` and sends it.
+fn transfer(
+    args: Args,
+    identity: Identity,
+    to: SocketAddr,
+    source: Box<dyn Read + Send>,
+    prefix: Vec<u8>,
+    snap: Snapshot,
+    from: Option<Snapshot>,
+) -> anyhow::Result<()> {
     let size_estimate = std::fs::metadata(&args.stream)
         .ok()
         .filter(|m| m.is_file())
         .map(|m| m.len());
-    let (prefix, snap, from) = peek_begin(&mut source)?;
     let offer = Offer {
         session: SessionId::random(),
         resuming: false,

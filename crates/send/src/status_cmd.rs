@@ -1,8 +1,9 @@
 //! `fjord-send status`: what the last push of each job did, from the
 //! status files `push` writes in the config's state_dir.
 
+use anyhow::anyhow;
+use fjord_cli::Failure;
 use fjord_config::config::SendConfig;
-use fjord_replicate::exit_code;
 use fjord_replicate::status::{self, JobStatus};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,15 +11,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Show each job's last push: result, when it last succeeded, replication
 /// lag (age of the newest snapshot both sides have), bytes, duration.
 ///
+/// A job that never ran (no status file in state_dir) is listed as
+/// `never` in the table and, with --json, as
+/// {"job": NAME, "last_result": "never", ...}: it has no DR copy yet.
+///
 /// Exit status: 0 every configured job's last push succeeded; 4 a job's
-/// last push failed or it never ran; 5 the config is invalid.
+/// last push failed, its status file is unreadable, or it never ran
+/// (the table and --json alike); 5 the config is invalid.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The sender's config file.
     #[arg(long, value_name = "FILE", default_value = "/etc/fjord/send.toml")]
     config: PathBuf,
-    /// Print JSON (an array of job status objects) instead of a table.
+    /// Print JSON instead of a table: an array with one status object per
+    /// configured job (`"last_result": "never"` for a job that never ran,
+    /// `"unreadable"` for one whose status file cannot be read).
     #[arg(long)]
     json: bool,
 }
@@ -37,68 +45,89 @@ fn age(now: i64, t: Option<i64>) -> String {
     }
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
-    let config = match SendConfig::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("fjord-send: error: {e}");
-            return exit_code::CONFIG_ERROR;
-        }
+/// `last_result` of a job without a status file.
+const NEVER: &str = "never";
+/// `last_result` of a job whose status file cannot be read.
+const UNREADABLE: &str = "unreadable";
+
+/// A configured job's status: its file's, or a stand-in that says why
+/// there is none, in the same shape (so that `--json` lists every job).
+fn job_status(state_dir: &std::path::Path, job: &str) -> JobStatus {
+    let stand_in = |result: &str, error: Option<String>| JobStatus {
+        job: job.to_string(),
+        last_attempt: 0,
+        last_success: None,
+        last_result: result.to_string(),
+        last_error: error,
+        bytes: 0,
+        bytes_resent: 0,
+        duration_secs: 0.0,
+        newest_replicated_snapshot_time: None,
     };
+    match status::load(state_dir, job) {
+        Ok(Some(s)) => s,
+        Ok(None) => stand_in(NEVER, None),
+        Err(e) => stand_in(UNREADABLE, Some(fjord_cli::render(&anyhow!(e)))),
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = SendConfig::load(&args.config).map_err(Failure::config)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let mut all: Vec<(String, Option<JobStatus>)> = Vec::new();
-    for job in &config.jobs {
-        let st = match status::load(&config.state_dir, &job.name) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("fjord-send: job {}: {e}", job.name);
-                None
-            }
-        };
-        all.push((job.name.clone(), st));
-    }
-    let healthy = all
+    let all: Vec<JobStatus> = config
+        .jobs
         .iter()
-        .all(|(_, s)| s.as_ref().is_some_and(|s| s.last_result == "ok"));
+        .map(|job| job_status(&config.state_dir, &job.name))
+        .collect();
     if args.json {
-        let known: Vec<&JobStatus> = all.iter().filter_map(|(_, s)| s.as_ref()).collect();
-        match serde_json::to_string_pretty(&known) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("fjord-send: error: {e}");
-                return exit_code::JOB_FAILED;
-            }
-        }
+        let json = serde_json::to_string_pretty(&all)
+            .map_err(|e| Failure::Io(anyhow!("writing the status as JSON: {e}")))?;
+        println!("{json}");
     } else {
         println!(
             "{:<16} {:<8} {:<14} {:<10} {:>14} {:>9}  error",
             "job", "result", "last success", "lag", "bytes", "duration"
         );
-        for (name, s) in &all {
-            match s {
-                None => println!("{name:<16} never run"),
-                Some(s) => println!(
-                    "{:<16} {:<8} {:<14} {:<10} {:>14} {:>8.1}s  {}",
-                    name,
-                    s.last_result,
-                    age(now, s.last_success),
-                    s.newest_replicated_snapshot_time
-                        .map(|t| format!("{}s", (now - t).max(0)))
-                        .unwrap_or_else(|| "-".into()),
-                    s.bytes,
-                    s.duration_secs,
-                    s.last_error.as_deref().unwrap_or("")
-                ),
+        for s in &all {
+            if s.last_result == NEVER {
+                println!("{:<16} never run", s.job);
+                continue;
             }
+            println!(
+                "{:<16} {:<8} {:<14} {:<10} {:>14} {:>8.1}s  {}",
+                s.job,
+                s.last_result,
+                age(now, s.last_success),
+                s.newest_replicated_snapshot_time
+                    .map(|t| format!("{}s", (now - t).max(0)))
+                    .unwrap_or_else(|| "-".into()),
+                s.bytes,
+                s.duration_secs,
+                s.last_error.as_deref().unwrap_or("")
+            );
         }
     }
-    if healthy {
-        exit_code::OK
+    let unhealthy: Vec<String> = all
+        .iter()
+        .filter(|s| s.last_result != status::result::OK)
+        .map(|s| match s.last_result.as_str() {
+            NEVER => format!("{} never ran", s.job),
+            UNREADABLE => format!("{}: status unreadable", s.job),
+            r => format!("{}: last push {r}", s.job),
+        })
+        .collect();
+    if unhealthy.is_empty() {
+        Ok(())
     } else {
-        exit_code::JOB_FAILED
+        Err(Failure::JobFailed(anyhow!(
+            "{} of {} job(s) not healthy: {}",
+            unhealthy.len(),
+            all.len(),
+            unhealthy.join("; ")
+        )))
     }
 }
