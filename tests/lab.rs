@@ -245,91 +245,163 @@ fn quic_transfer_survives_wireguard_link_flaps() {
 
 #[test]
 fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
+    // Independent cases in one VM boot, each from a known pool state (push.sh); about
+    // 25 minutes under TCG, so more time than the default 1500 s for the scenario.
     let results = run_scenario(
         "push.sh",
         &[
             ("LAB_FJORD_SEND", binary("fjord-send")),
             ("LAB_FJORD_RECV", binary("fjord-recv")),
+            ("LAB_SCENARIO_TIMEOUT", PathBuf::from("2700")),
+            ("LAB_TIMEOUT", PathBuf::from("3000")),
         ],
     );
     let asserts = Asserts::read(&results.join("results.txt"));
     let mut problems = asserts.failures();
+    // The cases of push.sh (CASES there), each recorded as `case-NAME`.
+    let cases = [
+        "full",
+        "dry-run",
+        "incremental",
+        "flaps",
+        "kill9-resume",
+        "sigterm-stale",
+        "diverged",
+        "attack",
+        "retention",
+        "access",
+        "evil",
+        "overlap",
+        "locked",
+        "state-dir",
+        "dedup",
+        "status-metrics",
+        "recv-prune",
+    ];
     let mut required = vec![
+        // full
         "full-exit",
+        "full-json-job",
+        "full-json-datasets",
+        "full-json-replicated",
         "full-guid",
         "base-held",
+        // dry-run
         "dry-run-exit",
         "dry-run-prints-plan",
+        "dry-run-step-not-done",
         "dry-run-no-source-snapshot",
         "dry-run-no-target-change",
+        // incremental
         "incr-exit",
         "incr-was-incremental",
+        "incr-from-base",
+        "incr-replicated",
+        // flaps
         "flaps-exit",
+        "flaps-flapped",
         "flaps-mid-transfer",
         "flaps-reconnected",
+        "flaps-json-ok",
+        // kill9-resume
         "killed-push-failed",
+        "killed-json-failed",
         "killed-token-saved",
         "resumed-exit",
         "resumed-from-token",
+        "resumed-resume-first",
         "resumed-no-token-left",
+        // sigterm-stale
         "sigterm-exits",
         "sigterm-token-saved",
         "stale-exit",
         "stale-token-aborted",
+        "stale-then-incremental",
         "stale-no-token-left",
-        "diverged-exit",
-        "diverged-names-snapshot",
-        "diverged-target-kept",
-        "diverged-status",
+        // diverged
         "held-after-pushes",
         "inert-after-pushes",
         "inert-child",
+        "diverged-exit",
+        "diverged-json",
+        "diverged-names-snapshot",
+        "diverged-stderr-names-snapshot",
+        "diverged-target-kept",
+        "diverged-status",
         "forced-default-refused",
         "forced-default-names-setting",
         "forced-default-history-kept",
         "after-divergence-exit",
+        "after-divergence-json",
+        // attack
+        "attack-extra-push",
         "attack-refused",
         "attack-history-kept",
         "attack-young-refused",
         "attack-young-says-min-age",
         "attack-young-history-kept",
         "forced-exit",
+        "forced-json-rollback",
         "forced-rolled-back",
         "forced-held",
+        // retention
         "retention-ungranted-exit",
         "retention-ungranted-target-kept",
         "retention-ungranted-says-why",
+        "retention-ungranted-json-nothing-pruned",
         "retention-exit",
         "retention-old-pruned-source",
         "retention-old-pruned-target",
+        "retention-json-pruned-target",
         "retention-foreign-kept",
         "retention-base-kept-source",
         "retention-base-kept-target",
         "retention-base-held",
+        // access
         "stranger-refused",
+        "stranger-json-failed",
         "stranger-wrote-nothing",
         "outside-prefix-refused",
         "outside-prefix-says-why",
         "outside-prefix-wrote-nothing",
+        // evil
         "evil-received",
         "evil-inert",
         "evil-mountpoint-not-root",
         "evil-quota-excluded",
         "evil-held",
+        // overlap
         "overlap-second-locked",
+        "overlap-second-json-locked",
         "overlap-first-ok",
+        // locked
+        "locked-exit",
+        "locked-json",
+        "locked-says-lock",
+        "locked-no-snapshot",
+        // state-dir
+        "state-dir-exit",
+        "state-dir-named",
+        // dedup
+        "dedup-base-exit",
         "dedup-exit",
         "dedup-inventory-used",
         "dedup-costs-references-only",
+        // status-metrics
+        "status-push-exit",
         "status-exit",
         "status-ok",
+        "status-bytes-match",
         "metrics-last-success",
         "metrics-lag",
+        // recv-prune
+        "prune-setup-exit",
         "prune-dry-exit",
         "prune-dry-lists",
         "prune-dry-destroyed-nothing",
         "prune-exit",
         "prune-kept-newest",
+        "prune-destroyed-old",
         "prune-kept-two",
     ];
     // Every push's data is compared on both datasets (parent and child).
@@ -348,6 +420,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
     let names: Vec<String> = compared
         .iter()
         .flat_map(|c| [format!("{c}-data"), format!("{c}-child")])
+        .chain(cases.iter().map(|c| format!("case-{c}")))
         .collect();
     required.extend(names.iter().map(String::as_str));
     problems.extend(asserts.require(&required));

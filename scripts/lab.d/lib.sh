@@ -237,6 +237,27 @@ lab_wait_listen() {
     return 1
 }
 
+# lab_wait_udp NS PORT [SECONDS]: wait until a UDP socket (a QUIC endpoint) is bound in NS
+lab_wait_udp() {
+    lab_wait "${3:-20}" "a UDP socket on $1:$2" _lab_udp_bound "$1" "$2"
+}
+_lab_udp_bound() { ip netns exec "$1" ss -Huan "sport = :$2" | grep -q .; }
+
+# lab_wait SECONDS WHAT CMD...: poll CMD (every 0.2 s) until it succeeds; after SECONDS,
+# print "lab_wait: timed out after N s waiting for WHAT" and return 1
+lab_wait() {
+    local secs=$1 what=$2 end
+    shift 2
+    end=$(($(date +%s) + secs))
+    while :; do
+        "$@" && return 0
+        (($(date +%s) < end)) || break
+        sleep 0.2
+    done
+    echo "lab_wait: timed out after ${secs} s waiting for $what" >&2
+    return 1
+}
+
 # lab_listen NS PORT: TCP listener writing the first connection's data to stdout
 lab_listen() {
     if command -v socat >/dev/null; then

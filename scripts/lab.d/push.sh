@@ -1,19 +1,44 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Lab scenario (issue 6): the product end to end. `fjord-recv serve --config` on the DR side
-# receives into real `zfs recv`; `fjord-send push --config` on the primary plans and sends
-# over WireGuard. Every push is checked by comparing file hashes on both sides.
+# receives into real `zfs recv`; `fjord-send push --config --json` on the primary plans and
+# sends over WireGuard. The scenario reads what each push did from its JSON Lines (one object
+# per dataset, one per job), never from prose or logs, and compares file hashes on both sides.
 #   LAB_FJORD_SEND=/path/fjord-send LAB_FJORD_RECV=/path/fjord-recv \
 #       scripts/lab run scripts/lab.d/push.sh DIR
-# Cases: initial full push of a dataset with a child, then incrementals; --dry-run sends
-# nothing; a push through 3 link flaps; kill -9 of fjord-recv mid-transfer, then the next
-# push resumes from the receive_resume_token; SIGTERM of fjord-recv leaves a resumable
-# receive, and a token whose snapshot was destroyed on the source is aborted and the push
-# falls back to the common snapshot; a diverged target is refused, then --force rolls it
-# back; retention prunes old snapshots but never the base nor foreign ones; an unknown key
-# and a key writing outside its prefix are refused with nothing written; two overlapping
-# pushes of one job (the second exits "locked"); a copy of an already replicated file costs
-# references only (the receiver's chunk cache); status and Prometheus metrics.
+#
+# One VM boot, independent cases. Each case starts from a known state that it sets up itself
+# (start_from): "fresh" (src/data and its child filled, nothing replicated, empty state_dir)
+# or "golden" (fresh plus one full push: both pools are rewound to a `zpool checkpoint` taken
+# right after it, state_dir and metrics restored), and it names the receiver config it needs
+# (serve_use restarts fjord-recv only when the config differs). Every case runs even when an
+# earlier one failed; each prints "CASE name PASS|FAIL" and records ASSERT case-NAME.
+#
+# Cases:
+#   full             initial full push of a dataset with a child; guid, content, base held
+#   dry-run          --dry-run plans the pending snapshot, takes none, sends nothing
+#   incremental      an incremental from the common snapshot
+#   flaps            a push through 3 link flaps (reconnects, same content)
+#   kill9-resume     kill -9 of fjord-recv mid-transfer; the next push resumes from the token
+#   sigterm-stale    SIGTERM of fjord-recv leaves a resumable receive and exits; the token's
+#                    snapshot is destroyed on the source, the push discards the stale token
+#   diverged         a diverged target is refused, --force too (no rollback granted); the
+#                    push goes on once the operator removes the DR snapshot
+#   attack           a stolen key rolls the source back and pushes --force: refused by
+#                    default, refused below min_age, honoured only with min_age = 0s
+#   retention        hourly = 3 on both sides: target pruning refused until granted, then the
+#                    old snapshot goes on both sides, the base and a foreign one stay
+#   access           an unknown key and a key writing outside its prefix: refused, nothing written
+#   evil             zfs send -p with risky properties is received inert
+#   overlap          two overlapping pushes of one job: the second exits 6 ("locked")
+#   locked           the job lock held from the shell (flock): the push exits 6
+#   state-dir        state_dir missing: the push exits 7 naming state_dir (not 6)
+#   dedup            a copy of a replicated file costs references only (chunk cache)
+#   status-metrics   fjord-send status --json and the Prometheus metrics after a push
+#   recv-prune       the DR node's own retention: fjord-recv prune (--dry-run, then for real)
+#
+# Until the binary has `push --json`, the pushes run with --verbose and a converter writes
+# the same JSON Lines from the prose (legacy_json), so the cases run on either binary.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -21,34 +46,33 @@ source "$(dirname "$(realpath "$0")")/lib.sh"
 send=${LAB_FJORD_SEND:?set LAB_FJORD_SEND to the fjord-send binary}
 recv=${LAB_FJORD_RECV:?set LAB_FJORD_RECV to the fjord-recv binary}
 work=/tmp/lab/push
-mkdir -p "$work/state" "$work/metrics"
 R=$LAB_RESULTS
+smnt=/tmp/mnt-src/src/data
+cmnt=/tmp/mnt-src/src/data/child
+MiB=1048576
+export send recv work R smnt cmnt MiB
+mkdir -p "$work/state" "$work/metrics"
 
-lab_step topology lab_topology
-lab_step pools lab_pools src dst
-zfs create src/data
-zfs create src/data/child
-zfs create dst/backup
-smnt=$(lab_mountpoint src/data)
-cmnt=$(lab_mountpoint src/data/child)
-lab_step fill lab_fill "$smnt" 21 "${LAB_FILL_SIZE:-6M}"
-lab_step fill-child lab_fill "$cmnt" 22 2M
+command -v jq >/dev/null || { echo "push.sh: jq is required in the lab guest" >&2; exit 1; }
+PUSH_JSON=0
+if "$send" push --help 2>/dev/null | grep -q -- '--json'; then
+    PUSH_JSON=1
+fi
+export PUSH_JSON
+lab_log "fjord-send push --json: $( ((PUSH_JSON)) && echo yes || echo 'no (legacy prose converter)')"
 
-spub=$("$send" keygen --key "$work/send.key")
-opub=$("$send" keygen --key "$work/other.key")
-"$send" keygen --key "$work/stranger.key" >/dev/null
-rpub=$("$recv" keygen --key "$work/recv.key")
+# ---------------------------------------------------------------- configs
 
-# recv_config TOP_LINES PRIMARY_CLIENT_LINES: the DR node's config; the defaults grant the
-# primary neither pruning nor rollback
+# recv_config NAME TOP_LINES PRIMARY_CLIENT_LINES: $work/recv-NAME.toml, the DR node's config;
+# the defaults grant the primary neither pruning nor rollback
 recv_config() {
-    cat >"$work/recv.toml" <<EOF
+    cat >"$work/recv-$1.toml" <<EOF
 listen = "$LAB_DR_WG_IP:7450"
 key = "$work/recv.key"
 max_concurrent = 4
 grace = "60s"
 idle_timeout = "3s"
-$1
+$2
 
 [recv]
 resumable = true
@@ -62,7 +86,7 @@ size = "256M"
 name = "primary"
 key = "$spub"
 prefixes = ["dst/backup"]
-$2
+$3
 
 [[client]]
 name = "other-site"
@@ -70,13 +94,12 @@ key = "$opub"
 prefixes = ["dst/other"]
 EOF
 }
-recv_config "" ""
 
-# send_config FILE KEY [EXTRA JOB LINES]: a config with the one job "data"
+# send_config FILE KEY [EXTRA JOB LINES] [STATE_DIR]: a config with the one job "data"
 send_config() {
     cat >"$1" <<EOF
 key = "$2"
-state_dir = "$work/state"
+state_dir = "${4:-$work/state}"
 metrics_file = "$work/metrics/fjord.prom"
 
 [[job]]
@@ -104,24 +127,52 @@ daily = 0
 weekly = 0
 EOF
 }
-send_config "$work/send.toml" "$work/send.key" ""
-send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
-send_config "$work/stranger.toml" "$work/stranger.key" ""
-send_config "$work/other.toml" "$work/other.key" ""
 
+# ---------------------------------------------------------------- the receiver
+
+serve_pid() { cat "$work/serve.pid" 2>/dev/null || echo 0; }
+serve_alive() { kill -0 "$(serve_pid)" 2>/dev/null; }
+# serve_start [CONFIG]: start fjord-recv serve with $work/recv-CONFIG.toml (default: the last
+# one) and wait until its UDP socket is bound
 serve_start() {
-    FJORD_LOG=info ip netns exec dr "$recv" serve --config "$work/recv.toml" >>"$R/serve.log" 2>&1 &
-    serve_pid=$!
-    sleep 2
+    local cfg=${1:-$(cat "$work/serve.config" 2>/dev/null || echo default)}
+    serve_stop
+    echo "$cfg" >"$work/serve.config"
+    echo "=== serve_start $cfg $(date +%T)" >>"$R/serve.log"
+    FJORD_LOG=info ip netns exec dr "$recv" serve --config "$work/recv-$cfg.toml" >>"$R/serve.log" 2>&1 </dev/null &
+    echo $! >"$work/serve.pid"
+    lab_wait_udp dr 7450 30
 }
-# serve_restart: a new recv.toml takes effect
-serve_restart() {
-    kill "$serve_pid" 2>/dev/null || true
-    wait "$serve_pid" 2>/dev/null || true
-    serve_start
+# serve_wait_exit SECONDS: until the receiver process is gone
+serve_wait_exit() {
+    local pid
+    pid=$(serve_pid)
+    timeout "$1" tail --pid="$pid" -f /dev/null
 }
-# history DATASET: the DR node's snapshot history by guid
+serve_stop() {
+    serve_alive || return 0
+    kill "$(serve_pid)" 2>/dev/null || true
+    serve_wait_exit 30 || { kill -9 "$(serve_pid)" 2>/dev/null || true; serve_wait_exit 10 || true; }
+}
+# serve_use CONFIG: the receiver runs with recv-CONFIG.toml (restarted only when it differs)
+serve_use() {
+    if serve_alive && [[ $(cat "$work/serve.config" 2>/dev/null) == "$1" ]]; then
+        return 0
+    fi
+    serve_stop
+    serve_start "$1"
+}
+# serve_log_mark / serve_log_since MARK: the part of serve.log written after the mark
+serve_log_mark() { wc -c <"$R/serve.log"; }
+serve_log_since() { tail -c +"$(($1 + 1))" "$R/serve.log"; }
+
+# ---------------------------------------------------------------- zfs state
+
+# (these never fail: a missing dataset gives empty output)
 history() { { zfs list -H -t snapshot -o guid -s createtxg -d 1 "$1" 2>/dev/null || true; } | tr '\n' ' '; }
+newest() { { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null || true; } | tail -n1; }
+snaps() { { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null || true; } | sed 's/.*@//' | tr '\n' ' '; }
+token() { zfs get -H -o value receive_resume_token "$1" 2>/dev/null || echo -; }
 # inert DATASET: the received dataset is never mounted by itself and carries nothing risky
 inert() {
     [[ $(zfs get -H -o value canmount,setuid,devices,readonly,sharenfs,mounted "$1" | tr '\n' ' ') == "noauto off off on off no " ]]
@@ -133,16 +184,181 @@ all_held() {
         zfs holds -H "$s" | grep -q $'\tfjord-dr\t' || { echo "not held: $s"; return 1; }
     done
 }
-# push NAME CONFIG [ARGS]: runs a push from the primary namespace; output in $R/NAME.{out,err}
+# destroy_tree DATASET: release every hold below it, then destroy it recursively
+destroy_tree() {
+    zfs list -H -o name "$1" >/dev/null 2>&1 || return 0
+    zfs recv -A "$1" 2>/dev/null || true
+    local s t
+    for s in $(zfs list -H -t snapshot -o name -r "$1"); do
+        for t in $(zfs holds -H "$s" | cut -f2); do zfs release "$t" "$s"; done
+    done
+    zfs destroy -r "$1"
+}
+# fjord_snapshot_now DATASET: a recursive snapshot named like the ones push takes
+fjord_snapshot_now() { zfs snapshot -r "$1@fjord_$(date -u +%Y-%m-%dT%H%M%SZ)"; }
+
+# recv_pid DATASET: the `zfs recv` into DATASET (its last argument), if one runs
+recv_pid() { pgrep -f "zfs (recv|receive) .*$1\$" | head -n1 || true; }
+# recv_read DATASET: bytes that zfs recv has read so far (0 when none runs)
+recv_read() {
+    local pid
+    pid=$(recv_pid "$1")
+    [[ -n $pid ]] || { echo 0; return; }
+    awk '/^rchar:/ { print $2; f = 1 } END { if (!f) print 0 }' "/proc/$pid/io" 2>/dev/null || echo 0
+}
+# wait_receiving DATASET BYTES [SECONDS]: until a zfs recv into DATASET has read BYTES
+wait_receiving() {
+    local ds=$1 want=$2
+    lab_wait "${3:-180}" "zfs recv into $ds read $want bytes" _received_at_least "$ds" "$want"
+}
+_received_at_least() { (($(recv_read "$1") >= $2)); }
+# wait_no_recv DATASET [SECONDS]: until no zfs recv into DATASET runs
+wait_no_recv() { lab_wait "${2:-60}" "no zfs recv into $1" _no_recv "$1"; }
+_no_recv() { [[ -z $(recv_pid "$1") ]]; }
+lock_held() { ! flock -n "$work/state/data.lock" true 2>/dev/null; }
+
+# ---------------------------------------------------------------- known states
+
+# fresh_datasets: src/data and src/data/child filled, no dst/backup/data, empty state_dir
+fresh_datasets() {
+    destroy_tree dst/backup/data
+    destroy_tree src/data
+    zfs create src/data
+    zfs create src/data/child
+    lab_fill "$smnt" 21 "${LAB_FILL_SIZE:-3M}" >/dev/null
+    lab_fill "$cmnt" 22 1M >/dev/null
+    rm -rf "$work/state" "$work/metrics"
+    mkdir -p "$work/state" "$work/metrics"
+}
+
+# golden_take: when src/data and its child are replicated (same newest snapshot, no token),
+# checkpoint both pools and keep state_dir and metrics as the golden state
+golden_take() {
+    local ds
+    rm -f "$work/golden.ok"
+    for ds in data data/child; do
+        local s
+        s=$(newest "src/$ds")
+        [[ -n $s ]] || { echo "golden: src/$ds has no snapshot" >&2; return 1; }
+        [[ $(lab_guid "$s") == "$(lab_guid "dst/backup/${s#src/}" 2>/dev/null)" ]] ||
+            { echo "golden: dst/backup/${s#src/} is not replicated" >&2; return 1; }
+        [[ $(token "dst/backup/$ds") == - ]] || { echo "golden: dst/backup/$ds has a token" >&2; return 1; }
+    done
+    local p
+    for p in src dst; do
+        zpool checkpoint -d "$p" 2>/dev/null || true
+        zpool checkpoint "$p"
+    done
+    rm -rf "$work/golden-state" "$work/golden-metrics"
+    cp -a "$work/state" "$work/golden-state"
+    cp -a "$work/metrics" "$work/golden-metrics"
+    touch "$work/golden.ok"
+    lab_log "golden state taken at $(newest src/data)"
+}
+
+# golden_build: fresh datasets, one full push, golden_take
+golden_build() {
+    fresh_datasets
+    serve_use default
+    push golden-build "$work/send.toml"
+    golden_take
+}
+
+# pools_rewind: both pools back to the golden checkpoint (no zfs recv may run)
+pools_rewind() {
+    local p
+    lab_wait 60 "no zfs recv runs" _no_recv ''
+    for p in src dst; do
+        zpool export "$p" || zpool export -f "$p"
+        zpool import -d "/tmp/lab-vdev-$p" -R "/tmp/mnt-$p" --rewind-to-checkpoint "$p"
+        zpool checkpoint "$p"
+    done
+}
+
+# start_from fresh|golden: the known state a case starts from
+start_from() {
+    case $1 in
+    fresh)
+        fresh_datasets
+        ;;
+    golden)
+        if [[ -f $work/golden.ok ]]; then
+            if ! pools_rewind; then
+                lab_log "rewind failed: building the golden state again"
+                rm -f "$work/golden.ok"
+            fi
+        fi
+        [[ -f $work/golden.ok ]] || golden_build
+        rm -rf "$work/state" "$work/metrics"
+        cp -a "$work/golden-state" "$work/state"
+        cp -a "$work/golden-metrics" "$work/metrics"
+        ;;
+    *) return 2 ;;
+    esac
+    # the network too: no link left down or netem left behind by an earlier case
+    ip -n primary link set veth-p up
+    ip -n dr link set veth-d up
+    lab_netem_clear >/dev/null
+    lab_log "start_from $1: source $(snaps src/data)| target $(snaps dst/backup/data)"
+}
+
+# ---------------------------------------------------------------- pushes and their JSON
+
+# push NAME CONFIG [ARGS]: one push from the primary namespace. $R/NAME.json holds its JSON
+# Lines (stdout), $R/NAME.err its stderr, $R/NAME.rc its exit status; returns that status.
 push() {
     local name=$1 cfg=$2 rc=0
     shift 2
-    ip netns exec primary timeout 600 "$send" push --config "$cfg" --verbose "$@" \
-        >"$R/$name.out" 2>"$R/$name.err" || rc=$?
+    if ((PUSH_JSON)); then
+        ip netns exec primary timeout 600 "$send" push --config "$cfg" --json "$@" \
+            >"$R/$name.json" 2>"$R/$name.err" || rc=$?
+        if jq -e -s 'all(.[]; type == "object" and (.type == "dataset" or .type == "job"))' \
+            "$R/$name.json" >/dev/null 2>&1; then
+            lab_pass "$name-stdout-json"
+        else
+            lab_fail "$name-stdout-json" "stdout is not only dataset/job JSON objects"
+        fi
+    else
+        ip netns exec primary timeout 600 "$send" push --config "$cfg" --verbose "$@" \
+            >"$R/$name.out" 2>"$R/$name.err" || rc=$?
+        legacy_json "$rc" "$R/$name.out" "$R/$name.err" "$*" >"$R/$name.json" ||
+            echo "legacy_json failed for $name" >&2
+    fi
+    echo "$rc" >"$R/$name.rc"
     lab_log "push $name exit $rc"
-    sed 's/^/    /' "$R/$name.out" "$R/$name.err"
+    sed 's/^/    /' "$R/$name.json" "$R/$name.err"
     return "$rc"
 }
+
+# jjob NAME FIELD: the job object's FIELD (arrays joined by spaces, null as "null")
+jjob() {
+    jq -r --arg f "$2" 'select(.type == "job") | .[$f]
+        | if type == "array" then map(tostring) | join(" ") else tostring end' \
+        "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+# jds NAME SOURCE FIELD: the FIELD of the dataset object of SOURCE
+jds() {
+    jq -r --arg s "$2" --arg f "$3" 'select(.type == "dataset" and .source == $s) | .[$f]
+        | if type == "array" then map(tostring) | join(" ") else tostring end' \
+        "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+# jactions NAME SOURCE: the actions of SOURCE's steps, comma-separated
+jactions() {
+    jq -r --arg s "$2" 'select(.type == "dataset" and .source == $s)
+        | [.steps[]?.action] | join(",")' "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+# jsteps NAME SOURCE JQ_FILTER: true when some step of SOURCE matches the filter
+jstep() {
+    jq -e -s --arg s "$2" "[.[] | select(.type == \"dataset\" and .source == \$s) | .steps[]? | select($3)] | length > 0" \
+        "$R/$1.json" >/dev/null 2>&1
+}
+# jmessages NAME: every error and warning of the push's JSON, one a line
+jmessages() {
+    jq -r '(.error // empty), (.warnings[]? // empty)' "$R/$1.json" 2>/dev/null || true
+}
+# jsays NAME WORD: some error or warning of the push names WORD
+jsays() { jmessages "$1" | grep -q -- "$2"; }
+
 # compare_target NAME: file hashes of src/data and its child against the target (mounted
 # read-only for it); records asserts, never fails itself
 compare_target() {
@@ -157,301 +373,549 @@ compare_target() {
     done
     return 0
 }
-# (these never fail: a missing dataset gives empty output, so `set -e` does not end the scenario)
-newest() { { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null || true; } | tail -n1; }
-snaps() { { zfs list -H -t snapshot -o name -s createtxg -d 1 "$1" 2>/dev/null || true; } | sed 's/.*@//' | tr '\n' ' '; }
-token() { zfs get -H -o value receive_resume_token "$1" 2>/dev/null || echo -; }
-# wait_receiving N: until more than N receives have verified bytes flowing into zfs recv
-# (per serve.log), plus 3 s of data
-wait_receiving() {
-    local i
-    for i in $(seq 1 200); do
-        if (($(started_count) > ${1:-0})); then
-            sleep 3
-            return 0
-        fi
-        sleep 0.3
-    done
-    return 1
+
+# legacy_json RC OUT ERR ARGS: the JSON Lines of `push --json` (as far as the assertions read
+# them) from the --verbose prose of a binary without --json
+legacy_json() {
+    python3 - "$@" <<'PY'
+import json, re, sys
+rc, out, err, args = int(sys.argv[1]), open(sys.argv[2]).read(), open(sys.argv[3]).read(), sys.argv[4]
+SRC, TGT = "src/data", "dst/backup/data"
+src_of = lambda t: SRC + t[len(TGT):] if t.startswith(TGT) else t
+dry = "--dry-run" in args
+ds = {}
+def d(source):
+    return ds.setdefault(source, {"type": "dataset", "job": "data", "source": source,
+        "target": TGT + source[len(SRC):], "result": None, "steps": [], "replicated": None,
+        "bytes": 0, "bytes_resent": 0, "reconnects": 0, "pruned_source": [],
+        "pruned_target": [], "warnings": [], "error": None})
+xfer = re.compile(r"(?:would send: )?(full|incremental \(-[iI]\)|resuming) (\S+?)@(\S+) -> (?:@(\S+) -> )?(\S+?)(, rolling[^:]*| from its receive_resume_token)?(?:: (\d+) bytes, re-sent (\d+) bytes over (\d+) reconnects)?$")
+snap = None
+for line in out.splitlines():
+    line = re.sub(r"^data: ", "", line)
+    m = xfer.match(line)
+    if m:
+        kind, source = m.group(1), m.group(2)
+        action = {"full": "full", "resuming": "resume"}.get(kind, "incremental")
+        frm, to = (m.group(3), m.group(4)) if action == "incremental" else (None, m.group(3))
+        b, rs, rec = (int(m.group(i) or 0) for i in (7, 8, 9))
+        x = d(source)
+        x["steps"].append({"action": action, "from": frm, "to": to, "intermediates": "-I" in kind,
+            "rollback": "rolling" in (m.group(6) or ""), "bytes": b, "bytes_resent": rs,
+            "reconnects": rec, "done": not line.startswith("would")})
+        x["bytes"] += b; x["bytes_resent"] += rs; x["reconnects"] += rec
+        snap = to
+        continue
+    m = re.match(r"(?:would: )?(\S+): stale resume token", line)
+    if m:
+        d(src_of(m.group(1)))["steps"].append({"action": "discard_stale_token", "from": None,
+            "to": None, "intermediates": False, "rollback": False, "bytes": 0,
+            "bytes_resent": 0, "reconnects": 0, "done": not line.startswith("would")})
+        continue
+    m = re.match(r"(\S+): up to date at @(\S+)", line)
+    if m:
+        d(m.group(1))["replicated"] = m.group(2); snap = snap or m.group(2); continue
+    m = re.match(r"pruned (\S+?)@\{?([^}]*)\}?$", line)
+    if m:
+        names = m.group(2).split(",")
+        if m.group(1).startswith(TGT): d(src_of(m.group(1)))["pruned_target"] += names
+        else: d(m.group(1))["pruned_source"] += names
+        continue
+    m = re.match(r"could not prune (\S+?): (.*)", line)
+    if m:
+        d(src_of(m.group(1)))["warnings"].append(line); continue
+    m = re.match(r"(\S+?) diverged after", line)
+    if m:
+        d(src_of(m.group(1)))["steps"].append({"action": "rollback_only", "done": False})
+error = None
+for line in err.splitlines():
+    m = re.match(r"fjord-send: job data(?: failed)?: (.*)", line)
+    if m: error = m.group(1)
+if error:
+    first = SRC
+    m = re.match(r"(?:\S+ \(-[iI]\) |full |resuming )?(\S+?)(?:@| -> |:)", error)
+    if m and m.group(1).startswith("src/"): first = m.group(1)
+    x = d(first); x["error"] = error
+    x["result"] = "diverged" if "newer than the common snapshot" in error else "failed"
+    for s in re.findall(r"(\S+): skipped, its parent", error): d(s)["result"] = "skipped"
+for x in ds.values():
+    if x["result"] is None:
+        x["result"] = ("planned" if x["steps"] else "up_to_date") if dry else ("ok" if x["steps"] else "up_to_date")
+    print(json.dumps(x))
+res = {0: "dry_run" if dry else "ok", 6: "locked"}.get(rc, "failed")
+if rc == 4 and any(x["result"] == "diverged" for x in ds.values()): res = "diverged"
+print(json.dumps({"type": "job", "job": "data", "result": res, "snapshot": None if dry else snap,
+    "datasets": len(ds), "failed": sum(x["result"] in ("failed", "diverged") for x in ds.values()),
+    "bytes": sum(x["bytes"] for x in ds.values()), "bytes_resent": sum(x["bytes_resent"] for x in ds.values()),
+    "reconnects": sum(x["reconnects"] for x in ds.values()), "duration_secs": 0.0,
+    "error": error if rc else None}))
+PY
 }
-started_count() {
-    local n
-    n=$(grep -c 'verified bytes flowing into zfs recv' "$R/serve.log" 2>/dev/null || true)
-    echo "${n:-0}"
+
+# ---------------------------------------------------------------- cases
+
+case_full() {
+    start_from fresh
+    serve_use default
+    local rc=0
+    push full "$work/send.toml" || rc=$?
+    lab_assert_eq full-exit 0 "$rc"
+    lab_assert_eq full-json-job ok "$(jjob full result)"
+    lab_assert_eq full-json-datasets "ok full ok full" \
+        "$(jds full src/data result) $(jactions full src/data) $(jds full src/data/child result) $(jactions full src/data/child)"
+    lab_assert_eq full-json-replicated "$(jjob full snapshot)" "$(jds full src/data replicated)"
+    compare_target full
+    local s
+    s=$(newest src/data)
+    lab_assert_eq full-guid "$(lab_guid "$s")" "$(lab_guid "dst/backup/data@${s#*@}" 2>/dev/null || echo none)"
+    lab_assert base-held sh -c "zfs holds -H '$s' | grep -q fjord"
 }
 
-serve_start
+case_dry_run() {
+    start_from golden
+    serve_use default
+    # a snapshot the push has not sent yet: the plan is an incremental
+    fjord_snapshot_now src/data
+    local before_src before_dst rc=0
+    before_src=$(snaps src/data)
+    before_dst=$(snaps dst/backup/data)
+    push dry "$work/send.toml" --dry-run || rc=$?
+    lab_assert_eq dry-run-exit 0 "$rc"
+    lab_assert_eq dry-run-prints-plan "dry_run planned incremental" \
+        "$(jjob dry result) $(jds dry src/data result) $(jactions dry src/data)"
+    lab_assert dry-run-step-not-done jstep dry src/data '.action == "incremental" and .done == false'
+    lab_assert_eq dry-run-no-source-snapshot "$before_src" "$(snaps src/data)"
+    lab_assert_eq dry-run-no-target-change "$before_dst" "$(snaps dst/backup/data)"
+}
 
-# 1. initial full push (parent and child), then --dry-run, then an incremental
-rc=0
-push full "$work/send.toml" || rc=$?
-lab_assert_eq full-exit 0 "$rc"
-compare_target full
-lab_assert_eq full-guid "$(lab_guid "$(newest src/data)")" "$(lab_guid "dst/backup/data@$(newest src/data | sed 's/.*@//')" 2>/dev/null || echo none)"
-lab_assert base-held sh -c "zfs holds -H '$(newest src/data)' | grep -q fjord"
+case_incremental() {
+    start_from golden
+    serve_use default
+    local base rc=0
+    base=$(newest src/data)
+    lab_mutate "$smnt" 31 256K >/dev/null
+    push incr "$work/send.toml" || rc=$?
+    lab_assert_eq incr-exit 0 "$rc"
+    lab_assert_eq incr-was-incremental "ok incremental" "$(jjob incr result) $(jactions incr src/data)"
+    lab_assert incr-from-base jstep incr src/data ".action == \"incremental\" and .from == \"${base#*@}\" and .done == true"
+    lab_assert_eq incr-replicated "$(jjob incr snapshot)" "$(jds incr src/data replicated)"
+    compare_target incr
+}
 
-before_src=$(snaps src/data)
-before_dst=$(snaps dst/backup/data)
-rc=0
-push dry "$work/send.toml" --dry-run || rc=$?
-lab_assert_eq dry-run-exit 0 "$rc"
-lab_assert dry-run-prints-plan grep -qiE 'up to date|incremental|full' "$R/dry.out"
-lab_assert_eq dry-run-no-source-snapshot "$before_src" "$(snaps src/data)"
-lab_assert_eq dry-run-no-target-change "$before_dst" "$(snaps dst/backup/data)"
+case_flaps() {
+    start_from golden
+    serve_use default
+    lab_mutate "$smnt" 32 10M >/dev/null
+    # the flaps start once zfs recv has read 2 MiB of the stream (planning takes a while)
+    (
+        wait_receiving dst/backup/data $((2 * MiB)) 180 || exit 1
+        lab_flap primary veth-p 5
+        sleep 2 && lab_flap primary veth-p 4
+        sleep 2 && lab_flap primary veth-p 4
+    ) >"$R/flaps.log" 2>&1 &
+    local flaps=$! t0=$SECONDS rc=0 took frc=0
+    push flaps "$work/slow.toml" || rc=$?
+    took=$((SECONDS - t0))
+    wait "$flaps" || frc=$?
+    lab_assert_eq flaps-exit 0 "$rc"
+    lab_assert_eq flaps-flapped 0 "$frc"
+    lab_assert flaps-mid-transfer test "$took" -ge 17
+    lab_assert flaps-reconnected test "$(jds flaps src/data reconnects)" -ge 1
+    lab_assert_eq flaps-json-ok ok "$(jjob flaps result)"
+    compare_target flaps
+}
 
-lab_step mutate-1 lab_mutate "$smnt" 31 256K
-rc=0
-push incr "$work/send.toml" || rc=$?
-lab_assert_eq incr-exit 0 "$rc"
-lab_assert incr-was-incremental grep -qi incremental "$R/incr.out"
-compare_target incr
-
-# 2. a push through three link flaps
-lab_step mutate-2 lab_mutate "$smnt" 32 10M
-n=$(started_count)
-# The flaps start once the stream is flowing (planning before it takes a while under TCG).
-(
-    wait_receiving "$n"
-    lab_flap primary veth-p 5
-    sleep 2 && lab_flap primary veth-p 4
-    sleep 2 && lab_flap primary veth-p 4
-) >"$R/flaps.log" 2>&1 &
-flaps=$!
-t0=$SECONDS
-rc=0
-push flaps "$work/slow.toml" || rc=$?
-took=$((SECONDS - t0))
-wait "$flaps" || true
-lab_assert_eq flaps-exit 0 "$rc"
-lab_assert flaps-mid-transfer test "$took" -ge 17
-lab_assert flaps-reconnected grep -qE 'reconnect(s|ed)? *[:=]? *[1-9]|[1-9][0-9]* reconnects' "$R/flaps.out"
-compare_target flaps
-
-# 3. kill -9 of fjord-recv mid-transfer; the next push resumes from the token
-lab_step mutate-3 lab_mutate "$smnt" 33 10M
-n=$(started_count)
-push killed "$work/slow.toml" &
-killed=$!
-if wait_receiving "$n"; then
-    kill -9 "$serve_pid"
+case_kill9_resume() {
+    start_from golden
+    serve_use default
+    lab_mutate "$smnt" 33 6M >/dev/null
+    push killed "$work/slow.toml" &
+    local killed=$! rc=0
+    wait_receiving dst/backup/data $((2 * MiB)) 180 ||
+        lab_fail killed-mid-transfer "no zfs recv read 2 MiB before the kill"
+    kill -9 "$(serve_pid)"
     lab_log "killed fjord-recv (-9) mid-transfer"
-fi
-# A restarted receiver does not know the session: the running push fails at once.
-sleep 1
-serve_start
-rc=0
-wait "$killed" || rc=$?
-lab_assert killed-push-failed test "$rc" -ne 0
-lab_assert killed-token-saved test "$(token dst/backup/data)" != -
-rc=0
-push resumed "$work/send.toml" || rc=$?
-lab_assert_eq resumed-exit 0 "$rc"
-lab_assert resumed-from-token grep -qi 'resum.*token' "$R/resumed.out"
-lab_assert_eq resumed-no-token-left - "$(token dst/backup/data)"
-compare_target resumed
+    serve_wait_exit 30
+    # zfs recv sees the end of its input and leaves the partial receive
+    wait_no_recv dst/backup/data 60
+    # a restarted receiver does not know the session: the running push fails
+    serve_start default
+    wait "$killed" || rc=$?
+    lab_assert killed-push-failed test "$rc" -ne 0
+    lab_assert_eq killed-json-failed "failed failed" "$(jjob killed result) $(jds killed src/data result)"
+    lab_assert killed-token-saved test "$(token dst/backup/data)" != -
+    rc=0
+    push resumed "$work/send.toml" || rc=$?
+    lab_assert_eq resumed-exit 0 "$rc"
+    lab_assert resumed-from-token jstep resumed src/data '.action == "resume" and .done == true'
+    lab_assert_eq resumed-resume-first resume "$(jactions resumed src/data | cut -d, -f1)"
+    lab_assert_eq resumed-no-token-left - "$(token dst/backup/data)"
+    compare_target resumed
+}
 
-# 4. SIGTERM of fjord-recv: a resumable state, a clean exit; then the token goes stale
-lab_step mutate-4 lab_mutate "$smnt" 34 10M
-n=$(started_count)
-push termed "$work/slow.toml" &
-termed=$!
-sigterm_rc=none
-if wait_receiving "$n"; then
-    kill -TERM "$serve_pid"
-    t1=$SECONDS
-    sigterm_rc=0
-    timeout 30 tail --pid="$serve_pid" -f /dev/null || sigterm_rc=timeout
-    lab_log "fjord-recv exited $((SECONDS - t1)) s after SIGTERM"
-fi
-lab_assert_eq sigterm-exits 0 "$sigterm_rc"
-serve_start
-wait "$termed" || true
-lab_assert sigterm-token-saved test "$(token dst/backup/data)" != -
-# The snapshot that push was sending goes away on the source: the token is stale.
-stale=$(newest src/data)
-zfs destroy -r "$stale"
-lab_log "destroyed $stale (the token's snapshot)"
-rc=0
-push stale "$work/send.toml" || rc=$?
-lab_assert_eq stale-exit 0 "$rc"
-lab_assert stale-token-aborted grep -qi stale "$R/stale.out"
-lab_assert_eq stale-no-token-left - "$(token dst/backup/data)"
-compare_target stale
+case_sigterm_stale() {
+    start_from golden
+    serve_use default
+    lab_mutate "$smnt" 34 6M >/dev/null
+    push termed "$work/slow.toml" &
+    local termed=$! sigterm_rc=none t1
+    if wait_receiving dst/backup/data $((2 * MiB)) 180; then
+        kill -TERM "$(serve_pid)"
+        t1=$SECONDS
+        sigterm_rc=0
+        serve_wait_exit 30 || sigterm_rc=timeout
+        lab_log "fjord-recv exited $((SECONDS - t1)) s after SIGTERM"
+    fi
+    lab_assert_eq sigterm-exits 0 "$sigterm_rc"
+    serve_start default
+    wait "$termed" || true
+    wait_no_recv dst/backup/data 60
+    lab_assert sigterm-token-saved test "$(token dst/backup/data)" != -
+    # the snapshot that push was sending goes away on the source: the token is stale
+    local stale
+    stale=$(jjob termed snapshot)
+    if [[ -z $stale || $stale == null ]]; then stale=$(newest src/data); else stale=src/data@$stale; fi
+    zfs destroy -r "$stale"
+    lab_log "destroyed $stale (the token's snapshot)"
+    local rc=0
+    push stale "$work/send.toml" || rc=$?
+    lab_assert_eq stale-exit 0 "$rc"
+    lab_assert_eq stale-token-aborted discard_stale_token "$(jactions stale src/data | cut -d, -f1)"
+    lab_assert stale-then-incremental jstep stale src/data '.action == "incremental" and .done == true'
+    lab_assert_eq stale-no-token-left - "$(token dst/backup/data)"
+    compare_target stale
+}
 
-# 5. a diverged target is refused, and --force too: by default the DR node's policy grants no
-# client a rollback; the operator's own snapshot stays
-lab_assert held-after-pushes all_held dst/backup/data
-lab_assert inert-after-pushes inert dst/backup/data
-lab_assert inert-child inert dst/backup/data/child
-zfs snapshot dst/backup/data@made-on-dr
-lab_step mutate-5 lab_mutate "$smnt" 35 128K
-rc=0
-push diverged "$work/send.toml" || rc=$?
-lab_assert_eq diverged-exit 4 "$rc"
-lab_assert diverged-names-snapshot grep -q made-on-dr "$R/diverged.err"
-lab_assert diverged-target-kept sh -c "zfs list dst/backup/data@made-on-dr"
-lab_assert diverged-status grep -q '"last_result": *"diverged"' "$work/state/data.status.json"
-before_hist=$(history dst/backup/data)
-rc=0
-push forced-default "$work/send.toml" --force || rc=$?
-lab_assert_eq forced-default-refused 4 "$rc"
-lab_assert forced-default-names-setting grep -q allow_rollback "$R/forced-default.err"
-lab_assert_eq forced-default-history-kept "$before_hist" "$(history dst/backup/data)"
-# the operator removes the snapshot made on the DR node; the push goes on
-zfs destroy dst/backup/data@made-on-dr
-rc=0
-push after-divergence "$work/send.toml" || rc=$?
-lab_assert_eq after-divergence-exit 0 "$rc"
-compare_target after-divergence
+case_diverged() {
+    start_from golden
+    serve_use default
+    lab_assert held-after-pushes all_held dst/backup/data
+    lab_assert inert-after-pushes inert dst/backup/data
+    lab_assert inert-child inert dst/backup/data/child
+    zfs snapshot dst/backup/data@made-on-dr
+    lab_mutate "$smnt" 35 128K >/dev/null
+    local rc=0 before_hist
+    push diverged "$work/send.toml" || rc=$?
+    lab_assert_eq diverged-exit 4 "$rc"
+    lab_assert_eq diverged-json "diverged diverged skipped" \
+        "$(jjob diverged result) $(jds diverged src/data result) $(jds diverged src/data/child result)"
+    lab_assert diverged-names-snapshot sh -c "jq -r 'select(.source == \"src/data\") | .error' '$R/diverged.json' | grep -q made-on-dr"
+    lab_assert diverged-stderr-names-snapshot grep -q made-on-dr "$R/diverged.err"
+    lab_assert diverged-target-kept zfs list dst/backup/data@made-on-dr
+    lab_assert diverged-status grep -q '"last_result": *"diverged"' "$work/state/data.status.json"
+    before_hist=$(history dst/backup/data)
+    rc=0
+    push forced-default "$work/send.toml" --force || rc=$?
+    lab_assert_eq forced-default-refused 4 "$rc"
+    lab_assert forced-default-names-setting jsays forced-default allow_rollback
+    lab_assert_eq forced-default-history-kept "$before_hist" "$(history dst/backup/data)"
+    # the operator removes the snapshot made on the DR node; the push goes on
+    zfs destroy dst/backup/data@made-on-dr
+    rc=0
+    push after-divergence "$work/send.toml" || rc=$?
+    lab_assert_eq after-divergence-exit 0 "$rc"
+    lab_assert_eq after-divergence-json ok "$(jjob after-divergence result)"
+    compare_target after-divergence
+}
 
-# 5b. a stolen key with the primary's pool: roll the source back past the last push,
-# overwrite the files, push --force. Refused by default; granted rollback is still refused
-# below min_age (7 days by default); only with min_age = 0s is the rollback honoured.
-old_base=$(newest src/data)
-zfs hold attack-keep "$old_base"
-lab_step mutate-5b lab_mutate "$smnt" 351 128K
-push extra "$work/send.toml" || true
-zfs release attack-keep "$old_base"
-# the attacker owns the pool: release the sender's holds on the newer snapshots, roll back
-for s in $(zfs list -H -t snapshot -o name -s createtxg -d 1 src/data | sed -n "\|^$old_base\$|,\$p" | tail -n +2); do
-    for t in $(zfs holds -H "$s" | cut -f2); do zfs release "$t" "$s"; done
-done
-zfs rollback -r "$old_base"
-lab_step overwrite lab_fill "$smnt" 99 1M
-before_hist=$(history dst/backup/data)
-rc=0
-push attack "$work/send.toml" --force || rc=$?
-lab_assert attack-refused test "$rc" -ne 0
-lab_assert_eq attack-history-kept "$before_hist" "$(history dst/backup/data)"
-recv_config "" "allow_rollback = true"
-serve_restart
-rc=0
-push attack-young "$work/send.toml" --force || rc=$?
-lab_assert attack-young-refused test "$rc" -ne 0
-lab_assert attack-young-says-min-age grep -q min_age "$R/attack-young.err"
-lab_assert_eq attack-young-history-kept "$before_hist" "$(history dst/backup/data)"
-recv_config 'min_age = "0s"' "allow_rollback = true"
-serve_restart
-rc=0
-push forced "$work/send.toml" --force || rc=$?
-lab_assert_eq forced-exit 0 "$rc"
-lab_assert forced-rolled-back test "$before_hist" != "$(history dst/backup/data)"
-lab_assert forced-held all_held dst/backup/data
-compare_target forced
+# a stolen key with the primary's pool: roll the source back past the last push, overwrite
+# the files, push --force. Refused by default; granted rollback is still refused below
+# min_age (7 days by default); only with min_age = 0s is the rollback honoured.
+case_attack() {
+    start_from golden
+    serve_use default
+    local old_base s t rc=0 before_hist
+    old_base=$(newest src/data)
+    zfs hold attack-keep "$old_base"
+    lab_mutate "$smnt" 351 128K >/dev/null
+    push extra "$work/send.toml" || rc=$?
+    lab_assert_eq attack-extra-push 0 "$rc"
+    zfs release attack-keep "$old_base"
+    # the attacker owns the pool: release the sender's holds on the newer snapshots, roll back
+    for s in $(zfs list -H -t snapshot -o name -s createtxg -d 1 src/data | sed -n "\|^$old_base\$|,\$p" | tail -n +2); do
+        for t in $(zfs holds -H "$s" | cut -f2); do zfs release "$t" "$s"; done
+    done
+    zfs rollback -r "$old_base"
+    lab_fill "$smnt" 99 1M >/dev/null
+    before_hist=$(history dst/backup/data)
+    rc=0
+    push attack "$work/send.toml" --force || rc=$?
+    lab_assert attack-refused test "$rc" -ne 0
+    lab_assert_eq attack-history-kept "$before_hist" "$(history dst/backup/data)"
+    serve_use rollback
+    rc=0
+    push attack-young "$work/send.toml" --force || rc=$?
+    lab_assert attack-young-refused test "$rc" -ne 0
+    lab_assert attack-young-says-min-age jsays attack-young min_age
+    lab_assert_eq attack-young-history-kept "$before_hist" "$(history dst/backup/data)"
+    serve_use rollback-now
+    rc=0
+    push forced "$work/send.toml" --force || rc=$?
+    lab_assert_eq forced-exit 0 "$rc"
+    lab_assert forced-json-rollback jstep forced src/data '.rollback == true and .done == true'
+    lab_assert forced-rolled-back test "$before_hist" != "$(history dst/backup/data)"
+    lab_assert forced-held all_held dst/backup/data
+    compare_target forced
+}
 
-# 6. retention (hourly = 3, source and target): of four old hourly snapshots with our prefix
-# the oldest is outside the 3 newest hours that have snapshots, on both sides; a foreign
-# snapshot and the base stay
-for h in 00 01 02 03; do
-    zfs snapshot "src/data@fjord_2026-01-01T${h}0000Z"
-done
-zfs snapshot src/data@manual-keep
-lab_step mutate-6 lab_mutate "$smnt" 36 128K
-rc=0
-push retention-ungranted "$work/send.toml" || rc=$?
-lab_assert_eq retention-ungranted-exit 0 "$rc"
-lab_assert retention-ungranted-target-kept zfs list dst/backup/data@fjord_2026-01-01T000000Z
-lab_assert retention-ungranted-says-why grep -q allow_prune "$R/retention-ungranted.out" "$R/retention-ungranted.err"
-recv_config 'min_age = "0s"' "allow_rollback = true
-allow_prune = true"
-serve_restart
-lab_step mutate-6b lab_mutate "$smnt" 361 128K
-rc=0
-push retention "$work/send.toml" || rc=$?
-lab_assert_eq retention-exit 0 "$rc"
-lab_log "source: $(snaps src/data)"
-lab_log "target: $(snaps dst/backup/data)"
-lab_assert retention-old-pruned-source sh -c "! zfs list src/data@fjord_2026-01-01T000000Z 2>/dev/null"
-lab_assert retention-old-pruned-target sh -c "! zfs list dst/backup/data@fjord_2026-01-01T000000Z 2>/dev/null"
-lab_assert retention-foreign-kept zfs list src/data@manual-keep
-base=$(newest src/data)
-lab_assert retention-base-kept-source zfs list "$base"
-lab_assert retention-base-kept-target zfs list "dst/backup/${base#src/}"
-lab_assert retention-base-held sh -c "zfs holds -H '$base' | grep -q fjord"
-compare_target retention
+# retention (hourly = 3, source and target): of four old hourly snapshots with our prefix the
+# oldest is outside the 3 newest hours that have snapshots, on both sides; a foreign snapshot
+# and the base stay
+case_retention() {
+    start_from golden
+    serve_use default
+    local h rc=0 base
+    for h in 00 01 02 03; do
+        zfs snapshot "src/data@fjord_2026-01-01T${h}0000Z"
+    done
+    zfs snapshot src/data@manual-keep
+    lab_mutate "$smnt" 36 128K >/dev/null
+    push retention-ungranted "$work/send.toml" || rc=$?
+    lab_assert_eq retention-ungranted-exit 0 "$rc"
+    lab_assert retention-ungranted-target-kept zfs list dst/backup/data@fjord_2026-01-01T000000Z
+    lab_assert retention-ungranted-says-why jsays retention-ungranted allow_prune
+    lab_assert_eq retention-ungranted-json-nothing-pruned "" "$(jds retention-ungranted src/data pruned_target)"
+    serve_use prune
+    lab_mutate "$smnt" 361 128K >/dev/null
+    rc=0
+    push retention "$work/send.toml" || rc=$?
+    lab_assert_eq retention-exit 0 "$rc"
+    lab_log "source: $(snaps src/data)"
+    lab_log "target: $(snaps dst/backup/data)"
+    lab_assert retention-old-pruned-source sh -c "! zfs list src/data@fjord_2026-01-01T000000Z 2>/dev/null"
+    lab_assert retention-old-pruned-target sh -c "! zfs list dst/backup/data@fjord_2026-01-01T000000Z 2>/dev/null"
+    lab_assert retention-json-pruned-target sh -c "jq -e 'select(.source == \"src/data\") | .pruned_target | index(\"fjord_2026-01-01T000000Z\")' '$R/retention.json'"
+    lab_assert retention-foreign-kept zfs list src/data@manual-keep
+    base=$(newest src/data)
+    lab_assert retention-base-kept-source zfs list "$base"
+    lab_assert retention-base-kept-target zfs list "dst/backup/${base#src/}"
+    lab_assert retention-base-held sh -c "zfs holds -H '$base' | grep -q fjord"
+    compare_target retention
+}
 
-# 7. an unknown key, and a known key writing outside its prefix: refused, nothing written
-before_dst=$(snaps dst/backup/data)
-rc=0
-push stranger "$work/stranger.toml" || rc=$?
-lab_assert stranger-refused test "$rc" -ne 0
-lab_assert_eq stranger-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
-rc=0
-push outside "$work/other.toml" || rc=$?
-lab_assert outside-prefix-refused test "$rc" -ne 0
-lab_assert outside-prefix-says-why grep -q 'prefix' "$R/outside.err"
-lab_assert_eq outside-prefix-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+# an unknown key, and a known key writing outside its prefix: refused, nothing written
+case_access() {
+    start_from golden
+    serve_use default
+    local before_dst rc=0
+    before_dst=$(snaps dst/backup/data)
+    push stranger "$work/stranger.toml" || rc=$?
+    lab_assert stranger-refused test "$rc" -ne 0
+    lab_assert_eq stranger-json-failed failed "$(jjob stranger result)"
+    lab_assert_eq stranger-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+    rc=0
+    push outside "$work/other.toml" || rc=$?
+    lab_assert outside-prefix-refused test "$rc" -ne 0
+    lab_assert outside-prefix-says-why jsays outside prefix
+    lab_assert_eq outside-prefix-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+}
 
-# 7b. a hostile stream (zfs send -p) with properties that would mount, share and run setuid
+# a hostile stream (zfs send -p) with properties that would mount, share and run setuid
 # programs on the DR node: received inert
-zfs create -o setuid=on -o devices=on -o canmount=on -o mountpoint=/root -o quota=1G src/evil
-zfs snapshot src/evil@s1
-rc=0
-ip netns exec primary sh -c "zfs send -p src/evil@s1 | timeout 300 '$send' send --stream - \
-    --to $LAB_DR_WG_IP:7450 --key '$work/send.key' --server-key '$rpub' --dataset dst/backup/evil" \
-    >"$R/evil.out" 2>"$R/evil.err" || rc=$?
-lab_assert_eq evil-received 0 "$rc"
-zfs get -H -o property,value,source canmount,setuid,devices,readonly,mountpoint,quota,mounted dst/backup/evil >"$R/evil.props" || true
-lab_assert evil-inert inert dst/backup/evil
-lab_assert evil-mountpoint-not-root sh -c "! zfs get -H -o value mountpoint dst/backup/evil | grep -qx '/root'"
-lab_assert_eq evil-quota-excluded none "$(zfs get -H -o value quota dst/backup/evil)"
-lab_assert evil-held all_held dst/backup/evil
+case_evil() {
+    start_from golden
+    serve_use default
+    destroy_tree dst/backup/evil
+    destroy_tree src/evil
+    zfs create -o setuid=on -o devices=on -o canmount=on -o mountpoint=/root -o quota=1G src/evil
+    zfs snapshot src/evil@s1
+    local rc=0
+    ip netns exec primary sh -c "zfs send -p src/evil@s1 | timeout 300 '$send' send --stream - \
+        --to $LAB_DR_WG_IP:7450 --key '$work/send.key' --server-key '$rpub' --dataset dst/backup/evil" \
+        >"$R/evil.out" 2>"$R/evil.err" || rc=$?
+    lab_assert_eq evil-received 0 "$rc"
+    zfs get -H -o property,value,source canmount,setuid,devices,readonly,mountpoint,quota,mounted dst/backup/evil >"$R/evil.props" || true
+    lab_assert evil-inert inert dst/backup/evil
+    lab_assert evil-mountpoint-not-root sh -c "! zfs get -H -o value mountpoint dst/backup/evil | grep -qx '/root'"
+    lab_assert_eq evil-quota-excluded none "$(zfs get -H -o value quota dst/backup/evil)"
+    lab_assert evil-held all_held dst/backup/evil
+}
 
-# 8. two overlapping pushes of one job: the second exits "locked", the first completes
-lab_step mutate-8 lab_mutate "$smnt" 38 6M
-push overlap-a "$work/slow.toml" &
-a=$!
-# until the first push holds the job's lock (flock(2), as the job lock uses)
-for _ in $(seq 1 150); do
-    flock -n "$work/state/data.lock" true 2>/dev/null || break
-    sleep 0.2
-done
-rc=0
-push overlap-b "$work/send.toml" || rc=$?
-lab_assert_eq overlap-second-locked 6 "$rc"
-rc=0
-wait "$a" || rc=$?
-lab_assert_eq overlap-first-ok 0 "$rc"
-compare_target overlap
+# two overlapping pushes of one job: the second exits 6 ("locked"), the first completes
+case_overlap() {
+    start_from golden
+    serve_use default
+    lab_mutate "$smnt" 38 1M >/dev/null
+    push overlap-a "$work/slow.toml" &
+    local a=$! rc=0
+    # until the first push holds the job's lock (flock(2), as the job lock uses)
+    lab_wait 60 "the first push holds the job lock" lock_held || true
+    push overlap-b "$work/send.toml" || rc=$?
+    lab_assert_eq overlap-second-locked 6 "$rc"
+    lab_assert_eq overlap-second-json-locked locked "$(jjob overlap-b result)"
+    rc=0
+    wait "$a" || rc=$?
+    lab_assert_eq overlap-first-ok 0 "$rc"
+    compare_target overlap
+}
 
-# 8b. a copy of a file the DR node already has: its blocks are in the receiver's chunk
-# cache, so the push sends references, not the 6 MiB of incompressible data
-cp --reflink=never "$smnt/new-38/added.bin" "$smnt/copy-of-added.bin"
-sync
-rc=0
-push dedup "$work/send.toml" || rc=$?
-lab_assert_eq dedup-exit 0 "$rc"
-dedup_bytes=$(grep -oE 'src/data@[^ ]* -> @[^ ]* -> dst/backup/data: [0-9]+ bytes' "$R/dedup.out" | grep -oE '[0-9]+ bytes' | grep -oE '[0-9]+' | head -n1 || true)
-lab_log "a 6 MiB copy of a replicated file cost ${dedup_bytes:-?} bytes on the wire"
-lab_assert dedup-inventory-used grep -q 'chunk inventory promised' "$R/serve.log"
-lab_assert dedup-costs-references-only test "${dedup_bytes:-99999999}" -lt 1048576
-compare_target dedup
+# the job lock held from the shell: the push exits 6 and takes no snapshot
+case_locked() {
+    start_from golden
+    serve_use default
+    local before rc=0
+    before=$(snaps src/data)
+    exec 9>"$work/state/data.lock"
+    flock -n 9
+    push locked "$work/send.toml" || rc=$?
+    exec 9>&-
+    lab_assert_eq locked-exit 6 "$rc"
+    lab_assert_eq locked-json locked "$(jjob locked result)"
+    lab_assert locked-says-lock grep -qi lock "$R/locked.err"
+    lab_assert_eq locked-no-snapshot "$before" "$(snaps src/data)"
+}
 
-# 9. status and metrics
-rc=0
-ip netns exec primary "$send" status --config "$work/send.toml" --json >"$R/status.json" 2>"$R/status.err" || rc=$?
-lab_assert_eq status-exit 0 "$rc"
-lab_assert status-ok grep -q '"last_result": *"ok"' "$R/status.json"
-cp "$work/metrics/fjord.prom" "$R/fjord.prom" 2>/dev/null || true
-lab_assert metrics-last-success grep -q '^fjord_job_last_success_timestamp_seconds{job="data"}' "$work/metrics/fjord.prom"
-lab_assert metrics-lag grep -q '^fjord_job_replication_lag_seconds{job="data"}' "$work/metrics/fjord.prom"
+# state_dir missing: the push cannot write its local state and exits 7 (not 6, "locked")
+case_state_dir() {
+    start_from golden
+    serve_use default
+    send_config "$work/nostate.toml" "$work/send.key" "" "$work/no-such-state-dir"
+    rm -rf "$work/no-such-state-dir"
+    local rc=0
+    push nostate "$work/nostate.toml" || rc=$?
+    lab_assert_eq state-dir-exit 7 "$rc"
+    lab_assert state-dir-named sh -c "grep -q state_dir '$R/nostate.err' || jq -r '.error // empty' '$R/nostate.json' | grep -q state_dir"
+}
 
-# 10. the DR node's own retention: fjord-recv prune
-recv_config 'min_age = "0s"
+# a copy of a file the DR node already has: its blocks are in the receiver's chunk cache, so
+# the push sends references, not the 4 MiB of incompressible data
+case_dedup() {
+    start_from golden
+    serve_use default
+    local rc=0 mark bytes
+    lab_mutate "$smnt" 37 4M >/dev/null
+    push dedup-base "$work/send.toml" || rc=$?
+    lab_assert_eq dedup-base-exit 0 "$rc"
+    cp --reflink=never "$smnt/new-37/added.bin" "$smnt/copy-of-added.bin"
+    sync
+    mark=$(serve_log_mark)
+    rc=0
+    push dedup "$work/send.toml" || rc=$?
+    lab_assert_eq dedup-exit 0 "$rc"
+    bytes=$(jds dedup src/data bytes)
+    lab_log "a 4 MiB copy of a replicated file cost ${bytes:-?} bytes on the wire"
+    lab_assert dedup-inventory-used sh -c "tail -c +$((mark + 1)) '$R/serve.log' | grep -q 'chunk inventory promised'"
+    lab_assert dedup-costs-references-only test "${bytes:-99999999}" -lt "$MiB"
+    compare_target dedup
+}
+
+case_status_metrics() {
+    start_from golden
+    serve_use default
+    local rc=0
+    push status-push "$work/send.toml" || rc=$?
+    lab_assert_eq status-push-exit 0 "$rc"
+    rc=0
+    ip netns exec primary "$send" status --config "$work/send.toml" --json >"$R/status.json" 2>"$R/status.err" || rc=$?
+    lab_assert_eq status-exit 0 "$rc"
+    lab_assert status-ok grep -q '"last_result": *"ok"' "$R/status.json"
+    lab_assert_eq status-bytes-match "$(jjob status-push bytes)" "$(jq -r '.[] | select(.job == "data") | .bytes' "$R/status.json" 2>/dev/null)"
+    cp "$work/metrics/fjord.prom" "$R/fjord.prom" 2>/dev/null || true
+    lab_assert metrics-last-success grep -q '^fjord_job_last_success_timestamp_seconds{job="data"}' "$work/metrics/fjord.prom"
+    lab_assert metrics-lag grep -q '^fjord_job_replication_lag_seconds{job="data"}' "$work/metrics/fjord.prom"
+}
+
+# the DR node's own retention: fjord-recv prune with hourly = 2
+case_recv_prune() {
+    start_from golden
+    serve_use default
+    local h rc=0 before_hist
+    for h in 00 01 02 03; do
+        zfs snapshot -r "src/data@fjord_2026-01-01T${h}0000Z"
+    done
+    push prune-setup "$work/send.toml" || rc=$?
+    lab_assert_eq prune-setup-exit 0 "$rc"
+    lab_log "target: $(snaps dst/backup/data)"
+    before_hist=$(history dst/backup/data)
+    rc=0
+    "$recv" prune --config "$work/recv-dr-retention.toml" --dry-run --json >"$R/prune-dry.json" 2>"$R/prune-dry.err" || rc=$?
+    lab_assert_eq prune-dry-exit 0 "$rc"
+    lab_assert prune-dry-lists grep -q '"dataset":"dst/backup/data"' "$R/prune-dry.json"
+    lab_assert_eq prune-dry-destroyed-nothing "$before_hist" "$(history dst/backup/data)"
+    rc=0
+    "$recv" prune --config "$work/recv-dr-retention.toml" >"$R/prune.out" 2>"$R/prune.err" || rc=$?
+    lab_assert_eq prune-exit 0 "$rc"
+    lab_log "target after prune: $(snaps dst/backup/data)"
+    lab_assert prune-kept-newest zfs list "$(newest dst/backup/data)"
+    lab_assert prune-destroyed-old sh -c "! zfs list dst/backup/data@fjord_2026-01-01T000000Z 2>/dev/null"
+    lab_assert prune-kept-two test "$(zfs list -H -t snapshot -o name -d 1 dst/backup/data | grep -c '@fjord_')" -le 3
+}
+
+CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
+    access evil overlap locked state-dir dedup status-metrics recv-prune)
+
+# case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
+# never stops the others
+case_main() {
+    set -euo pipefail
+    trap _case_cleanup EXIT
+    "case_${1//-/_}"
+}
+# _case_cleanup: end what the case left running in the background (a push, the flaps), but
+# not the receiver
+_case_cleanup() {
+    local p
+    for p in $(jobs -p); do
+        [[ $p == "$(serve_pid)" ]] && continue
+        pkill -TERM -P "$p" 2>/dev/null || true
+        kill "$p" 2>/dev/null || true
+    done
+}
+FAILED=()
+case_run() {
+    local name=$1 t=${2:-600} before after rc=0
+    before=$(grep -c '^ASSERT [^ ]* fail' "$R/results.txt" 2>/dev/null || true)
+    echo "==================== case $name"
+    lab_step --timeout "$t" "case-$name" case_main "$name" || rc=$?
+    after=$(grep -c '^ASSERT [^ ]* fail' "$R/results.txt" 2>/dev/null || true)
+    if ((rc == 0 && ${after:-0} == ${before:-0})); then
+        echo "CASE $name PASS"
+        lab_pass "case-$name"
+    else
+        echo "CASE $name FAIL (exit $rc, $((${after:-0} - ${before:-0})) failed assertions)"
+        lab_fail "case-$name" "exit $rc, $((${after:-0} - ${before:-0})) failed assertions"
+        FAILED+=("$name")
+    fi
+    # golden state: taken once the first case has replicated src/data
+    if [[ $name == full && ! -f $work/golden.ok ]]; then
+        lab_step golden golden_take || true
+    fi
+}
+
+# ---------------------------------------------------------------- shared setup
+
+lab_step topology lab_topology
+lab_step pools lab_pools src dst
+zfs create dst/backup
+
+spub=$("$send" keygen --key "$work/send.key")
+opub=$("$send" keygen --key "$work/other.key")
+"$send" keygen --key "$work/stranger.key" >/dev/null
+rpub=$("$recv" keygen --key "$work/recv.key")
+export spub opub rpub
+
+recv_config default "" ""
+recv_config rollback "" "allow_rollback = true"
+recv_config rollback-now 'min_age = "0s"' "allow_rollback = true"
+recv_config prune 'min_age = "0s"' "allow_rollback = true
+allow_prune = true"
+recv_config dr-retention 'min_age = "0s"
 [retention]
 hourly = 2' ""
-rc=0
-"$recv" prune --config "$work/recv.toml" --dry-run --json >"$R/prune-dry.json" 2>"$R/prune-dry.err" || rc=$?
-lab_assert_eq prune-dry-exit 0 "$rc"
-lab_assert prune-dry-lists grep -q '"dataset":"dst/backup/data"' "$R/prune-dry.json"
-before_hist=$(history dst/backup/data)
-lab_assert_eq prune-dry-destroyed-nothing "$before_hist" "$(history dst/backup/data)"
-rc=0
-"$recv" prune --config "$work/recv.toml" >"$R/prune.out" 2>"$R/prune.err" || rc=$?
-lab_assert_eq prune-exit 0 "$rc"
-lab_assert prune-kept-newest zfs list "$(newest dst/backup/data)"
-lab_assert prune-kept-two test "$(zfs list -H -t snapshot -o name -d 1 dst/backup/data | grep -c '@fjord_')" -le 3
+send_config "$work/send.toml" "$work/send.key" ""
+send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
+send_config "$work/stranger.toml" "$work/stranger.key" ""
+send_config "$work/other.toml" "$work/other.key" ""
+: >"$R/serve.log"
 
-kill "$serve_pid" 2>/dev/null || true
-wait "$serve_pid" 2>/dev/null || true
+t_all=$SECONDS
+for c in "${CASES[@]}"; do
+    case_run "$c"
+done
+
+serve_stop
+echo "==================== cases: ${#CASES[@]} run, ${#FAILED[@]} failed ($((SECONDS - t_all)) s)"
+for c in "${CASES[@]}"; do
+    if [[ " ${FAILED[*]} " == *" $c "* ]]; then echo "CASE $c FAIL"; else echo "CASE $c PASS"; fi
+done
 lab_summary
