@@ -8,9 +8,9 @@
 //! after each receive.
 
 use bytes::Bytes;
+use fjord_config::config::{Client, RecvConfig};
 use fjord_dr::policy::{decide, Ask, Grants, Refusal};
 use fjord_dr::{retention, DR_HOLD_TAG};
-use fjord_config::config::{Client, RecvConfig};
 use fjord_transport::message::offer_flags;
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
@@ -19,7 +19,7 @@ use fjord_transport::{
     control::{Control, ResponseFuture},
     Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState,
 };
-use fjord_zfs::{names, RecvProcess, Zfs};
+use fjord_zfs::{names, RecvProcess, RecvResult, Zfs, ZfsError};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,12 +99,12 @@ impl ZfsTarget {
         self.receiving.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn target_state(&self, dataset: String) -> Result<TargetState, String> {
+    async fn target_state(&self, dataset: String) -> Result<TargetState, SinkError> {
         let exists = self
             .zfs
             .dataset_exists(&dataset)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(zfs_failure)?;
         if !exists {
             return Ok(TargetState {
                 dataset,
@@ -115,7 +115,7 @@ impl ZfsTarget {
             .zfs
             .snapshots(&dataset)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(zfs_failure)?
             .into_iter()
             .map(|s| TargetSnapshot {
                 name: s.name,
@@ -124,16 +124,8 @@ impl ZfsTarget {
                 creation: s.creation,
             })
             .collect();
-        let resume_token = self
-            .zfs
-            .resume_token(&dataset)
-            .await
-            .map_err(|e| e.to_string())?;
-        let written = self
-            .zfs
-            .written(&dataset)
-            .await
-            .map_err(|e| e.to_string())?;
+        let resume_token = self.zfs.resume_token(&dataset).await.map_err(zfs_failure)?;
+        let written = self.zfs.written(&dataset).await.map_err(zfs_failure)?;
         Ok(TargetState {
             dataset,
             exists,
@@ -143,46 +135,35 @@ impl ZfsTarget {
         })
     }
 
-    async fn abort_resume(&self, dataset: &str) -> Result<String, String> {
+    async fn abort_resume(&self, dataset: &str) -> Result<String, SinkError> {
         if self.receiving().contains(dataset) {
-            return Err(format!(
-                "a receive into {dataset} is in progress; not aborting its partial state"
+            return Err(SinkError::refused(
+                RefuseCode::Other,
+                format!("a receive into {dataset} is in progress; not aborting its partial state"),
             ));
         }
         if !self
             .zfs
             .dataset_exists(dataset)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(zfs_failure)?
         {
             return Ok(format!("{dataset} does not exist; nothing to abort"));
         }
-        match self
-            .zfs
-            .resume_token(dataset)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match self.zfs.resume_token(dataset).await.map_err(zfs_failure)? {
             None => Ok(format!("{dataset} has no partial receive")),
             Some(_) => {
-                self.zfs
-                    .recv_abort(dataset)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.zfs.recv_abort(dataset).await.map_err(zfs_failure)?;
                 Ok(format!("discarded the partial receive of {dataset}"))
             }
         }
     }
 
     /// The target's snapshots with their holds (one `zfs holds` for all).
-    async fn listing(&self, dataset: &str) -> Result<Listing, String> {
-        let infos = self
-            .zfs
-            .snapshots(dataset)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn listing(&self, dataset: &str) -> Result<Listing, SinkError> {
+        let infos = self.zfs.snapshots(dataset).await.map_err(zfs_failure)?;
         let full: Vec<String> = infos.iter().map(|s| s.full_name(dataset)).collect();
-        let holds = self.zfs.holds_of(&full).await.map_err(|e| e.to_string())?;
+        let holds = self.zfs.holds_of(&full).await.map_err(zfs_failure)?;
         let mut dr_held = HashSet::new();
         let mut foreign: HashMap<String, Vec<String>> = HashMap::new();
         for (snap, tag) in holds {
@@ -205,29 +186,38 @@ impl ZfsTarget {
     }
 
     /// Releases the DR node's hold on each of `names` that has it, then
-    /// destroys them (a snapshot already gone is skipped).
+    /// destroys them. A hold already released (by hand) is no failure.
     async fn release_and_destroy(
         &self,
         dataset: &str,
         listing: &Listing,
         names: &[String],
-    ) -> Result<usize, String> {
+    ) -> Result<usize, SinkError> {
         let mut destroyed = 0;
         for name in names {
             let full = format!("{dataset}@{name}");
             if listing.dr_held.contains(name) {
-                self.zfs
-                    .release(DR_HOLD_TAG, &full)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.release_hold(&full).await?;
             }
             self.zfs
                 .destroy_snapshot(&full)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(zfs_failure)?;
             destroyed += 1;
         }
         Ok(destroyed)
+    }
+
+    /// Releases the DR node's hold on `full`; one that is gone already
+    /// (released by hand since the listing) is fine.
+    async fn release_hold(&self, full: &str) -> Result<(), SinkError> {
+        match self.zfs.release(DR_HOLD_TAG, full).await {
+            Err(e) if e.is_no_such_hold() => {
+                tracing::info!(snapshot = full, "the DR hold was already released");
+                Ok(())
+            }
+            r => r.map_err(zfs_failure),
+        }
     }
 
     fn refused(&self, client: &Client, dataset: &str, refusal: &Refusal, counter: &AtomicU64) {
@@ -241,9 +231,10 @@ impl ZfsTarget {
         client: &Client,
         dataset: &str,
         snapshots: &[String],
-    ) -> Result<String, String> {
+    ) -> Result<String, SinkError> {
         for s in snapshots {
-            names::validate_snapshot_short_name(s).map_err(|e| e.to_string())?;
+            names::validate_snapshot_short_name(s)
+                .map_err(|e| SinkError::refused(RefuseCode::BadDataset, e.to_string()))?;
         }
         let listing = self.listing(dataset).await?;
         let allowed = decide(
@@ -255,7 +246,7 @@ impl ZfsTarget {
         )
         .map_err(|r| {
             self.refused(client, dataset, &r, &self.counts.refused_destroys);
-            r.to_string()
+            policy_refusal(&r)
         })?;
         let n = self
             .release_and_destroy(dataset, &listing, &allowed.destroy)
@@ -268,7 +259,7 @@ impl ZfsTarget {
     }
 
     /// A forced receive's rollback to `base`, if the policy allows it.
-    async fn rollback(&self, client: &Client, dataset: &str, base: &str) -> Result<(), String> {
+    async fn rollback(&self, client: &Client, dataset: &str, base: &str) -> Result<(), SinkError> {
         let listing = self.listing(dataset).await?;
         let allowed = decide(
             &grants(client),
@@ -279,23 +270,20 @@ impl ZfsTarget {
         )
         .map_err(|r| {
             self.refused(client, dataset, &r, &self.counts.refused_rollbacks);
-            r.to_string()
+            policy_refusal(&r)
         })?;
         for name in allowed
             .destroy
             .iter()
             .filter(|n| listing.dr_held.contains(*n))
         {
-            self.zfs
-                .release(DR_HOLD_TAG, &format!("{dataset}@{name}"))
-                .await
-                .map_err(|e| e.to_string())?;
+            self.release_hold(&format!("{dataset}@{name}")).await?;
         }
         tracing::warn!(client = %client.name, dataset, base, destroying = ?allowed.destroy, "rolling the target back (push --force, allowed by policy)");
         self.zfs
             .rollback(&format!("{dataset}@{base}"), true)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(zfs_failure)
     }
 
     /// After a committed receive: hold every snapshot of `dataset` the DR
@@ -345,7 +333,7 @@ impl ZfsTarget {
         dataset: &str,
         listing: &Listing,
         dry_run: bool,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, SinkError> {
         let Some(keep) = self.config.retention_for(client, dataset) else {
             return Ok(Vec::new());
         };
@@ -390,16 +378,54 @@ impl ZfsTarget {
                     if self.receiving().contains(&dataset) {
                         continue;
                     }
-                    let listing = self.listing(&dataset).await?;
+                    let listing = self.listing(&dataset).await.map_err(|e| e.to_string())?;
                     let doomed = self
                         .prune_dataset(client, &dataset, &listing, dry_run)
-                        .await?;
+                        .await
+                        .map_err(|e| e.to_string())?;
                     report.push((dataset, doomed));
                 }
             }
         }
         Ok(report)
     }
+}
+
+/// A `zfs` failure as the sender is told it: a command that failed is the
+/// downstream's failure (its argv, exit status and stderr); a name `zfs`
+/// was never run for is a bad dataset; an argument fjord built wrong is
+/// internal.
+fn zfs_failure(e: ZfsError) -> SinkError {
+    match e {
+        ZfsError::Command {
+            argv,
+            status,
+            stderr,
+        } => SinkError::Downstream {
+            what: argv,
+            status,
+            stderr,
+        },
+        ZfsError::Name(e) => SinkError::refused(RefuseCode::BadDataset, e.to_string()),
+        ZfsError::InvalidArgument(why) => SinkError::Internal(why),
+        e @ (ZfsError::NotFound { .. } | ZfsError::Io { .. } | ZfsError::Parse { .. }) => {
+            SinkError::Downstream {
+                what: "zfs".into(),
+                status: None,
+                stderr: e.to_string(),
+            }
+        }
+    }
+}
+
+/// A policy refusal as the sender is told it: a dataset outside the
+/// client's prefixes is a bad dataset; the rest is the DR node's policy.
+fn policy_refusal(r: &Refusal) -> SinkError {
+    let code = match r {
+        Refusal::OutsidePrefixes { .. } => RefuseCode::BadDataset,
+        _ => RefuseCode::Policy,
+    };
+    SinkError::refused(code, r.to_string())
 }
 
 /// The policy's view of a `[[client]]`.
@@ -430,10 +456,14 @@ impl SinkFactory for SharedTarget {
         let t = &self.0;
         let client = t
             .authorize(peer, &offer.dataset)
-            .map_err(SinkError::Refused)?;
+            .map_err(|why| SinkError::refused(RefuseCode::BadDataset, why))?;
         let short = offer.to.name.rsplit('@').next().unwrap_or_default();
-        names::validate_snapshot_short_name(short)
-            .map_err(|e| SinkError::Refused(format!("snapshot {:?}: {e}", offer.to.name)))?;
+        names::validate_snapshot_short_name(short).map_err(|e| {
+            SinkError::refused(
+                RefuseCode::BadDataset,
+                format!("snapshot {:?}: {e}", offer.to.name),
+            )
+        })?;
         let force = offer.flags & offer_flags::FORCE_ROLLBACK != 0;
         if !t.receiving().insert(offer.dataset.clone()) {
             return Err(SinkError::Busy(format!(
@@ -448,22 +478,27 @@ impl SinkFactory for SharedTarget {
         let handle = tokio::runtime::Handle::current();
         if force {
             let Some(from) = &offer.from else {
-                return Err(SinkError::Refused(
-                    "a forced (rollback) offer must name its base snapshot".into(),
+                return Err(SinkError::refused(
+                    RefuseCode::Other,
+                    "a forced (rollback) offer must name its base snapshot",
                 ));
             };
             let base = from.name.rsplit('@').next().unwrap_or_default();
-            names::validate_snapshot_short_name(base)
-                .map_err(|e| SinkError::Refused(format!("base snapshot: {e}")))?;
-            handle
-                .block_on(t.rollback(client, &offer.dataset, base))
-                .map_err(SinkError::Refused)?;
+            names::validate_snapshot_short_name(base).map_err(|e| {
+                SinkError::refused(RefuseCode::BadDataset, format!("base snapshot: {e}"))
+            })?;
+            handle.block_on(t.rollback(client, &offer.dataset, base))?;
         }
         let spec = t.config.recv.spec(&offer.dataset, force);
-        let child = t
-            .zfs
-            .spawn_recv(&spec)
-            .map_err(|e| SinkError::Refused(e.to_string()))?;
+        let target = format!("{}@{short}", offer.dataset);
+        let child = t.zfs.spawn_recv(&spec).map_err(|e| match zfs_failure(e) {
+            SinkError::Downstream { status, stderr, .. } => SinkError::Downstream {
+                what: recv_what(&target),
+                status,
+                stderr,
+            },
+            other => other,
+        })?;
         tracing::info!(client = %client.name, dataset = %offer.dataset, snapshot = %offer.to.name, force, resume = offer.flags & offer_flags::RESUME_TOKEN != 0, "zfs recv started");
         Ok(Box::new(ZfsSink {
             child: Some(child),
@@ -476,7 +511,7 @@ impl SinkFactory for SharedTarget {
                 },
             ),
             next: 0,
-            target: format!("{}@{short}", offer.dataset),
+            target,
             flowing: false,
             commit: Some(AfterCommit {
                 handle,
@@ -515,13 +550,13 @@ impl Control for SharedTarget {
                     .await
                     .map(|message| Response::Done { message }),
                 // The server answers these from its chunk cache.
-                Request::ChunkInventory { .. } => Err(
+                Request::ChunkInventory { .. } => Err(SinkError::Internal(
                     "chunk inventories are answered by the transport, not the ZFS target".into(),
-                ),
+                )),
             };
-            result.unwrap_or_else(|message| Response::Failed {
-                code: RefuseCode::SinkFailed,
-                message,
+            result.unwrap_or_else(|e| Response::Failed {
+                code: e.refuse_code(),
+                message: e.to_string(),
             })
         })
     }
@@ -564,20 +599,50 @@ struct AfterCommit {
     dataset: String,
 }
 
+/// What the sender reads before a `zfs recv` failure: `zfs recv into
+/// backup/fs@b`.
+fn recv_what(target: &str) -> String {
+    format!("zfs recv into {target}")
+}
+
+/// How `zfs recv` ended, as a downstream failure (`None` unless it failed).
+fn recv_failure(target: &str, r: &RecvResult) -> Option<SinkError> {
+    (r.status != 0).then(|| SinkError::Downstream {
+        what: recv_what(target),
+        // -1: neither an exit code nor a signal is known.
+        status: (r.status >= 0).then_some(r.status),
+        stderr: r.stderr.clone(),
+    })
+}
+
+/// Waiting for `zfs recv` failed: no status, the reason instead.
+fn recv_wait_failure(target: &str, e: &ZfsError) -> SinkError {
+    SinkError::Downstream {
+        what: recv_what(target),
+        status: None,
+        stderr: e.to_string(),
+    }
+}
+
 impl ZfsSink {
     /// `zfs recv` stopped reading: collect why, for the sender's report.
     fn child_failed(&mut self, write_error: std::io::Error) -> SinkError {
         match self.child.take() {
             Some(child) => match child.finish() {
-                Ok(r) => SinkError::Refused(format!(
-                    "zfs recv into {} stopped reading (exit {}): {}",
-                    self.target,
-                    r.status,
-                    r.stderr.trim()
-                )),
-                Err(e) => SinkError::Refused(e.to_string()),
+                Ok(r) => recv_failure(&self.target, &r).unwrap_or_else(|| {
+                    // It exited 0 without reading everything: still a failure.
+                    SinkError::Downstream {
+                        what: recv_what(&self.target),
+                        status: Some(0),
+                        stderr: format!("stopped reading its input ({write_error})"),
+                    }
+                }),
+                Err(e) => recv_wait_failure(&self.target, &e),
             },
-            None => SinkError::Refused(format!("zfs recv into {}: {write_error}", self.target)),
+            None => SinkError::Internal(format!(
+                "zfs recv into {} was already collected: {write_error}",
+                self.target
+            )),
         }
     }
 }
@@ -586,14 +651,18 @@ impl Sink for ZfsSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
         advance_contiguous(&mut self.next, start, data.len())?;
         let Some(child) = self.child.as_mut() else {
-            return Err(SinkError::Refused("zfs recv has already ended".into()));
+            return Err(SinkError::Internal(format!(
+                "zfs recv into {} has already ended",
+                self.target
+            )));
         };
         let mut failed = None;
         let r = self.verifier.push(data, &mut |b| {
             child.write_all(b).map_err(|e| {
+                // Replaced by `child_failed` with zfs recv's own words.
                 let msg = e.to_string();
                 failed = Some(e);
-                SinkError::Refused(msg)
+                SinkError::Internal(msg)
             })
         });
         match (r, failed) {
@@ -610,7 +679,10 @@ impl Sink for ZfsSink {
 
     fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
         let Some(mut child) = self.child.take() else {
-            return Err(SinkError::Refused("zfs recv has already ended".into()));
+            return Err(SinkError::Internal(format!(
+                "zfs recv into {} has already ended",
+                self.target
+            )));
         };
         let mut failed = None;
         // The verifier releases the stream's END (which makes zfs recv
@@ -618,9 +690,10 @@ impl Sink for ZfsSink {
         // exactly the `length` the sender announced.
         let guid = self.verifier.finish(length, &mut |b| {
             child.write_all(b).map_err(|e| {
+                // Replaced by `child_failed` with zfs recv's own words.
                 let msg = e.to_string();
                 failed = Some(e);
-                SinkError::Refused(msg)
+                SinkError::Internal(msg)
             })
         });
         let guid = match (guid, failed) {
@@ -647,14 +720,9 @@ impl Sink for ZfsSink {
         };
         let r = child
             .finish()
-            .map_err(|e| SinkError::Refused(e.to_string()))?;
-        if r.status != 0 {
-            return Err(SinkError::Refused(format!(
-                "zfs recv into {} failed (exit {}): {}",
-                self.target,
-                r.status,
-                r.stderr.trim()
-            )));
+            .map_err(|e| recv_wait_failure(&self.target, &e))?;
+        if let Some(e) = recv_failure(&self.target, &r) {
+            return Err(e);
         }
         // The sink runs on its own thread, outside the runtime: waiting
         // for the short zfs commands here blocks no async worker.
@@ -701,6 +769,11 @@ mod tests {
     /// A target whose `zfs` does not exist: anything that got past the
     /// authorization would fail with "not found", not with the refusal.
     fn target(client: PublicKey) -> SharedTarget {
+        target_with(client, Zfs::with_binary("/nonexistent/zfs"))
+    }
+
+    /// A target running `zfs` as `zfs`.
+    fn target_with(client: PublicKey, zfs: Zfs) -> SharedTarget {
         let mut clients = HashMap::new();
         let config = RecvConfig::from_toml(
             std::path::Path::new("recv.toml"),
@@ -716,7 +789,7 @@ prefixes = ["backup/oslo"]
         .expect("config");
         clients.insert(client, config.clients[0].clone());
         SharedTarget(Arc::new(ZfsTarget::new(
-            Zfs::with_binary("/nonexistent/zfs"),
+            zfs,
             clients,
             Arc::new(config),
             1 << 20,
@@ -738,12 +811,163 @@ prefixes = ["backup/oslo"]
         }
     }
 
+    /// The reason of a refusal for a bad name (what the sender reads
+    /// after "refused by the receiver (bad dataset): ").
     fn refusal(r: Result<Box<dyn Sink>, SinkError>) -> String {
         match r {
-            Err(SinkError::Refused(why)) => why,
-            Err(e) => panic!("expected a refusal, got {e}"),
+            Err(SinkError::Refused {
+                code: RefuseCode::BadDataset,
+                reason,
+            }) => reason,
+            Err(e) => panic!("expected a bad-dataset refusal, got {e:?}"),
             Ok(_) => panic!("expected a refusal, got a sink"),
         }
+    }
+
+    /// A stand-in for `zfs` (a shell script in `dir`): lists no snapshots
+    /// and no holds, and a `zfs recv` that reads its input, then fails as
+    /// OpenZFS does when the target was modified.
+    fn fake_zfs(dir: &std::path::Path) -> Zfs {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("zfs");
+        std::fs::write(
+            &path,
+            r#"#!/bin/sh
+case "$1" in
+  list|holds) exit 0 ;;
+  recv|receive)
+    cat >/dev/null
+    echo "cannot receive incremental stream: destination backup/oslo/fs has been modified" >&2
+    echo "since most recent snapshot" >&2
+    exit 1 ;;
+  *) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+"#,
+        )
+        .expect("write the fake zfs");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Zfs::with_binary(path)
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut b = fjord_stream::builder::StreamBuilder::full(
+            fjord_stream::ByteOrder::Little,
+            "tank/fs@fjord_2026-11-25T120000Z",
+            7,
+        );
+        b.object(2, 4096, &[0u8; 64]);
+        b.write(2, 0, &[5u8; 4096]);
+        b.finish()
+    }
+
+    #[test]
+    fn a_rollback_the_policy_does_not_grant_is_a_policy_refusal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Identity::generate().expect("keygen").public_key();
+        let t = target_with(key, fake_zfs(dir.path()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_runtime = rt.enter();
+        let mut o = offer("backup/oslo/fs");
+        o.flags = offer_flags::FORCE_ROLLBACK;
+        o.from = Some(Snapshot {
+            name: "tank/fs@fjord_2026-11-24T120000Z".into(),
+            guid: 6,
+        });
+        match t.open(&o, &key) {
+            Err(e @ SinkError::Refused { .. }) => {
+                assert_eq!(e.refuse_code(), RefuseCode::Policy);
+                assert!(e.to_string().contains("allow_rollback = true"), "{e}");
+            }
+            Err(e) => panic!("expected a policy refusal, got {e:?}"),
+            Ok(_) => panic!("expected a policy refusal, got a sink"),
+        }
+        assert_eq!(t.0.counts().refused_rollbacks.load(Ordering::Relaxed), 1);
+        // A forced offer without its base is malformed, not a policy matter.
+        o.from = None;
+        let Err(e) = t.open(&o, &key) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(e.refuse_code(), RefuseCode::Other, "{e}");
+    }
+
+    #[test]
+    fn a_failed_zfs_recv_reaches_the_sender_with_its_exit_status_and_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Identity::generate().expect("keygen").public_key();
+        let t = target_with(key, fake_zfs(dir.path()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_runtime = rt.enter();
+        let mut sink = t.open(&offer("backup/oslo/fs"), &key).expect("open");
+        let s = stream();
+        // The fake reads everything, so the writes succeed; the failure
+        // comes with the exit status at the end.
+        sink.write(0, Bytes::from(s.clone())).expect("write");
+        let e = sink.finish(s.len() as u64).expect_err("zfs recv exits 1");
+        match &e {
+            SinkError::Downstream {
+                what,
+                status,
+                stderr,
+            } => {
+                assert_eq!(
+                    what,
+                    "zfs recv into backup/oslo/fs@fjord_2026-11-25T120000Z"
+                );
+                assert_eq!(*status, Some(1));
+                assert!(stderr.contains("has been modified"), "{stderr}");
+            }
+            other => panic!("expected a downstream failure, got {other:?}"),
+        }
+        assert_eq!(
+            e.to_string(),
+            "zfs recv into backup/oslo/fs@fjord_2026-11-25T120000Z exited 1: cannot receive incremental stream: destination backup/oslo/fs has been modified\nsince most recent snapshot"
+        );
+        // The sender's report carries zfs recv's exit status.
+        assert_eq!(e.report_status(), 1);
+        assert_eq!(e.refuse_code(), RefuseCode::SinkFailed);
+        // The sink is spent: using it again is a bug, not zfs's failure.
+        assert!(matches!(
+            sink.write(s.len() as u64, Bytes::from_static(b"x")),
+            Err(SinkError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn a_zfs_recv_that_cannot_start_is_a_downstream_failure_not_a_bad_dataset() {
+        let key = Identity::generate().expect("keygen").public_key();
+        let t = target(key);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _in_runtime = rt.enter();
+        let Err(e) = t.open(&offer("backup/oslo/fs"), &key) else {
+            panic!("expected a failure")
+        };
+        match &e {
+            SinkError::Downstream {
+                what,
+                status: None,
+                stderr,
+            } => {
+                assert_eq!(
+                    what,
+                    "zfs recv into backup/oslo/fs@fjord_2026-11-25T120000Z"
+                );
+                assert!(stderr.contains("/nonexistent/zfs"), "{stderr}");
+            }
+            other => panic!("expected a downstream failure, got {other:?}"),
+        }
+        assert_eq!(e.refuse_code(), RefuseCode::SinkFailed);
+        // The dataset is free again for the next offer.
+        assert!(!t.0.receiving().contains("backup/oslo/fs"));
     }
 
     #[test]

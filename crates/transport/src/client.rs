@@ -14,7 +14,8 @@
 use crate::config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
 use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::message::{
-    DataFrame, Message, MessageReader, Offer, RefuseCode, Report, Request, Response, SessionId,
+    DataFrame, DecodeError, Message, MessageReader, Offer, RefuseCode, Report, Request, Response,
+    SessionId,
 };
 use crate::sender::{SenderSession, SenderStats};
 use crate::{close_code, SessionError};
@@ -432,11 +433,37 @@ async fn connect(
     }
 }
 
+/// Why the receiver's messages stopped.
+#[derive(Debug, Error)]
+enum ReadEnd {
+    /// The receiver sent bytes that are not a message: it speaks another
+    /// protocol or has a bug; asking again would not help.
+    #[error("undecodable message from the receiver: {0}")]
+    Undecodable(DecodeError),
+    /// The receiver finished the stream.
+    #[error("the receiver closed the stream")]
+    Closed,
+    /// The stream or the connection failed.
+    #[error(transparent)]
+    Link(#[from] quinn::ReadError),
+}
+
+impl ReadEnd {
+    /// The session error when this end is final: an undecodable message
+    /// is; a closed or failed stream is a lost link (`None`).
+    fn fatal(&self) -> Option<SessionError> {
+        match self {
+            ReadEnd::Undecodable(_) => Some(SessionError::Protocol(self.to_string())),
+            ReadEnd::Closed | ReadEnd::Link(_) => None,
+        }
+    }
+}
+
 /// Reads messages from `recv` into a channel until the stream or
 /// connection ends.
 fn spawn_message_reader(
     mut recv: quinn::RecvStream,
-) -> mpsc::UnboundedReceiver<Result<Message, String>> {
+) -> mpsc::UnboundedReceiver<Result<Message, ReadEnd>> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut reader = MessageReader::new();
@@ -450,18 +477,18 @@ fn spawn_message_reader(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = tx.send(Err(format!("undecodable message from the receiver: {e}")));
+                    let _ = tx.send(Err(ReadEnd::Undecodable(e)));
                     return;
                 }
             }
             match recv.read_chunk(1 << 20, true).await {
                 Ok(Some(chunk)) => reader.feed(&chunk.bytes),
                 Ok(None) => {
-                    let _ = tx.send(Err("the receiver closed the stream".into()));
+                    let _ = tx.send(Err(ReadEnd::Closed));
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(e.into()));
                     return;
                 }
             }
@@ -535,7 +562,10 @@ async fn run_connection(
                         break;
                     }
                 }
-                Ok(Err(e)) => return lost(&e),
+                Ok(Err(e)) => match e.fatal() {
+                    Some(fatal) => return Err(fatal.into()),
+                    None => return lost(&e),
+                },
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     return lost(&"message reader ended")
@@ -588,7 +618,10 @@ async fn run_connection(
                     }
                     continue;
                 }
-                Some(Err(e)) => return lost(&e),
+                Some(Err(e)) => match e.fatal() {
+                    Some(fatal) => return Err(fatal.into()),
+                    None => return lost(&e),
+                },
                 None => return lost(&"message reader ended"),
             },
             item = src.recv(), if want_source => match item {
@@ -773,7 +806,10 @@ async fn request_once(
                         .into(),
                 ))
             }
-            Some(Err(e)) => return Err(retry(&e)),
+            Some(Err(e)) => match e.fatal() {
+                Some(fatal) => return Err(ConnectFailure::Fatal(fatal.into())),
+                None => return Err(retry(&e)),
+            },
             None => return Err(retry(&"the receiver closed the stream")),
         }
     }
@@ -783,5 +819,26 @@ async fn request_once(
     match busy {
         Some(reason) => Err(ConnectFailure::Busy(reason)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecodable_message_is_a_protocol_error_and_a_closed_stream_a_lost_link() {
+        let e = ReadEnd::Undecodable(DecodeError::UnknownType(99));
+        match e.fatal() {
+            Some(SessionError::Protocol(why)) => assert_eq!(
+                why,
+                "undecodable message from the receiver: unknown message type 99: the peer speaks a newer or a foreign protocol"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(ReadEnd::Closed.fatal().is_none());
+        assert!(ReadEnd::Link(quinn::ReadError::ClosedStream)
+            .fatal()
+            .is_none());
     }
 }

@@ -67,7 +67,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SessionError {
     /// The peer refused.
-    #[error("refused by the receiver ({code:?}): {reason}")]
+    #[error("refused by the receiver ({code}): {reason}")]
     Refused {
         /// The code.
         code: RefuseCode,

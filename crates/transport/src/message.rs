@@ -241,12 +241,40 @@ pub enum RefuseCode {
     Busy,
     /// The dataset name is not acceptable.
     BadDataset,
-    /// The receiver cannot store the stream (disk, permissions).
+    /// The receiver cannot store the stream: its downstream (`zfs recv`,
+    /// `zfs rollback`, the disk) failed; the reason quotes its exit status
+    /// and its own words.
     SinkFailed,
-    /// Anything else; see the reason text.
+    /// The DR node's policy does not grant what the offer or request asks
+    /// (a rollback, a destroy). Since wire code 6; an older peer decodes
+    /// it as [`RefuseCode::Unknown`] and still shows the reason.
+    Policy,
+    /// What the offer would create exists already on the receiver (a
+    /// stored stream file). Since wire code 7, like [`RefuseCode::Policy`].
+    Exists,
+    /// Anything else (a bug, a malformed offer); see the reason text.
     Other,
     /// A code this version does not know (from a newer peer).
     Unknown(u8),
+}
+
+impl std::fmt::Display for RefuseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefuseCode::UnsupportedVersion => f.write_str("unsupported version"),
+            RefuseCode::UnknownSession => f.write_str("unknown session"),
+            RefuseCode::Busy => f.write_str("busy"),
+            RefuseCode::BadDataset => f.write_str("bad dataset"),
+            RefuseCode::SinkFailed => f.write_str("receiver's storage failed"),
+            RefuseCode::Policy => f.write_str("DR policy"),
+            RefuseCode::Exists => f.write_str("already exists"),
+            RefuseCode::Other => f.write_str("other"),
+            RefuseCode::Unknown(v) => write!(
+                f,
+                "unknown refusal code {v}, from a newer fjord-recv; see the reason"
+            ),
+        }
+    }
 }
 
 impl RefuseCode {
@@ -257,6 +285,8 @@ impl RefuseCode {
             RefuseCode::Busy => 3,
             RefuseCode::BadDataset => 4,
             RefuseCode::SinkFailed => 5,
+            RefuseCode::Policy => 6,
+            RefuseCode::Exists => 7,
             RefuseCode::Other => 255,
             RefuseCode::Unknown(v) => v,
         }
@@ -269,6 +299,8 @@ impl RefuseCode {
             3 => RefuseCode::Busy,
             4 => RefuseCode::BadDataset,
             5 => RefuseCode::SinkFailed,
+            6 => RefuseCode::Policy,
+            7 => RefuseCode::Exists,
             255 => RefuseCode::Other,
             // Unknown codes from newer peers are still a refusal.
             v => RefuseCode::Unknown(v),
@@ -1144,6 +1176,45 @@ mod tests {
             }
             assert_eq!(out, samples());
             assert_eq!(r.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn refuse_codes_keep_their_wire_values_and_unknown_ones_stay_readable() {
+        let known = [
+            (RefuseCode::UnsupportedVersion, 1),
+            (RefuseCode::UnknownSession, 2),
+            (RefuseCode::Busy, 3),
+            (RefuseCode::BadDataset, 4),
+            (RefuseCode::SinkFailed, 5),
+            (RefuseCode::Policy, 6),
+            (RefuseCode::Exists, 7),
+            (RefuseCode::Other, 255),
+        ];
+        for (code, wire) in known {
+            assert_eq!(code.to_u8(), wire);
+            let m = Message::Refuse {
+                code,
+                reason: "why".into(),
+            };
+            assert_eq!(Message::decode(m.to_bytes().slice(4..)), Ok(m));
+        }
+        // A code from a newer receiver decodes, and says what it is.
+        let m = Message::Refuse {
+            code: RefuseCode::Unknown(42),
+            reason: "a newer reason".into(),
+        };
+        match Message::decode(m.to_bytes().slice(4..)) {
+            Ok(Message::Refuse { code, reason }) => {
+                assert_eq!(code, RefuseCode::Unknown(42));
+                assert_eq!(reason, "a newer reason");
+                let shown = crate::SessionError::Refused { code, reason }.to_string();
+                assert_eq!(
+                    shown,
+                    "refused by the receiver (unknown refusal code 42, from a newer fjord-recv; see the reason): a newer reason"
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 

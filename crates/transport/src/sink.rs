@@ -3,7 +3,7 @@
 //! [`FileSink`] that stores each stream as a file in a directory.
 
 use crate::identity::PublicKey;
-use crate::message::Offer;
+use crate::message::{Offer, RefuseCode};
 use bytes::Bytes;
 use fjord_stream::{Body, Decoder, DecoderOptions, StreamError};
 use std::collections::VecDeque;
@@ -33,9 +33,32 @@ pub enum SinkError {
         /// The error.
         source: std::io::Error,
     },
-    /// The offer cannot be stored here.
-    #[error("{0}")]
-    Refused(String),
+    /// The receiver refuses the offer: its name, its policy, or what it
+    /// already holds say no. Retrying the same offer would not help.
+    #[error("{reason}")]
+    Refused {
+        /// What the sender is told (see [`SinkError::refuse_code`]).
+        code: RefuseCode,
+        /// Why, for the operator on both sides.
+        reason: String,
+    },
+    /// The downstream failed: `zfs recv` (or a `zfs` command the sink ran
+    /// before it, such as a rollback) exited non-zero, or could not run.
+    #[error("{what} {}: {}", downstream_words(*status), stderr.trim())]
+    Downstream {
+        /// What ran, for the message (`zfs recv into backup/fs@b`).
+        what: String,
+        /// Its exit status; `None` when it never ran or no status is
+        /// known (then `stderr` says why).
+        status: Option<i32>,
+        /// What it wrote to stderr (or why it could not run).
+        stderr: String,
+    },
+    /// A bug or a local failure that is neither the stream's, the
+    /// sender's nor the downstream's: a write out of order, a sink thread
+    /// that cannot start, a sink used after it closed.
+    #[error("internal error in the receiver: {0}")]
+    Internal(String),
     /// Another transfer is writing the same target.
     #[error("{0}")]
     Busy(String),
@@ -89,6 +112,49 @@ pub enum SinkError {
     },
 }
 
+fn downstream_words(status: Option<i32>) -> String {
+    match status {
+        Some(code) => format!("exited {code}"),
+        None => "failed".into(),
+    }
+}
+
+impl SinkError {
+    /// A refusal with `code` and `reason`.
+    pub fn refused(code: RefuseCode, reason: impl Into<String>) -> SinkError {
+        SinkError::Refused {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The refusal code the sender gets when opening a sink fails with
+    /// this error: a refusal's own code, [`RefuseCode::Busy`] for a busy
+    /// target, [`RefuseCode::Other`] for an internal error and
+    /// [`RefuseCode::SinkFailed`] for everything that failed while
+    /// storing (the downstream, the disk, the stream).
+    pub fn refuse_code(&self) -> RefuseCode {
+        match self {
+            SinkError::Refused { code, .. } => *code,
+            SinkError::Busy(_) => RefuseCode::Busy,
+            SinkError::Internal(_) => RefuseCode::Other,
+            _ => RefuseCode::SinkFailed,
+        }
+    }
+
+    /// The downstream exit status for the sender's report of a session
+    /// that failed with this error: the downstream's own status when it
+    /// exited, 1 otherwise.
+    pub fn report_status(&self) -> i32 {
+        match self {
+            SinkError::Downstream {
+                status: Some(code), ..
+            } if *code != 0 => *code,
+            _ => 1,
+        }
+    }
+}
+
 /// What a finished sink reports.
 #[derive(Clone, Debug, Default)]
 pub struct SinkOutcome {
@@ -117,8 +183,8 @@ pub trait Sink: Send {
 /// written.
 pub fn advance_contiguous(next: &mut u64, start: u64, len: usize) -> Result<(), SinkError> {
     if start != *next {
-        return Err(SinkError::Refused(format!(
-            "internal: write at {start}, expected {next}"
+        return Err(SinkError::Internal(format!(
+            "write at stream offset {start}, expected {next}"
         )));
     }
     *next += len as u64;
@@ -408,18 +474,25 @@ impl SinkFactory for FileSinkFactory {
         let zfs_only =
             crate::message::offer_flags::FORCE_ROLLBACK | crate::message::offer_flags::RESUME_TOKEN;
         if offer.flags & zfs_only != 0 {
-            return Err(SinkError::Refused(format!(
-                "the file sink stores plain streams only; offer flags {:#x} (rollback or resume-token) need a ZFS target",
-                offer.flags
-            )));
+            return Err(SinkError::refused(
+                RefuseCode::Other,
+                format!(
+                    "the file sink stores plain streams only; offer flags {:#x} (rollback or resume-token) need a ZFS target",
+                    offer.flags
+                ),
+            ));
         }
-        let name = stream_file_name(offer).map_err(SinkError::Refused)?;
+        let name = stream_file_name(offer)
+            .map_err(|why| SinkError::refused(RefuseCode::BadDataset, why))?;
         let target = self.dir.join(&name);
         if target.exists() {
-            return Err(SinkError::Refused(format!(
-                "{} already exists; move it away to receive this stream again",
-                target.display()
-            )));
+            return Err(SinkError::refused(
+                RefuseCode::Exists,
+                format!(
+                    "{} already exists; move it away to receive this stream again",
+                    target.display()
+                ),
+            ));
         }
         let temp = self.dir.join(format!(".{name}.partial"));
         let file = create_private_file(&temp).map_err(|source| {
@@ -473,7 +546,7 @@ impl Sink for FileSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
         advance_contiguous(&mut self.next, start, data.len())?;
         let Some(file) = self.file.as_mut() else {
-            return Err(SinkError::Refused("the sink is closed".into()));
+            return Err(SinkError::Internal("the file sink is closed".into()));
         };
         let temp = &self.temp;
         self.verifier
@@ -482,7 +555,7 @@ impl Sink for FileSink {
 
     fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
         let Some(mut file) = self.file.take() else {
-            return Err(SinkError::Refused("the sink is closed".into()));
+            return Err(SinkError::Internal("the file sink is closed".into()));
         };
         let temp = &self.temp;
         // A length mismatch fails here, before the END is written and
@@ -496,10 +569,13 @@ impl Sink for FileSink {
         file.sync_all().map_err(io_err(temp))?;
         drop(file);
         if self.target.exists() {
-            return Err(SinkError::Refused(format!(
-                "{} appeared while receiving; not overwriting it",
-                self.target.display()
-            )));
+            return Err(SinkError::refused(
+                RefuseCode::Exists,
+                format!(
+                    "{} appeared while receiving; not overwriting it",
+                    self.target.display()
+                ),
+            ));
         }
         std::fs::rename(&self.temp, &self.target).map_err(io_err(&self.target))?;
         self.committed = true;
@@ -730,6 +806,126 @@ mod tests {
         assert!(r.is_err());
         assert!(out.len() <= at);
         assert_eq!(&out[..], &s[..out.len()]);
+    }
+
+    /// What the sender reads when opening a sink fails with `e`: the
+    /// refusal goes over the wire and is decoded on the sending side.
+    fn sender_sees(e: &SinkError) -> (RefuseCode, String) {
+        let (m, _) = *crate::receiver::refuse(e.refuse_code(), e.to_string());
+        match crate::message::Message::decode(m.to_bytes().slice(4..)) {
+            Ok(crate::message::Message::Refuse { code, reason }) => (
+                code,
+                crate::SessionError::Refused {
+                    code,
+                    reason: reason.clone(),
+                }
+                .to_string(),
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_kind_of_sink_error_reaches_the_sender_as_its_own_refusal() {
+        let policy = SinkError::refused(
+            RefuseCode::Policy,
+            "refused by the DR node's policy: client oslo may not roll backup/oslo/fs back",
+        );
+        assert_eq!(
+            sender_sees(&policy),
+            (
+                RefuseCode::Policy,
+                "refused by the receiver (DR policy): refused by the DR node's policy: client oslo may not roll backup/oslo/fs back".into()
+            )
+        );
+        let name = SinkError::refused(RefuseCode::BadDataset, "client oslo: tank/x is outside");
+        assert_eq!(sender_sees(&name).0, RefuseCode::BadDataset);
+        let exists = SinkError::refused(RefuseCode::Exists, "/srv/x@a.zsend already exists");
+        assert_eq!(sender_sees(&exists).0, RefuseCode::Exists);
+
+        let recv = SinkError::Downstream {
+            what: "zfs recv into backup/oslo/fs@b".into(),
+            status: Some(1),
+            stderr: "cannot receive incremental stream: destination backup/oslo/fs has been modified\nsince most recent snapshot\n".into(),
+        };
+        assert_eq!(
+            sender_sees(&recv),
+            (
+                RefuseCode::SinkFailed,
+                "refused by the receiver (receiver's storage failed): zfs recv into backup/oslo/fs@b exited 1: cannot receive incremental stream: destination backup/oslo/fs has been modified\nsince most recent snapshot".into()
+            )
+        );
+        assert_eq!(recv.report_status(), 1);
+        let killed = SinkError::Downstream {
+            what: "zfs recv into backup/oslo/fs@b".into(),
+            status: Some(137),
+            stderr: String::new(),
+        };
+        assert_eq!(killed.report_status(), 137);
+        let missing = SinkError::Downstream {
+            what: "zfs recv into backup/oslo/fs@b".into(),
+            status: None,
+            stderr: "cannot run /sbin/zfs: not found".into(),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "zfs recv into backup/oslo/fs@b failed: cannot run /sbin/zfs: not found"
+        );
+        assert_eq!(missing.report_status(), 1);
+
+        let thread = SinkError::Internal("cannot start the sink thread: out of memory".into());
+        assert_eq!(
+            sender_sees(&thread),
+            (
+                RefuseCode::Other,
+                "refused by the receiver (other): internal error in the receiver: cannot start the sink thread: out of memory".into()
+            )
+        );
+        let busy = SinkError::Busy("a stream into backup/oslo/fs is already being received".into());
+        assert_eq!(sender_sees(&busy).0, RefuseCode::Busy);
+        let io = SinkError::Io {
+            path: "/srv/x".into(),
+            source: std::io::Error::other("no space left on device"),
+        };
+        assert_eq!(sender_sees(&io).0, RefuseCode::SinkFailed);
+        assert_eq!(io.report_status(), 1);
+    }
+
+    #[test]
+    fn a_write_out_of_order_is_an_internal_error() {
+        let mut next = 10;
+        match advance_contiguous(&mut next, 12, 5) {
+            Err(SinkError::Internal(why)) => {
+                assert_eq!(why, "write at stream offset 12, expected 10")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next, 10);
+        advance_contiguous(&mut next, 10, 5).expect("contiguous");
+        assert_eq!(next, 15);
+    }
+
+    #[test]
+    fn the_file_sink_refuses_by_name_by_existing_file_and_by_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let factory = FileSinkFactory::new(dir.path().to_path_buf(), 1 << 20);
+        let key = PublicKey([1; 32]);
+        let code = |r: Result<Box<dyn Sink>, SinkError>| match r {
+            Err(e) => e.refuse_code(),
+            Ok(_) => panic!("expected a refusal"),
+        };
+        assert_eq!(
+            code(factory.open(&offer("../etc"), &key)),
+            RefuseCode::BadDataset
+        );
+        std::fs::write(dir.path().join("backup_fs@a.zsend"), b"old").expect("write");
+        assert_eq!(
+            code(factory.open(&offer("backup/fs"), &key)),
+            RefuseCode::Exists
+        );
+        let mut forced = offer("backup/other");
+        forced.flags = crate::message::offer_flags::FORCE_ROLLBACK;
+        assert_eq!(code(factory.open(&forced, &key)), RefuseCode::Other);
     }
 
     #[test]

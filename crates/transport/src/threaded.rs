@@ -27,14 +27,43 @@ enum Command {
 pub struct ThreadedSink {
     tx: Option<SyncSender<Command>>,
     thread: Option<JoinHandle<()>>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Failure>>,
+}
+
+/// The inner sink's first error: handed over as it is once, then named.
+#[derive(Default)]
+struct Failure {
+    /// Not yet handed to the session.
+    error: Option<SinkError>,
+    /// Its message, once it failed.
+    message: Option<String>,
+}
+
+impl Failure {
+    fn set(&mut self, e: SinkError) {
+        if self.message.is_none() {
+            self.message = Some(e.to_string());
+            self.error = Some(e);
+        }
+    }
+
+    /// The error, typed the first time; afterwards an internal error
+    /// naming it (the session already saw the real one).
+    fn take(&mut self) -> Option<SinkError> {
+        let message = self.message.as_ref()?;
+        Some(
+            self.error.take().unwrap_or_else(|| {
+                SinkError::Internal(format!("the sink failed earlier: {message}"))
+            }),
+        )
+    }
 }
 
 impl ThreadedSink {
     /// Starts the thread that owns `inner`.
     pub fn spawn(inner: Box<dyn Sink>) -> std::io::Result<ThreadedSink> {
         let (tx, rx) = sync_channel(QUEUE_FRAMES);
-        let failed = Arc::new(Mutex::new(None));
+        let failed = Arc::new(Mutex::new(Failure::default()));
         let flag = failed.clone();
         let thread = std::thread::Builder::new()
             .name("fjord-sink".into())
@@ -46,22 +75,21 @@ impl ThreadedSink {
         })
     }
 
-    fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn failure(&self) -> Option<SinkError> {
+        lock(&self.failed).take()
     }
 
     fn gone(&self) -> SinkError {
-        SinkError::Refused(
-            self.failure()
-                .unwrap_or_else(|| "the sink thread ended unexpectedly".into()),
-        )
+        self.failure()
+            .unwrap_or_else(|| SinkError::Internal("the sink thread ended unexpectedly".into()))
     }
 }
 
-fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Option<String>>>) {
+fn lock(failed: &Mutex<Failure>) -> std::sync::MutexGuard<'_, Failure> {
+    failed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Failure>>) {
     let mut broken = false;
     while let Ok(cmd) = rx.recv() {
         match cmd {
@@ -70,13 +98,14 @@ fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Option
                     continue;
                 }
                 if let Err(e) = inner.write(start, data) {
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    lock(&failed).set(e);
                     broken = true;
                 }
             }
             Command::Finish(length, reply) => {
-                let r = match failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                    Some(why) => Err(SinkError::Refused(why)),
+                let earlier = lock(&failed).take();
+                let r = match earlier {
+                    Some(e) => Err(e),
                     None => inner.finish(length),
                 };
                 let _ = reply.send(r);
@@ -93,8 +122,8 @@ fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Option
 
 impl Sink for ThreadedSink {
     fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
-        if let Some(why) = self.failure() {
-            return Err(SinkError::Refused(why));
+        if let Some(e) = self.failure() {
+            return Err(e);
         }
         match &self.tx {
             Some(tx) => tx
@@ -153,7 +182,11 @@ mod tests {
     impl Sink for Recording {
         fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
             if Some(start) == self.fail_at {
-                return Err(SinkError::Refused(format!("disk full at {start}")));
+                return Err(SinkError::Downstream {
+                    what: "zfs recv into backup/fs@b".into(),
+                    status: Some(1),
+                    stderr: format!("disk full at {start}\n"),
+                });
             }
             self.log.lock().unwrap().writes.push((start, data.len()));
             Ok(())
@@ -203,15 +236,40 @@ mod tests {
         let mut first_err = None;
         for i in 0..50u64 {
             if let Err(e) = s.write(i * 10, Bytes::from(vec![0u8; 10])) {
-                first_err = Some((i, e.to_string()));
+                first_err = Some((i, e));
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let err = s.finish(500).expect_err("finish after a failed write");
         assert!(err.to_string().contains("disk full at 30"), "{err}");
-        if let Some((i, e)) = first_err {
-            assert!(i > 3 && e.contains("disk full at 30"), "{i}: {e}");
+        match first_err {
+            // The write saw the inner error as it is; the finish names it.
+            Some((i, e)) => {
+                assert!(i > 3, "{i}");
+                assert!(
+                    matches!(
+                        &e,
+                        SinkError::Downstream {
+                            status: Some(1),
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                assert!(matches!(err, SinkError::Internal(_)), "{err:?}");
+            }
+            // The failure came after the last write: the finish has it.
+            None => assert!(
+                matches!(
+                    err,
+                    SinkError::Downstream {
+                        status: Some(1),
+                        ..
+                    }
+                ),
+                "{err:?}"
+            ),
         }
         assert_eq!(log.lock().unwrap().finished, None);
     }

@@ -138,12 +138,10 @@ pub(super) async fn serve_offer(
                 }
                 Err(e) => {
                     drop(ticket);
-                    let (code, counter) = match e {
-                        SinkError::Busy(_) => (RefuseCode::Busy, &shared.counters.refused_busy),
-                        SinkError::Refused(_) => {
-                            (RefuseCode::BadDataset, &shared.counters.refused_other)
-                        }
-                        _ => (RefuseCode::SinkFailed, &shared.counters.refused_other),
+                    let code = e.refuse_code();
+                    let counter = match code {
+                        RefuseCode::Busy => &shared.counters.refused_busy,
+                        _ => &shared.counters.refused_other,
                     };
                     let (m, err) = *refuse(code, e.to_string());
                     refuse_conn(conn, &mut io.send, shared, Some(counter), m, err).await;
@@ -185,34 +183,37 @@ pub(super) async fn serve_offer(
             }
             warn!(error = %why, delivered = slot.session.stats().delivered, grace_s = shared.grace.as_secs(), "connection lost; keeping the session for the grace period");
         }
-        Err(RunEnd::Failed(why)) => {
-            warn!(error = %why, "session failed");
+        Err(RunEnd::Failed(why, status)) => {
+            warn!(error = %why, status, "session failed");
             let event = why.clone();
-            end_session(shared, conn, send, slot, why, event).await;
+            end_session(shared, conn, send, slot, why, status, event).await;
         }
         Err(RunEnd::Aborted(why)) => {
             ServerCounters::bump(&shared.counters.aborted_by_sender);
             warn!(sender = %key, error = %why, "the sender aborted the session; ending it now");
             let event = format!("the sender aborted the session: {why}");
-            end_session(shared, conn, send, slot, why, event).await;
+            end_session(shared, conn, send, slot, why, 1, event).await;
         }
     }
 }
 
 /// Ends a failed or aborted session at once: aborts its sink, takes it
-/// out of the table (its target is then free), reports and closes.
+/// out of the table (its target is then free), reports (with the
+/// downstream's `status`) and closes.
+#[allow(clippy::too_many_arguments)]
 async fn end_session(
     shared: &Shared,
     conn: &quinn::Connection,
     mut send: quinn::SendStream,
     mut slot: tokio::sync::OwnedMutexGuard<Slot>,
     why: String,
+    status: i32,
     event: String,
 ) {
     let id = slot.session.offer().session;
     tokio::task::block_in_place(|| slot.sink.abort(&why));
     shared.state().sessions.remove(&id);
-    let report = slot.session.finished(false, 1, None, why.clone());
+    let report = slot.session.finished(false, status, None, why.clone());
     tokio::task::block_in_place(|| drop(slot));
     let _ = write(&mut send, &report).await;
     let _ = send.finish();
@@ -239,7 +240,7 @@ async fn open_session(
     }?;
     // Decoding, verifying and writing run beside the network loop.
     let sink = crate::threaded::ThreadedSink::spawn(sink)
-        .map_err(|e| SinkError::Refused(format!("cannot start the sink thread: {e}")))?;
+        .map_err(|e| SinkError::Internal(format!("cannot start the sink thread: {e}")))?;
     let session = ReceiverSession::new(offer.clone(), key.0, version, shared.grace);
     Ok(Arc::new(tokio::sync::Mutex::new(Slot {
         session,
@@ -273,11 +274,18 @@ fn packed_sink(
 enum RunEnd {
     /// The connection went away; the session waits for its sender.
     Lost(String),
-    /// The session failed for good.
-    Failed(String),
+    /// The session failed for good: why, and the downstream status for
+    /// the sender's report.
+    Failed(String, i32),
     /// The sender aborted it (by message or by closing with
     /// [`close_code::ABORTED`]).
     Aborted(String),
+}
+
+/// A sink failure ends the session; the report carries the downstream's
+/// exit status when it has one.
+fn sink_failed(e: SinkError) -> RunEnd {
+    RunEnd::Failed(e.to_string(), e.report_status())
 }
 
 /// How a broken connection ends the session: aborted if the sender closed
@@ -301,12 +309,12 @@ async fn run_session(slot: &mut Slot, io: &mut Io<'_>, answer: Message) -> Resul
     loop {
         let msg = match read_message(&mut io.recv, &mut io.reader).await {
             Ok(m) => m,
-            Err(e @ ReadError::Undecodable(_)) => return Err(RunEnd::Failed(e.to_string())),
+            Err(e @ ReadError::Undecodable(_)) => return Err(RunEnd::Failed(e.to_string(), 1)),
             Err(e) => return Err(lost(&e)),
         };
         let action = slot.session.handle(msg).map_err(|e| match e {
             SessionError::PeerAborted(why) => RunEnd::Aborted(why),
-            e => RunEnd::Failed(e.to_string()),
+            e => RunEnd::Failed(e.to_string(), 1),
         })?;
         match action {
             Action::None => {}
@@ -318,10 +326,10 @@ async fn run_session(slot: &mut Slot, io: &mut Io<'_>, answer: Message) -> Resul
                 payload,
             } => {
                 if encoding != crate::message::FrameEncoding::Raw {
-                    return Err(RunEnd::Failed(SinkError::Encoding(encoding).to_string()));
+                    return Err(sink_failed(SinkError::Encoding(encoding)));
                 }
                 tokio::task::block_in_place(|| slot.sink.write(start, payload))
-                    .map_err(|e| RunEnd::Failed(e.to_string()))?;
+                    .map_err(sink_failed)?;
                 let ack = slot.session.delivered(end);
                 buf.clear();
                 ack.encode(&mut buf);
@@ -329,7 +337,7 @@ async fn run_session(slot: &mut Slot, io: &mut Io<'_>, answer: Message) -> Resul
             }
             Action::Finish { length, .. } => {
                 let outcome = tokio::task::block_in_place(|| slot.sink.finish(length))
-                    .map_err(|e| RunEnd::Failed(e.to_string()))?;
+                    .map_err(sink_failed)?;
                 let report = slot.session.finished(
                     true,
                     outcome.status,
