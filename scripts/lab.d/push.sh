@@ -130,8 +130,13 @@ EOF
 
 # ---------------------------------------------------------------- the receiver
 
-serve_pid() { cat "$work/serve.pid" 2>/dev/null || echo 0; }
-serve_alive() { kill -0 "$(serve_pid)" 2>/dev/null; }
+# (empty when none was started: never `kill 0`, which is the whole process group)
+serve_pid() { cat "$work/serve.pid" 2>/dev/null || true; }
+serve_alive() {
+    local pid
+    pid=$(serve_pid)
+    [[ $pid =~ ^[1-9][0-9]*$ ]] && kill -0 "$pid" 2>/dev/null
+}
 # serve_start [CONFIG]: start fjord-recv serve with $work/recv-CONFIG.toml (default: the last
 # one) and wait until its UDP socket is bound
 serve_start() {
@@ -145,14 +150,18 @@ serve_start() {
 }
 # serve_wait_exit SECONDS: until the receiver process is gone
 serve_wait_exit() {
-    local pid
-    pid=$(serve_pid)
-    timeout "$1" tail --pid="$pid" -f /dev/null
+    serve_alive || return 0
+    timeout "$1" tail --pid="$(serve_pid)" -f /dev/null
+}
+# serve_kill [SIGNAL]: signal the receiver (TERM by default), if it runs
+serve_kill() {
+    serve_alive || return 0
+    kill -"${1:-TERM}" "$(serve_pid)" 2>/dev/null || true
 }
 serve_stop() {
     serve_alive || return 0
-    kill "$(serve_pid)" 2>/dev/null || true
-    serve_wait_exit 30 || { kill -9 "$(serve_pid)" 2>/dev/null || true; serve_wait_exit 10 || true; }
+    serve_kill TERM
+    serve_wait_exit 30 || { serve_kill KILL; serve_wait_exit 10 || true; }
 }
 # serve_use CONFIG: the receiver runs with recv-CONFIG.toml (restarted only when it differs)
 serve_use() {
@@ -533,7 +542,7 @@ case_kill9_resume() {
     local killed=$! rc=0
     wait_receiving dst/backup/data $((2 * MiB)) 180 ||
         lab_fail killed-mid-transfer "no zfs recv read 2 MiB before the kill"
-    kill -9 "$(serve_pid)"
+    serve_kill KILL
     lab_log "killed fjord-recv (-9) mid-transfer"
     serve_wait_exit 30
     # zfs recv sees the end of its input and leaves the partial receive
@@ -560,7 +569,7 @@ case_sigterm_stale() {
     push termed "$work/slow.toml" &
     local termed=$! sigterm_rc=none t1
     if wait_receiving dst/backup/data $((2 * MiB)) 180; then
-        kill -TERM "$(serve_pid)"
+        serve_kill TERM
         t1=$SECONDS
         sigterm_rc=0
         serve_wait_exit 30 || sigterm_rc=timeout
@@ -857,6 +866,7 @@ _case_cleanup() {
     local p
     for p in $(jobs -p); do
         [[ $p == "$(serve_pid)" ]] && continue
+        [[ $p =~ ^[1-9][0-9]*$ ]] || continue
         pkill -TERM -P "$p" 2>/dev/null || true
         kill "$p" 2>/dev/null || true
     done
