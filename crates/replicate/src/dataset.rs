@@ -177,24 +177,22 @@ async fn carry_out<P: Pool, D: DrNode>(
                 dataset: source.into(),
                 cause,
             })?;
-        let tgt =
-            ctx.dr
-                .target_state(target)
-                .await
-                .map_err(|cause| DatasetError::TargetState {
-                    target: target.into(),
-                    cause,
-                })?;
-        if pass == 0 && !dry_run {
-            hold_common_base(ctx, source, &src, &tgt.snapshots, report).await;
-        }
-        let planned = plan(&src, &tgt, ctx.job.intermediates, ctx.options.force).map_err(
-            |cause| DatasetError::Plan {
-                source_dataset: source.into(),
+        let tgt = ctx
+            .dr
+            .target_state(target)
+            .await
+            .map_err(|cause| DatasetError::TargetState {
                 target: target.into(),
                 cause,
-            },
-        )?;
+            })?;
+        let planned =
+            plan(&src, &tgt, ctx.job.intermediates, ctx.options.force).map_err(|cause| {
+                DatasetError::Plan {
+                    source_dataset: source.into(),
+                    target: target.into(),
+                    cause,
+                }
+            })?;
         if let Some(stale) = &planned.abort_stale_token {
             tracing::info!(target, reason = %stale, "stale resume token");
             let mut step = Step::new(Action::DiscardStaleToken);
@@ -274,7 +272,11 @@ async fn carry_out<P: Pool, D: DrNode>(
             report.result = DatasetResult::Ok;
             return Ok(());
         }
-        tracing::debug!(target, pass, "not yet at the newest snapshot; planning again");
+        tracing::debug!(
+            target,
+            pass,
+            "not yet at the newest snapshot; planning again"
+        );
     }
     Err(DatasetError::TooManyPasses {
         target: target.into(),
@@ -344,11 +346,13 @@ fn prepare<P: Pool, D: DrNode>(
             )
         }
         Plan::Resume { token, to_guid } => {
-            let to = src.iter().find(|s| s.guid == *to_guid).cloned().ok_or_else(|| {
-                DatasetError::ResumeSnapshotVanished {
+            let to = src
+                .iter()
+                .find(|s| s.guid == *to_guid)
+                .cloned()
+                .ok_or_else(|| DatasetError::ResumeSnapshotVanished {
                     target: target.into(),
-                }
-            })?;
+                })?;
             let mut step = Step::new(Action::Resume);
             step.to = Some(to.name.clone());
             // `zfs send -t` takes its flags from the token.
@@ -391,16 +395,16 @@ async fn send_one<P: Pool, D: DrNode>(
             source_dataset: source.clone(),
             cause,
         })?;
-    let stats = ctx
-        .dr
-        .transfer(transfer, stream)
-        .await
-        .map_err(|cause| DatasetError::Transfer {
-            source_dataset: source.clone(),
-            target: target.clone(),
-            step: what,
-            cause,
-        })?;
+    let stats =
+        ctx.dr
+            .transfer(transfer, stream)
+            .await
+            .map_err(|cause| DatasetError::Transfer {
+                source_dataset: source.clone(),
+                target: target.clone(),
+                step: what,
+                cause,
+            })?;
     tracing::info!(
         dataset = %source,
         bytes = stats.bytes,
@@ -455,34 +459,6 @@ async fn protect_base<P: Pool, D: DrNode>(
     }
 }
 
-/// Holds the newest snapshot both sides have, if it is not held yet: a
-/// transfer cut short may have committed snapshots beyond the held base,
-/// and the base must survive until the next push moves it. Only adds a
-/// hold; releasing waits for a successful transfer.
-async fn hold_common_base<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
-    source: &str,
-    src: &[SnapshotInfo],
-    target: &[SnapshotInfo],
-    report: &mut DatasetReport,
-) {
-    let Some(base) = common_base(src, target).and_then(|g| src.iter().find(|s| s.guid == g)) else {
-        return;
-    };
-    let full = base.full_name(source);
-    let tag = ctx.hold_tag();
-    if ctx.pool.holds(&full).await.is_ok_and(|tags| tags.contains(&tag)) {
-        return;
-    }
-    match ctx.pool.hold(&tag, &full).await {
-        Ok(()) => tracing::info!(snapshot = %full, "held the common base left by an earlier run"),
-        Err(e) if e.is_hold_exists() => {}
-        Err(e) => report
-            .warnings
-            .push(format!("cannot hold the common base {full}: {e}")),
-    }
-}
-
 /// Applies retention on both sides after a successful push. The base (the
 /// newest snapshot both sides have) is never a candidate. Failures are
 /// warnings.
@@ -524,9 +500,7 @@ async fn prune<P: Pool, D: DrNode>(
             let full = s.full_name(source);
             match ctx.pool.destroy_snapshot(&full).await {
                 Ok(()) => report.pruned_source.push(s.name),
-                Err(e) => report
-                    .warnings
-                    .push(format!("could not prune {full}: {e}")),
+                Err(e) => report.warnings.push(format!("could not prune {full}: {e}")),
             }
         }
     }

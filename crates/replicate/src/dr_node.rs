@@ -73,8 +73,10 @@ pub enum DrError {
 /// ZFS names on the DR node.
 pub trait DrNode: Send + Sync {
     /// What `target` has: its snapshots, resume token and `written`.
-    fn target_state(&self, target: &str)
-        -> impl Future<Output = Result<TargetState, DrError>> + Send;
+    fn target_state(
+        &self,
+        target: &str,
+    ) -> impl Future<Output = Result<TargetState, DrError>> + Send;
 
     /// Discards the interrupted receive into `target` (`zfs recv -A`).
     fn abort_resume(&self, target: &str) -> impl Future<Output = Result<(), DrError>> + Send;
@@ -97,7 +99,10 @@ pub trait DrNode: Send + Sync {
 }
 
 impl<T: DrNode> DrNode for std::sync::Arc<T> {
-    fn target_state(&self, target: &str) -> impl Future<Output = Result<TargetState, DrError>> + Send {
+    fn target_state(
+        &self,
+        target: &str,
+    ) -> impl Future<Output = Result<TargetState, DrError>> + Send {
         (**self).target_state(target)
     }
     fn abort_resume(&self, target: &str) -> impl Future<Output = Result<(), DrError>> + Send {

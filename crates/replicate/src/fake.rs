@@ -134,6 +134,11 @@ impl FakePool {
         lock(&self.state).faults.push(fault);
     }
 
+    /// Drops the faults not yet triggered.
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
     /// The snapshots of `dataset`, oldest first.
     pub fn snapshots_of(&self, dataset: &str) -> Vec<SnapshotInfo> {
         lock(&self.state)
@@ -179,7 +184,9 @@ fn destroy(s: &mut PoolState, full: &str) -> Result<(), PoolError> {
         .position(|x| x.info.name == name)
         .ok_or_else(|| PoolError::NotFound(format!("{full}: snapshot does not exist")))?;
     if !snaps[i].holds.is_empty() {
-        return Err(PoolError::Failed(format!("cannot destroy {full}: dataset is busy")));
+        return Err(PoolError::Failed(format!(
+            "cannot destroy {full}: dataset is busy"
+        )));
     }
     snaps.remove(i);
     Ok(())
@@ -192,7 +199,10 @@ impl Pool for FakePool {
             .keys()
             .filter(|d| {
                 *d == root
-                    || (recursive && d.len() > root.len() && d.starts_with(root) && d.as_bytes()[root.len()] == b'/')
+                    || (recursive
+                        && d.len() > root.len()
+                        && d.starts_with(root)
+                        && d.as_bytes()[root.len()] == b'/')
             })
             .cloned()
             .collect())
@@ -208,16 +218,22 @@ impl Pool for FakePool {
 
     async fn snapshot(&self, root: &str, short: &str, recursive: bool) -> Result<(), PoolError> {
         if self.take_fault(|f| *f == PoolFault::Snapshot) {
-            return Err(PoolError::Failed(format!("cannot create snapshot {root}@{short}: out of space")));
+            return Err(PoolError::Failed(format!(
+                "cannot create snapshot {root}@{short}: out of space"
+            )));
         }
         let names = self.datasets(root, recursive).await?;
         let mut s = lock(&self.state);
         if names.is_empty() {
-            return Err(PoolError::NotFound(format!("{root}: dataset does not exist")));
+            return Err(PoolError::NotFound(format!(
+                "{root}: dataset does not exist"
+            )));
         }
         for d in &names {
             if s.datasets[d].iter().any(|x| x.info.name == short) {
-                return Err(PoolError::Failed(format!("{d}@{short}: dataset already exists")));
+                return Err(PoolError::Failed(format!(
+                    "{d}@{short}: dataset already exists"
+                )));
             }
         }
         // One transaction group for the whole tree, as `zfs snapshot -r`.
@@ -253,7 +269,9 @@ impl Pool for FakePool {
 
     async fn hold(&self, tag: &str, snapshot: &str) -> Result<(), PoolError> {
         if self.take_fault(|f| *f == PoolFault::Hold) {
-            return Err(PoolError::Failed(format!("cannot hold {snapshot}: pool I/O is suspended")));
+            return Err(PoolError::Failed(format!(
+                "cannot hold {snapshot}: pool I/O is suspended"
+            )));
         }
         let (ds, name) = split(snapshot)?;
         let mut s = lock(&self.state);
@@ -279,14 +297,18 @@ impl Pool for FakePool {
             .and_then(|v| v.iter_mut().find(|x| x.info.name == name))
             .ok_or_else(|| PoolError::NotFound(format!("{snapshot}: snapshot does not exist")))?;
         if !snap.holds.remove(tag) {
-            return Err(PoolError::Failed(format!("cannot release hold from snapshot '{snapshot}': no such tag on this dataset")));
+            return Err(PoolError::Failed(format!(
+                "cannot release hold from snapshot '{snapshot}': no such tag on this dataset"
+            )));
         }
         Ok(())
     }
 
     async fn destroy_snapshot(&self, snapshot: &str) -> Result<(), PoolError> {
         if self.take_fault(|f| *f == PoolFault::Destroy) {
-            return Err(PoolError::Failed(format!("cannot destroy {snapshot}: pool I/O is suspended")));
+            return Err(PoolError::Failed(format!(
+                "cannot destroy {snapshot}: pool I/O is suspended"
+            )));
         }
         destroy(&mut lock(&self.state), snapshot)
     }
@@ -308,45 +330,84 @@ impl Pool for FakePool {
         let stream = match &spec.kind {
             SendKind::Full { snap } => {
                 let (dataset, to) = find(snap)?;
-                FakeStream { dataset, from_guid: None, snapshots: vec![tuple(&to.info)], resume: false }
+                FakeStream {
+                    dataset,
+                    from_guid: None,
+                    snapshots: vec![tuple(&to.info)],
+                    resume: false,
+                }
             }
-            SendKind::Incremental { from, to, intermediates } => {
+            SendKind::Incremental {
+                from,
+                to,
+                intermediates,
+            } => {
                 let (dataset, from) = find(from)?;
                 let (to_ds, to) = find(to)?;
                 if to_ds != dataset || from.info.createtxg >= to.info.createtxg {
-                    return Err(PoolError::Failed(format!("{}: not an earlier snapshot of {to_ds}", from.info.name)));
+                    return Err(PoolError::Failed(format!(
+                        "{}: not an earlier snapshot of {to_ds}",
+                        from.info.name
+                    )));
                 }
                 let snapshots = if *intermediates {
                     s.datasets[&dataset]
                         .iter()
-                        .filter(|x| x.info.createtxg > from.info.createtxg && x.info.createtxg <= to.info.createtxg)
+                        .filter(|x| {
+                            x.info.createtxg > from.info.createtxg
+                                && x.info.createtxg <= to.info.createtxg
+                        })
                         .map(|x| tuple(&x.info))
                         .collect()
                 } else {
                     vec![tuple(&to.info)]
                 };
-                FakeStream { dataset, from_guid: Some(from.info.guid), snapshots, resume: false }
+                FakeStream {
+                    dataset,
+                    from_guid: Some(from.info.guid),
+                    snapshots,
+                    resume: false,
+                }
             }
             SendKind::Resume { token } => {
-                let t = token::decode(token).map_err(|e| PoolError::Failed(format!("bad resume token: {e}")))?;
+                let t = token::decode(token)
+                    .map_err(|e| PoolError::Failed(format!("bad resume token: {e}")))?;
                 let (ds, _) = split(&t.toname)?;
-                let snaps = s.datasets.get(ds).ok_or_else(|| PoolError::NotFound(format!("{ds}: dataset does not exist")))?;
-                let to = snaps.iter().find(|x| x.info.guid == t.toguid).ok_or_else(|| {
-                    PoolError::NotFound(format!("{}: the resume token's snapshot no longer exists", t.toname))
-                })?;
+                let snaps = s
+                    .datasets
+                    .get(ds)
+                    .ok_or_else(|| PoolError::NotFound(format!("{ds}: dataset does not exist")))?;
+                let to = snaps
+                    .iter()
+                    .find(|x| x.info.guid == t.toguid)
+                    .ok_or_else(|| {
+                        PoolError::NotFound(format!(
+                            "{}: the resume token's snapshot no longer exists",
+                            t.toname
+                        ))
+                    })?;
                 if let Some(f) = t.fromguid {
                     if !snaps.iter().any(|x| x.info.guid == f) {
-                        return Err(PoolError::NotFound("the resume token's incremental source no longer exists".into()));
+                        return Err(PoolError::NotFound(
+                            "the resume token's incremental source no longer exists".into(),
+                        ));
                     }
                 }
-                FakeStream { dataset: ds.into(), from_guid: t.fromguid, snapshots: vec![tuple(&to.info)], resume: true }
+                FakeStream {
+                    dataset: ds.into(),
+                    from_guid: t.fromguid,
+                    snapshots: vec![tuple(&to.info)],
+                    resume: true,
+                }
             }
         };
         let bytes = serde_json::to_vec(&stream).map_err(|e| PoolError::Failed(e.to_string()))?;
         let fails = &stream.dataset;
         drop(s);
         if self.take_fault(|f| *f == PoolFault::StartSend(fails.clone())) {
-            return Err(PoolError::Failed(format!("cannot open {fails}: permission denied")));
+            return Err(PoolError::Failed(format!(
+                "cannot open {fails}: permission denied"
+            )));
         }
         if self.take_fault(|f| *f == PoolFault::StreamFails(fails.clone())) {
             return Ok(Box::new(FailingReader));
@@ -364,7 +425,9 @@ struct FailingReader;
 
 impl Read for FailingReader {
     fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::other("zfs send exited 1: cannot send: I/O error"))
+        Err(std::io::Error::other(
+            "zfs send exited 1: cannot send: I/O error",
+        ))
     }
 }
 
@@ -414,6 +477,11 @@ impl FakeDrNode {
         lock(&self.state).faults.push(fault);
     }
 
+    /// Drops the faults not yet triggered.
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
     /// Whether `target` exists.
     pub fn exists(&self, target: &str) -> bool {
         lock(&self.state).targets.contains_key(target)
@@ -451,7 +519,12 @@ impl FakeDrNode {
         let (txg, guid) = (s.txg, s.next_guid);
         if let Some(t) = s.targets.get_mut(target) {
             t.written = 0;
-            t.snapshots.push(SnapshotInfo { name: name.into(), guid, createtxg: txg, creation: 1_769_904_000 });
+            t.snapshots.push(SnapshotInfo {
+                name: name.into(),
+                guid,
+                createtxg: txg,
+                creation: 1_769_904_000,
+            });
         }
     }
 
@@ -468,7 +541,9 @@ impl FakeDrNode {
     }
 
     fn unreachable(&self) -> Result<(), DrError> {
-        if take(&mut lock(&self.state).faults, |f| *f == DrFault::Unreachable) {
+        if take(&mut lock(&self.state).faults, |f| {
+            *f == DrFault::Unreachable
+        }) {
             return Err(DrError::Unreachable("connection refused (injected)".into()));
         }
         Ok(())
@@ -497,7 +572,10 @@ impl DrNode for FakeDrNode {
     async fn abort_resume(&self, target: &str) -> Result<(), DrError> {
         self.unreachable()?;
         let mut s = lock(&self.state);
-        let t = s.targets.get_mut(target).ok_or_else(|| refused(format!("{target} does not exist")))?;
+        let t = s
+            .targets
+            .get_mut(target)
+            .ok_or_else(|| refused(format!("{target} does not exist")))?;
         if t.token.take().is_none() {
             return Err(refused(format!("{target} has no partial receive to abort")));
         }
@@ -512,9 +590,14 @@ impl DrNode for FakeDrNode {
         self.unreachable()?;
         let mut s = lock(&self.state);
         if take(&mut s.faults, |f| *f == DrFault::RefuseDestroy) {
-            return Err(refused("refused by the DR node's policy: set allow_prune = true"));
+            return Err(refused(
+                "refused by the DR node's policy: set allow_prune = true",
+            ));
         }
-        let t = s.targets.get_mut(target).ok_or_else(|| refused(format!("{target} does not exist")))?;
+        let t = s
+            .targets
+            .get_mut(target)
+            .ok_or_else(|| refused(format!("{target} does not exist")))?;
         for name in snapshots {
             if !t.snapshots.iter().any(|x| &x.name == name) {
                 return Err(refused(format!("{target}@{name} does not exist")));
@@ -524,32 +607,57 @@ impl DrNode for FakeDrNode {
         Ok(())
     }
 
-    async fn transfer(&self, transfer: Transfer, mut stream: SendStream) -> Result<TransferStats, DrError> {
+    async fn transfer(
+        &self,
+        transfer: Transfer,
+        mut stream: SendStream,
+    ) -> Result<TransferStats, DrError> {
         self.unreachable()?;
         lock(&self.state).transfers.push(transfer.clone());
         let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).map_err(|e| DrError::Source(e.to_string()))?;
-        let fake: FakeStream = serde_json::from_slice(&bytes).map_err(|e| DrError::Protocol(e.to_string()))?;
+        stream
+            .read_to_end(&mut bytes)
+            .map_err(|e| DrError::Source(e.to_string()))?;
+        let fake: FakeStream =
+            serde_json::from_slice(&bytes).map_err(|e| DrError::Protocol(e.to_string()))?;
         let target = transfer.target.as_str();
         let mut s = lock(&self.state);
         let lost_after = s.faults.iter().find_map(|f| match f {
-            DrFault::LinkLostAfter { target: t, committed } if t == target => Some(*committed),
+            DrFault::LinkLostAfter {
+                target: t,
+                committed,
+            } if t == target => Some(*committed),
             _ => None,
         });
         if lost_after.is_some() {
-            take(&mut s.faults, |f| matches!(f, DrFault::LinkLostAfter { target: t, .. } if t == target));
+            take(
+                &mut s.faults,
+                |f| matches!(f, DrFault::LinkLostAfter { target: t, .. } if t == target),
+            );
         }
         let exists = s.targets.contains_key(target);
-        let parent_exists = target.rsplit_once('/').is_none_or(|(p, _)| s.targets.contains_key(p));
+        let parent_exists = target
+            .rsplit_once('/')
+            .is_none_or(|(p, _)| s.targets.contains_key(p));
         if fake.resume {
-            let t = s.targets.get(target).ok_or_else(|| refused(format!("{target}: no partial receive to resume")))?;
-            let ok = t.token.as_ref().is_some_and(|k| fake.snapshots.first().is_some_and(|x| x.1 == k.toguid));
+            let t = s
+                .targets
+                .get(target)
+                .ok_or_else(|| refused(format!("{target}: no partial receive to resume")))?;
+            let ok = t
+                .token
+                .as_ref()
+                .is_some_and(|k| fake.snapshots.first().is_some_and(|x| x.1 == k.toguid));
             if !ok {
-                return Err(refused(format!("{target}: the stream does not resume its partial receive")));
+                return Err(refused(format!(
+                    "{target}: the stream does not resume its partial receive"
+                )));
             }
         } else if let Some(t) = s.targets.get(target) {
             if t.token.is_some() {
-                return Err(refused(format!("{target} contains partially-complete state from \"zfs receive -s\"")));
+                return Err(refused(format!(
+                    "{target} contains partially-complete state from \"zfs receive -s\""
+                )));
             }
         }
         match (fake.resume, fake.from_guid) {
@@ -563,19 +671,28 @@ impl DrNode for FakeDrNode {
                 }
             }
             (false, Some(from)) => {
-                let t = s.targets.get_mut(target).ok_or_else(|| refused(format!("{target} does not exist")))?;
+                let t = s
+                    .targets
+                    .get_mut(target)
+                    .ok_or_else(|| refused(format!("{target} does not exist")))?;
                 if transfer.rollback {
                     let Some(i) = t.snapshots.iter().position(|x| x.guid == from) else {
-                        return Err(refused(format!("{target}: cannot roll back: the base is not there")));
+                        return Err(refused(format!(
+                            "{target}: cannot roll back: the base is not there"
+                        )));
                     };
                     t.snapshots.truncate(i + 1);
                     t.written = 0;
                 }
                 if t.snapshots.last().map(|x| x.guid) != Some(from) {
-                    return Err(refused(format!("{target}: most recent snapshot does not match incremental source")));
+                    return Err(refused(format!(
+                        "{target}: most recent snapshot does not match incremental source"
+                    )));
                 }
                 if t.written > 0 {
-                    return Err(refused(format!("{target}: destination has been modified since most recent snapshot")));
+                    return Err(refused(format!(
+                        "{target}: destination has been modified since most recent snapshot"
+                    )));
                 }
             }
         }
@@ -586,7 +703,12 @@ impl DrNode for FakeDrNode {
         let t = s.targets.entry(target.into()).or_default();
         for (name, guid, creation) in &fake.snapshots[..commit] {
             txg += 1;
-            t.snapshots.push(SnapshotInfo { name: name.clone(), guid: *guid, createtxg: txg, creation: *creation });
+            t.snapshots.push(SnapshotInfo {
+                name: name.clone(),
+                guid: *guid,
+                createtxg: txg,
+                creation: *creation,
+            });
             prev = Some(*guid);
         }
         t.token = None;
@@ -602,8 +724,14 @@ impl DrNode for FakeDrNode {
         }
         s.txg = txg;
         if commit < n {
-            return Err(DrError::Unreachable("the link stayed down beyond the grace (injected)".into()));
+            return Err(DrError::Unreachable(
+                "the link stayed down beyond the grace (injected)".into(),
+            ));
         }
-        Ok(TransferStats { bytes: bytes.len() as u64, bytes_resent: 0, reconnects: 0 })
+        Ok(TransferStats {
+            bytes: bytes.len() as u64,
+            bytes_resent: 0,
+            reconnects: 0,
+        })
     }
 }

@@ -151,11 +151,7 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
     };
     if !ctx.options.dry_run {
         let short = snapname::format_snapshot_name(&job.snapshot_prefix, ctx.options.now_unix);
-        if let Err(e) = ctx
-            .pool
-            .snapshot(&job.source, &short, job.recursive)
-            .await
-        {
+        if let Err(e) = ctx.pool.snapshot(&job.source, &short, job.recursive).await {
             report.error = Some(snapshot_error(&job.source, &short, &e));
             return report;
         }
@@ -279,7 +275,10 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
             match level_reports.iter().position(|r| r.source == source) {
                 Some(i) => {
                     let r = level_reports.swap_remove(i);
-                    if !matches!(r.result, DatasetResult::Ok | DatasetResult::UpToDate | DatasetResult::Planned) {
+                    if !matches!(
+                        r.result,
+                        DatasetResult::Ok | DatasetResult::UpToDate | DatasetResult::Planned
+                    ) {
                         failed.insert(source);
                     }
                     reports.push(r);
@@ -299,7 +298,11 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
 fn failed_parent(failed: &BTreeSet<String>, source: &str) -> Option<String> {
     failed
         .iter()
-        .find(|f| source.len() > f.len() && source.starts_with(f.as_str()) && source.as_bytes()[f.len()] == b'/')
+        .find(|f| {
+            source.len() > f.len()
+                && source.starts_with(f.as_str())
+                && source.as_bytes()[f.len()] == b'/'
+        })
         .cloned()
 }
 

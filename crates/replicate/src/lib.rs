@@ -70,16 +70,3 @@ impl<P, D> JobContext<P, D> {
         format!("fjord-{}", self.job.name)
     }
 }
-
-/// Exit codes of `fjord-send push` (moving to `fjord_cli::exit`).
-#[doc(hidden)]
-pub mod exit_code {
-    /// Every job succeeded (or had nothing to do).
-    pub const OK: u8 = 0;
-    /// At least one job failed or found its target diverged.
-    pub const JOB_FAILED: u8 = 4;
-    /// The config file is missing or invalid; nothing was run.
-    pub const CONFIG_ERROR: u8 = 5;
-    /// Another run holds the job's lock.
-    pub const LOCKED: u8 = 6;
-}

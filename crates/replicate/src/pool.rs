@@ -70,7 +70,8 @@ pub trait Pool: Send + Sync {
     fn holds(&self, snapshot: &str) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send;
 
     /// `zfs hold tag snapshot`.
-    fn hold(&self, tag: &str, snapshot: &str) -> impl Future<Output = Result<(), PoolError>> + Send;
+    fn hold(&self, tag: &str, snapshot: &str)
+        -> impl Future<Output = Result<(), PoolError>> + Send;
 
     /// `zfs release tag snapshot`.
     fn release(
@@ -80,8 +81,10 @@ pub trait Pool: Send + Sync {
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
 
     /// `zfs destroy dataset@snap`.
-    fn destroy_snapshot(&self, snapshot: &str)
-        -> impl Future<Output = Result<(), PoolError>> + Send;
+    fn destroy_snapshot(
+        &self,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send;
 
     /// The size `zfs send -nP` expects, if it can tell.
     fn size_estimate(&self, spec: &SendSpec) -> impl Future<Output = Option<u64>> + Send;
@@ -115,7 +118,11 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
     fn holds(&self, snapshot: &str) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send {
         (**self).holds(snapshot)
     }
-    fn hold(&self, tag: &str, snapshot: &str) -> impl Future<Output = Result<(), PoolError>> + Send {
+    fn hold(
+        &self,
+        tag: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
         (**self).hold(tag, snapshot)
     }
     fn release(
@@ -125,7 +132,10 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<(), PoolError>> + Send {
         (**self).release(tag, snapshot)
     }
-    fn destroy_snapshot(&self, snapshot: &str) -> impl Future<Output = Result<(), PoolError>> + Send {
+    fn destroy_snapshot(
+        &self,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
         (**self).destroy_snapshot(snapshot)
     }
     fn size_estimate(&self, spec: &SendSpec) -> impl Future<Output = Option<u64>> + Send {

@@ -281,5 +281,6 @@ impl JobReport {
 
 fn json(line: &JsonLine<'_>) -> String {
     // Serializing plain structs of strings and numbers cannot fail.
-    serde_json::to_string(line).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+    serde_json::to_string(line)
+        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
 }

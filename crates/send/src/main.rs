@@ -9,10 +9,8 @@ mod inspect;
 mod pack;
 mod progress;
 mod push;
-mod replicate;
 mod send;
 mod status_cmd;
-mod zfs_source;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -46,9 +44,7 @@ fn main() -> ExitCode {
     fjord_cli::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        // push still returns its exit code itself; its owner switches it to
-        // `Result<(), Failure>` (then: `Command::Push(args) => push::run(args),`).
-        Command::Push(args) => return ExitCode::from(push::run(args)),
+        Command::Push(args) => push::run(args),
         Command::Status(args) => status_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Send(args) => send::run(args),

@@ -1,48 +1,46 @@
-//! `fjord-send push`: run the push jobs of a config file (from cron or a
-//! systemd timer): snapshot, plan against the DR node, send, hold the new
-//! base, prune, record status and metrics.
+//! `fjord-send push`: parse the arguments, load the config, and run each
+//! job through `fjord_replicate` (the zfs CLI and QUIC at its edges);
+//! print the reports and turn the outcome into one `Failure`.
 
 use crate::progress::Progress;
-use crate::replicate::{replicate, DatasetReport, JobContext};
-use anyhow::Context;
+use anyhow::anyhow;
+use fjord_cli::Failure;
 use fjord_config::config::{CongestionChoice, Job, SendConfig};
-use fjord_replicate::exit_code;
-use fjord_replicate::lock::JobLock;
-use fjord_replicate::metrics;
-use fjord_replicate::plan::PlanError;
-use fjord_replicate::status::{self, JobStatus};
+use fjord_replicate::edge::{QuicDrNode, WatchTransfer, ZfsPool};
+use fjord_replicate::{
+    run_job, verdict, JobContext, JobOutcome, JobResult, RunOptions, StateFiles, Verdict,
+};
 use fjord_transport::{Congestion, Identity, LinkConfig, PublicKey};
-use fjord_zfs::{snapname, SendKind, SendSpec, Zfs};
-use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
 /// Replicate ZFS datasets to the DR node, as configured.
 ///
 /// For each job (or only --job NAME): takes a snapshot named
 /// PREFIX_YYYY-MM-DDTHHMMSSZ (recursively with `recursive = true`), asks
-/// the receiver what the target has, and sends what is missing: a full
+/// the DR node what the target has, and sends what is missing: a full
 /// stream if the target is new, an incremental from the newest common
 /// snapshot (-I by default), or the rest of an interrupted transfer from
 /// the target's receive_resume_token. A stale token (its snapshot was
 /// destroyed here) is discarded and the push falls back to the common
-/// snapshot. The new base is held (`zfs holds`, tag fjord-JOB) so nothing
-/// can destroy it; then retention prunes old PREFIX_ snapshots on both
-/// sides. A target that was changed or has snapshots newer than the
-/// common one is refused; --force rolls it back.
+/// snapshot. After a successful transfer the new base is held (`zfs
+/// holds`, tag fjord-JOB) and the old one released; then retention prunes
+/// old PREFIX_ snapshots on both sides (the DR node's policy decides on
+/// its side). A target that was changed or has snapshots newer than the
+/// common one is refused; --force asks the DR node to roll it back.
 ///
 /// Silent on success unless --verbose or stdout is a terminal, so cron
-/// mails only failures. Logs: FJORD_LOG=info.
+/// mails only failures. --json prints one JSON object per dataset and one
+/// per job (see the README). Logs: FJORD_LOG=info.
 ///
-/// Exit status: 0 every job succeeded (or was up to date); 4 a job failed;
-/// 5 the config is invalid; 6 a job was skipped because an earlier run
-/// still holds its lock.
+/// Exit status: 0 every job succeeded (or was up to date); 4 a job failed
+/// or its target diverged; 5 the config is invalid (nothing was run);
+/// 6 a job was skipped because an earlier run still holds its lock (and
+/// nothing else went wrong); 7 state_dir, the job lock, the status or the
+/// metrics file could not be written (monitoring would not see the run).
 ///
 /// Example (cron, every 5 minutes):
 ///   */5 * * * * root fjord-send push --config /etc/fjord/send.toml
@@ -55,73 +53,76 @@ pub struct Args {
     /// Run only this job.
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
-    /// Print the plan and send nothing (no snapshot is taken either).
+    /// Print the plan and send nothing (no snapshot, no lock, no status).
     #[arg(long)]
     dry_run: bool,
     /// Roll back a diverged target to the newest common snapshot,
-    /// destroying its newer snapshots and changes.
+    /// destroying its newer snapshots and changes (if the DR node's
+    /// policy allows it: allow_rollback).
     #[arg(long)]
     force: bool,
     /// Print what each job did, also when not on a terminal.
     #[arg(long, short)]
     verbose: bool,
+    /// Print one JSON object per dataset and one per job on stdout
+    /// (JSON Lines), instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
-/// How a job ended, worst last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum JobResult {
-    Ok,
-    Locked,
-    /// Failed because a target diverged (needs an operator: --force).
-    Diverged,
-    Failed,
+/// A job whose DR node's key parsed.
+struct Prepared<'a> {
+    job: &'a Job,
+    server_key: PublicKey,
 }
 
-/// Runs the subcommand; returns the exit code.
-pub fn run(args: Args) -> u8 {
-    let config = match SendConfig::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("fjord-send: error: {e}");
-            return exit_code::CONFIG_ERROR;
-        }
-    };
-    let jobs: Vec<&Job> = config
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = SendConfig::load(&args.config).map_err(Failure::config)?;
+    let file = args.config.display().to_string();
+    let jobs: Vec<Prepared> = config
         .jobs
         .iter()
         .filter(|j| args.job.as_ref().is_none_or(|n| *n == j.name))
-        .collect();
+        .map(|job| {
+            let server_key = job.target_key.trim().parse().map_err(|e| {
+                Failure::config(anyhow!(
+                    "{file}: job {}: target_key {:?} is not a public key ({e}); put the DR node's key there (fjord-recv keygen prints it)",
+                    job.name,
+                    job.target_key
+                ))
+            })?;
+            Ok(Prepared { job, server_key })
+        })
+        .collect::<Result<_, Failure>>()?;
     if jobs.is_empty() {
-        eprintln!(
-            "fjord-send: error: no job named {:?} in {}",
-            args.job.as_deref().unwrap_or_default(),
-            args.config.display()
-        );
-        return exit_code::CONFIG_ERROR;
+        return Err(Failure::config(anyhow!(
+            "no job named {:?} in {file}",
+            args.job.as_deref().unwrap_or_default()
+        )));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let identity = Identity::load(&config.key)
+        .map(Arc::new)
+        .map_err(|e| Failure::config(anyhow!("{file}: key {}: {e}", config.key.display())))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fjord-send: error: cannot start the async runtime: {e}");
-            return exit_code::JOB_FAILED;
-        }
+        .map_err(|e| Failure::io(anyhow!("cannot start the async runtime: {e}")))?;
+    let state = StateFiles {
+        state_dir: config.state_dir.clone(),
+        metrics_file: config.metrics_file.clone(),
     };
-    let talk = args.verbose || std::io::stdout().is_terminal();
-    let mut worst = JobResult::Ok;
-    for job in jobs {
-        let span = tracing::info_span!("job", job = %job.name);
-        let result = runtime.block_on(run_job(&config, job, &args, talk).instrument(span));
-        worst = worst.max(result);
+    let talk = !args.json && (args.verbose || std::io::stdout().is_terminal());
+    let mut outcomes = Vec::new();
+    for p in jobs {
+        let span = tracing::info_span!("job", job = %p.job.name);
+        let outcome = runtime
+            .block_on(run_one(&args, &identity, &state, p.job, p.server_key).instrument(span));
+        show(&outcome, &args, talk);
+        outcomes.push(outcome);
     }
-    match worst {
-        JobResult::Ok => exit_code::OK,
-        JobResult::Locked => exit_code::LOCKED,
-        JobResult::Failed | JobResult::Diverged => exit_code::JOB_FAILED,
-    }
+    conclude(&outcomes)
 }
 
 fn now_unix() -> i64 {
@@ -131,145 +132,13 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn resolve(host: &str) -> anyhow::Result<SocketAddr> {
-    host.to_socket_addrs()
-        .with_context(|| format!("cannot resolve target_host {host:?}; expected HOST:PORT"))?
-        .next()
-        .with_context(|| format!("target_host {host:?} resolves to no address"))
-}
-
-async fn run_job(config: &SendConfig, job: &Job, args: &Args, talk: bool) -> JobResult {
-    let _lock = if args.dry_run {
-        None
-    } else {
-        match JobLock::acquire(&config.state_dir, &job.name) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("fjord-send: job {}: {e}", job.name);
-                return JobResult::Locked;
-            }
-        }
-    };
-    let started = Instant::now();
-    let attempt = now_unix();
-    let outcome = push_job(config, job, args).await;
-    let (result, lines, error, totals) = match outcome {
-        Ok((reports, failures, diverged)) => {
-            let mut lines = Vec::new();
-            let mut totals = (0u64, 0u64, None::<i64>);
-            for r in &reports {
-                lines.extend(r.lines.iter().cloned());
-                totals.0 += r.bytes;
-                totals.1 += r.bytes_resent;
-                // The job's lag is its most-lagging dataset's.
-                totals.2 = match (totals.2, r.replicated_creation) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
-            let result = match (failures.is_empty(), diverged) {
-                (true, _) => JobResult::Ok,
-                (false, true) => JobResult::Diverged,
-                (false, false) => JobResult::Failed,
-            };
-            let error = (!failures.is_empty()).then(|| failures.join("; "));
-            (result, lines, error, totals)
-        }
-        Err(e) => (
-            JobResult::Failed,
-            Vec::new(),
-            Some(format!("{e:#}")),
-            (0, 0, None),
-        ),
-    };
-    if talk {
-        for l in &lines {
-            println!("{}: {l}", job.name);
-        }
-        if result == JobResult::Ok {
-            println!(
-                "{}: ok in {:.1}s, {} bytes sent, {} re-sent",
-                job.name,
-                started.elapsed().as_secs_f64(),
-                totals.0,
-                totals.1
-            );
-        }
-    }
-    if let Some(e) = &error {
-        eprintln!("fjord-send: job {} failed: {e}", job.name);
-    }
-    if args.dry_run {
-        return result;
-    }
-    let previous = status::load(&config.state_dir, &job.name).ok().flatten();
-    let st = JobStatus {
-        job: job.name.clone(),
-        last_attempt: attempt,
-        last_success: if result == JobResult::Ok {
-            Some(attempt)
-        } else {
-            previous.as_ref().and_then(|p| p.last_success)
-        },
-        last_result: match result {
-            JobResult::Ok => status::result::OK,
-            JobResult::Diverged => status::result::DIVERGED,
-            JobResult::Locked | JobResult::Failed => status::result::FAILED,
-        }
-        .to_string(),
-        last_error: error,
-        bytes: totals.0,
-        bytes_resent: totals.1,
-        duration_secs: started.elapsed().as_secs_f64(),
-        newest_replicated_snapshot_time: totals
-            .2
-            .or(previous.and_then(|p| p.newest_replicated_snapshot_time)),
-    };
-    if let Err(e) = status::save(&config.state_dir, &st) {
-        eprintln!("fjord-send: job {}: cannot record status: {e}", job.name);
-    }
-    if let Some(path) = &config.metrics_file {
-        let all = status::load_all(&config.state_dir).unwrap_or_default();
-        if let Err(e) = metrics::write_textfile(path, &metrics::render_prometheus(&all, now_unix()))
-        {
-            eprintln!("fjord-send: cannot write metrics {}: {e}", path.display());
-        }
-    }
-    result
-}
-
-/// Runs one job: returns each dataset's report, the failures, and whether
-/// one of them is a diverged target.
-async fn push_job(
-    config: &SendConfig,
-    job: &Job,
+async fn run_one(
     args: &Args,
-) -> anyhow::Result<(Vec<DatasetReport>, Vec<String>, bool)> {
-    let zfs = Zfs::new();
-    let identity = Identity::load(&config.key)
-        .with_context(|| format!("loading the sender key {}", config.key.display()))?;
-    let server_key: PublicKey = job
-        .target_key
-        .parse()
-        .map_err(|e| anyhow::anyhow!("job {}: target_key: {e}", job.name))?;
-    let to = resolve(&job.target_host)?;
-    let datasets = if job.recursive {
-        zfs.children(&job.source)
-            .await
-            .with_context(|| format!("listing {} and its children", job.source))?
-    } else {
-        vec![job.source.clone()]
-    };
-    if datasets.is_empty() {
-        anyhow::bail!("source dataset {} does not exist", job.source);
-    }
-    if !args.dry_run {
-        let short = snapname::format_snapshot_name(&job.snapshot_prefix, now_unix());
-        zfs.snapshot_recursive(&job.source, &short, job.recursive)
-            .await
-            .with_context(|| format!("taking snapshot {}@{short}", job.source))?;
-        tracing::info!(snapshot = %short, "snapshot taken");
-    }
+    identity: &Arc<Identity>,
+    state: &StateFiles,
+    job: &Job,
+    server_key: PublicKey,
+) -> JobOutcome {
     let mut link = LinkConfig {
         rate_limit: job.bwlimit,
         congestion: match job.congestion {
@@ -282,99 +151,95 @@ async fn push_job(
         link = link.with_idle_timeout(t);
     }
     let progress = Progress::default();
-    let ctx = Arc::new(JobContext {
-        job: job.name.clone(),
-        zfs,
-        identity,
-        to,
+    let mut dr = QuicDrNode::new(
+        identity.clone(),
+        job.target_host.clone(),
         server_key,
         link,
-        grace: job.grace.unwrap_or(Duration::from_secs(300)),
-        send_flags: SendSpec {
-            kind: SendKind::Full {
-                snap: String::new(),
-            },
-            raw: job.raw,
-            compressed: job.compressed,
-            large_blocks: job.large_blocks,
-            embedded: job.compressed || job.raw,
-        },
-        intermediates: job.intermediates,
-        pack: job.pack,
-        prefix: job.snapshot_prefix.clone(),
-        keep_source: job.retention.source,
-        keep_target: job.retention.target,
-        force: args.force,
-        dry_run: args.dry_run,
-        progress: progress.clone(),
+        job.grace.unwrap_or(Duration::from_secs(300)),
+        job.pack,
+    );
+    let shown = progress.clone();
+    let watch: WatchTransfer = Arc::new(move |name, counters, estimate| {
+        Box::new(shown.add(name.to_string(), counters, estimate))
     });
-    let drawing = progress.spawn(!args.dry_run);
-    let result = replicate_tree(ctx, job, datasets).await;
+    dr.watch = Some(watch);
+    let ctx = Arc::new(JobContext {
+        pool: ZfsPool::new(),
+        dr,
+        job: job.clone(),
+        options: RunOptions {
+            force: args.force,
+            dry_run: args.dry_run,
+            now_unix: now_unix(),
+        },
+    });
+    let drawing = progress.spawn(!args.dry_run && !args.json);
+    let outcome = run_job(ctx, state).await;
     Progress::clear(drawing);
-    Ok(result)
+    outcome
 }
 
-/// Replicates parents before children (a child's target needs its parent),
-/// up to `parallelism` datasets of one depth at a time. A failed dataset's
-/// children are skipped.
-async fn replicate_tree(
-    ctx: Arc<JobContext>,
-    job: &Job,
-    datasets: Vec<String>,
-) -> (Vec<DatasetReport>, Vec<String>, bool) {
-    let mut by_depth: Vec<Vec<String>> = Vec::new();
-    for d in datasets {
-        let depth = d.matches('/').count() - job.source.matches('/').count();
-        if by_depth.len() <= depth {
-            by_depth.resize(depth + 1, Vec::new());
+/// Prints a job's report: JSON lines, or text when talking; failures
+/// always on stderr (cron mails them).
+fn show(outcome: &JobOutcome, args: &Args, talk: bool) {
+    let report = &outcome.report;
+    if args.json {
+        for line in report.json_lines() {
+            println!("{line}");
         }
-        by_depth[depth].push(d);
-    }
-    let limit = Arc::new(Semaphore::new(job.parallelism.max(1)));
-    let mut reports = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
-    let mut diverged = false;
-    let mut failed: HashSet<String> = HashSet::new();
-    for level in by_depth {
-        let mut set = JoinSet::new();
-        for source in level {
-            if let Some(parent) = failed.iter().find(|f| source.starts_with(&format!("{f}/"))) {
-                failures.push(format!("{source}: skipped, its parent {parent} failed"));
-                failed.insert(source);
-                continue;
-            }
-            let Some(target) = job.target_for(&source) else {
-                failures.push(format!(
-                    "{source}: no valid target name below {} for it",
-                    job.target_dataset
-                ));
-                failed.insert(source);
-                continue;
-            };
-            let ctx = ctx.clone();
-            let limit = limit.clone();
-            set.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let r = replicate(ctx, source.clone(), target).await;
-                (source, r)
-            });
-        }
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((_, Ok(report))) => reports.push(report),
-                Ok((source, Err(e))) => {
-                    diverged |= e.chain().any(|c| {
-                        matches!(
-                            c.downcast_ref::<PlanError>(),
-                            Some(PlanError::Diverged { .. })
-                        )
-                    });
-                    failures.push(format!("{e:#}"));
-                    failed.insert(source);
-                }
-                Err(e) => failures.push(format!("internal error: {e}")),
+    } else if talk {
+        for d in &report.dataset_reports {
+            for l in d.lines() {
+                println!("{}: {l}", report.job);
             }
         }
+        if report.result == JobResult::Ok {
+            println!(
+                "{}: ok in {:.1}s, {} bytes sent, {} re-sent",
+                report.job, report.duration_secs, report.bytes, report.bytes_resent
+            );
+        }
     }
-    (reports, failures, diverged)
+    for d in &report.dataset_reports {
+        if let Some(e) = &d.error {
+            eprintln!("fjord-send: job {}: {}: {e}", report.job, d.source);
+        }
+    }
+    if let Some(e) = &report.error {
+        match report.result {
+            JobResult::Locked => eprintln!("fjord-send: job {}: skipped: {e}", report.job),
+            _ => eprintln!("fjord-send: job {} failed: {e}", report.job),
+        }
+    }
+    for e in &outcome.state_errors {
+        eprintln!("fjord-send: job {}: {e}", report.job);
+    }
+}
+
+/// One `Failure` for the whole run, from the worst outcome.
+fn conclude(outcomes: &[JobOutcome]) -> Result<(), Failure> {
+    let names = |pred: &dyn Fn(&JobOutcome) -> bool| {
+        outcomes
+            .iter()
+            .filter(|o| pred(o))
+            .map(|o| o.report.job.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match verdict(outcomes) {
+        Verdict::Ok => Ok(()),
+        Verdict::Locked => Err(Failure::locked(anyhow!(
+            "skipped, an earlier run still holds the lock: {}",
+            names(&|o| o.report.result == JobResult::Locked)
+        ))),
+        Verdict::Failed => Err(Failure::job_failed(anyhow!(
+            "jobs failed: {}",
+            names(&|o| matches!(o.report.result, JobResult::Failed | JobResult::Diverged))
+        ))),
+        Verdict::StateLost => Err(Failure::state(anyhow!(
+            "could not keep the local state (lock, status or metrics) of: {}; see the errors above",
+            names(&|o| !o.state_errors.is_empty())
+        ))),
+    }
 }

@@ -1,4 +1,4 @@
-//! `zfs send` as the transport's source: a reader that turns a failed
+//! `zfs send` as a transfer's source: a reader that turns a failed
 //! `zfs send` into a read error, so a stream cut short by ZFS is never
 //! reported as complete.
 

@@ -78,12 +78,20 @@ impl World {
 
     /// Short names of a source dataset's snapshots.
     pub fn source_names(&self, dataset: &str) -> Vec<String> {
-        self.pool.snapshots_of(dataset).into_iter().map(|s| s.name).collect()
+        self.pool
+            .snapshots_of(dataset)
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
     }
 
     /// Short names of a target's snapshots.
     pub fn target_names(&self, target: &str) -> Vec<String> {
-        self.dr.snapshots_of(target).into_iter().map(|s| s.name).collect()
+        self.dr
+            .snapshots_of(target)
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
     }
 
     /// Source snapshots (short names) holding the job's tag.

@@ -1,1 +1,0 @@
-//! Real implementations of the traits (to come).

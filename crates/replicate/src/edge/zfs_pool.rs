@@ -1,0 +1,90 @@
+//! [`ZfsPool`]: the primary's pool through the `zfs` CLI.
+
+use super::CheckedSend;
+use crate::pool::{Pool, PoolError, SendStream};
+use fjord_zfs::{SendSpec, SnapshotInfo, Zfs, ZfsError};
+
+/// The primary's pool, through the `zfs` command.
+#[derive(Clone, Debug, Default)]
+pub struct ZfsPool {
+    zfs: Zfs,
+}
+
+impl ZfsPool {
+    /// Runs `zfs` from the PATH.
+    pub fn new() -> ZfsPool {
+        ZfsPool { zfs: Zfs::new() }
+    }
+
+    /// Runs this `zfs` executor.
+    pub fn with(zfs: Zfs) -> ZfsPool {
+        ZfsPool { zfs }
+    }
+}
+
+/// The one place where `zfs`'s error becomes the replication logic's.
+fn typed(e: ZfsError) -> PoolError {
+    let message = e.to_string();
+    if e.is_does_not_exist() {
+        PoolError::NotFound(message)
+    } else if e.is_hold_exists() {
+        PoolError::HoldExists(message)
+    } else {
+        PoolError::Failed(message)
+    }
+}
+
+impl Pool for ZfsPool {
+    async fn datasets(&self, root: &str, recursive: bool) -> Result<Vec<String>, PoolError> {
+        if recursive {
+            match self.zfs.children(root).await {
+                Ok(d) => Ok(d),
+                Err(e) if e.is_does_not_exist() => Ok(Vec::new()),
+                Err(e) => Err(typed(e)),
+            }
+        } else {
+            let exists = self.zfs.dataset_exists(root).await.map_err(typed)?;
+            Ok(if exists {
+                vec![root.to_string()]
+            } else {
+                Vec::new()
+            })
+        }
+    }
+
+    async fn snapshots(&self, dataset: &str) -> Result<Vec<SnapshotInfo>, PoolError> {
+        self.zfs.snapshots(dataset).await.map_err(typed)
+    }
+
+    async fn snapshot(&self, root: &str, short: &str, recursive: bool) -> Result<(), PoolError> {
+        self.zfs
+            .snapshot_recursive(root, short, recursive)
+            .await
+            .map_err(typed)
+    }
+
+    async fn holds(&self, snapshot: &str) -> Result<Vec<String>, PoolError> {
+        self.zfs.holds(snapshot).await.map_err(typed)
+    }
+
+    async fn hold(&self, tag: &str, snapshot: &str) -> Result<(), PoolError> {
+        self.zfs.hold(tag, snapshot).await.map_err(typed)
+    }
+
+    async fn release(&self, tag: &str, snapshot: &str) -> Result<(), PoolError> {
+        self.zfs.release(tag, snapshot).await.map_err(typed)
+    }
+
+    async fn destroy_snapshot(&self, snapshot: &str) -> Result<(), PoolError> {
+        self.zfs.destroy_snapshot(snapshot).await.map_err(typed)
+    }
+
+    async fn size_estimate(&self, spec: &SendSpec) -> Option<u64> {
+        self.zfs.send_size_estimate(spec).await.ok().flatten()
+    }
+
+    fn send(&self, spec: &SendSpec) -> Result<SendStream, PoolError> {
+        let process = self.zfs.spawn_send(spec).map_err(typed)?;
+        Ok(Box::new(CheckedSend::new(process)))
+    }
+}

@@ -1,0 +1,92 @@
+//! `fjord-send push` at its boundary, before any `zfs` runs: a bad
+//! target_key is a config error naming the file, a missing state_dir is a
+//! state error (exit 7, never "locked"), and only a held lock is exit 6.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fjord_send(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fjord-send"))
+        .args(args)
+        .output()
+        .expect("fjord-send runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A one-job config in `dir` with `state_dir` and `target_key` as given
+/// (`None`: a real key).
+fn config(dir: &Path, state_dir: &Path, target_key: Option<&str>) -> String {
+    let key = dir.join("send.key");
+    if !key.exists() {
+        let out = fjord_send(&["keygen", "--key", key.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let other = dir.join("recv.key");
+    let public = if other.exists() {
+        String::new()
+    } else {
+        let out = fjord_send(&["keygen", "--key", other.to_str().unwrap()]);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let target_key = target_key.map(str::to_string).unwrap_or(public);
+    let path = dir.join("send.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "key = {:?}\nstate_dir = {:?}\n[[job]]\nname = \"home\"\nsource = \"tank/home\"\n\
+             target_host = \"127.0.0.1:7450\"\ntarget_key = \"{target_key}\"\ntarget_dataset = \"backup/home\"\n",
+            key.display().to_string(),
+            state_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_placeholder_target_key_is_a_config_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), dir.path(), Some("BASE64PUBKEY="));
+    let out = fjord_send(&["push", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&cfg) && err.contains("target_key"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_missing_state_dir_is_exit_7_not_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("state");
+    let cfg = config(dir.path(), &missing, None);
+    for extra in [&[][..], &["--json"][..]] {
+        let mut args = vec!["push", "--config", &cfg];
+        args.extend_from_slice(extra);
+        let out = fjord_send(&args);
+        assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+        assert!(stderr(&out).contains("state_dir"), "{}", stderr(&out));
+        if !extra.is_empty() {
+            let job: serde_json::Value =
+                serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+            assert_eq!(job["type"], "job");
+            assert_eq!(job["result"], "failed");
+        }
+    }
+}
+
+#[test]
+fn only_a_held_lock_is_exit_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), dir.path(), None);
+    let lock = std::fs::File::create(dir.path().join("home.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = fjord_send(&["push", "--config", &cfg, "--json"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let job: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(job["result"], "locked");
+    drop(lock);
+}
