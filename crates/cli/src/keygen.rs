@@ -66,6 +66,23 @@ pub fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The arguments of `pubkey`.
+#[derive(clap::Args, Debug)]
+pub struct PubkeyArgs {
+    /// The private key file (from `keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+}
+
+/// Runs `pubkey`: prints the public key of an existing private key file,
+/// to give to the other side. A missing, unreadable or loosely
+/// permissioned file is [`Failure::Io`] with what to do.
+pub fn pubkey(args: PubkeyArgs) -> Result<(), Failure> {
+    let id = Identity::load(&args.key).map_err(Failure::io)?;
+    println!("{}", id.public_key());
+    Ok(())
+}
+
 /// Creates the missing directories above `path`, each with mode 0700;
 /// leaves existing ones as they are.
 fn create_parent(path: &Path) -> anyhow::Result<()> {

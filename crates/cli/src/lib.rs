@@ -166,18 +166,35 @@ pub fn render(err: &anyhow::Error) -> String {
 
 pub mod keygen;
 
-/// Logs to stderr through `tracing`, filtered by `FJORD_LOG` (default `warn`);
-/// colours only on a terminal, so journald and log files stay plain text.
+/// Logs to stderr through `tracing`, filtered by `FJORD_LOG`, else the
+/// usual `RUST_LOG`, else `warn`; colours only on a terminal, so journald
+/// and log files stay plain text.
 pub fn init_logging() {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(log_filter(
+            std::env::var("FJORD_LOG").ok().as_deref(),
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The log filter from `FJORD_LOG`, else `RUST_LOG`, else `warn`; a
+/// variable that does not parse is skipped (with a note on stderr), not
+/// fatal: logging must never stop a push.
+fn log_filter(fjord_log: Option<&str>, rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    for (name, value) in [("FJORD_LOG", fjord_log), ("RUST_LOG", rust_log)] {
+        let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        match tracing_subscriber::EnvFilter::try_new(value) {
+            Ok(filter) => return filter,
+            Err(e) => eprintln!("fjord: ignoring {name}={value:?}: {e}"),
+        }
+    }
+    tracing_subscriber::EnvFilter::new("warn")
 }
 
 /// Keeps glibc's allocator from returning the data path's buffers to the
@@ -245,6 +262,20 @@ impl LinkArgs {
 /// Parses `300`, `90s`, `10m`, `1h`, `2d`, `500ms`: the same rules as the
 /// config files.
 pub use fjord_config::units::parse_duration;
+
+#[cfg(test)]
+mod log_tests {
+    use super::log_filter;
+
+    #[test]
+    fn fjord_log_wins_then_rust_log_then_warn() {
+        assert_eq!(log_filter(Some("debug"), Some("info")).to_string(), "debug");
+        assert_eq!(log_filter(None, Some("info")).to_string(), "info");
+        assert_eq!(log_filter(Some(""), Some("info")).to_string(), "info");
+        assert_eq!(log_filter(None, None).to_string(), "warn");
+        assert_eq!(log_filter(Some("[bad"), Some("error")).to_string(), "error");
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 //! logging and hands the outcome to `fjord_cli::finish`, the one place it
 //! becomes an exit code (the table is `fjord_cli::exit`).
 
+mod check_config;
 mod prune;
 mod serve;
 mod unpack;
@@ -34,6 +35,9 @@ enum Command {
     Keygen(fjord_cli::keygen::Args),
     Prune(prune::Args),
     Unpack(unpack::Args),
+    CheckConfig(check_config::Args),
+    /// Print the public key of an existing private key file.
+    Pubkey(fjord_cli::keygen::PubkeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Keygen(args) => fjord_cli::keygen::run(args),
         Command::Unpack(args) => unpack::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
+        Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
     };
     fjord_cli::finish("fjord-recv", result)
 }

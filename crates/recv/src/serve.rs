@@ -98,19 +98,24 @@ pub struct Args {
 /// [`Failure::Io`] for anything else (key, address, sink directory).
 pub fn run(args: Args) -> Result<(), Failure> {
     let setup = match &args.config {
-        Some(path) => zfs_setup(&args, path)?,
+        Some(path) => zfs_setup(
+            path,
+            args.link.link_config(),
+            args.grace,
+            args.max_held_mib << 20,
+        )?,
         None => file_setup(&args).map_err(Failure::Io)?,
     };
     serve(setup).map_err(Failure::Io)
 }
 
 /// What the server was set up with, for the start-up line.
-struct Setup {
-    identity: Identity,
-    opts: ServeOptions,
+pub(crate) struct Setup {
+    pub(crate) identity: Identity,
+    pub(crate) opts: ServeOptions,
     factory: Arc<dyn SinkFactory>,
     control: Arc<dyn Control>,
-    what: String,
+    pub(crate) what: String,
     /// The ZFS target, for its policy counts at shutdown.
     target: Option<Arc<ZfsTarget>>,
 }
@@ -149,7 +154,15 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
     })
 }
 
-fn zfs_setup(args: &Args, path: &std::path::Path) -> Result<Setup, Failure> {
+/// The server for a `--config` file: clients and their keys, this node's
+/// key, the `zfs` binary, limits. [`Failure::Config`] for the file,
+/// [`Failure::Io`] for the key file or a missing `zfs`.
+pub(crate) fn zfs_setup(
+    path: &std::path::Path,
+    base_link: fjord_transport::LinkConfig,
+    default_grace: Duration,
+    max_held: u64,
+) -> Result<Setup, Failure> {
     let config = RecvConfig::load(path).map_err(Failure::config)?;
     let mut clients = HashMap::new();
     for c in &config.clients {
@@ -166,13 +179,16 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> Result<Setup, Failure> {
         .with_context(|| format!("loading the receiver key {}", config.key.display()))
         .map_err(Failure::Io)?;
     let allowed = clients.keys().copied().collect();
+    // Checked now, not at the first push: a DR node without zfs receives nothing.
+    let zfs = Zfs::new();
+    zfs.locate().map_err(Failure::io)?;
     let target = SharedTarget(Arc::new(ZfsTarget::new(
-        Zfs::new(),
+        zfs,
         clients,
         Arc::new(config.clone()),
-        args.max_held_mib << 20,
+        max_held,
     )));
-    let mut link = args.link.link_config();
+    let mut link = base_link;
     if let Some(t) = config.idle_timeout {
         link = link.with_idle_timeout(t);
     }
@@ -182,13 +198,13 @@ fn zfs_setup(args: &Args, path: &std::path::Path) -> Result<Setup, Failure> {
             listen: config.listen,
             allowed,
             link,
-            grace: config.grace.unwrap_or(args.grace),
+            grace: config.grace.unwrap_or(default_grace),
             max_sessions: config.max_concurrent,
             chunk_cache: config.chunk_cache.as_ref().map(|c| ChunkCacheOptions {
                 dir: c.dir.clone(),
                 capacity: c.size,
             }),
-            limits: limits(&config.limits, args.max_held_mib << 20),
+            limits: limits(&config.limits, max_held),
         },
         factory: Arc::new(target.clone()),
         target: Some(target.0.clone()),

@@ -5,6 +5,7 @@
 //! logging and hands the outcome to `fjord_cli::finish`, the one place it
 //! becomes an exit code (the table is `fjord_cli::exit`).
 
+mod check_config;
 mod inspect;
 mod pack;
 mod progress;
@@ -37,6 +38,9 @@ enum Command {
     )]
     Keygen(fjord_cli::keygen::Args),
     Pack(pack::Args),
+    CheckConfig(check_config::Args),
+    /// Print the public key of an existing private key file.
+    Pubkey(fjord_cli::keygen::PubkeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Keygen(args) => fjord_cli::keygen::run(args),
         Command::Pack(args) => pack::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
+        Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
     };
     fjord_cli::finish("fjord-send", result)
 }

@@ -24,7 +24,7 @@ pub struct Args {
     /// zstd level (1 is the measured best trade-off on two cores).
     #[arg(long, default_value_t = fjord_pack::encoder::DEFAULT_ZSTD_LEVEL)]
     level: i32,
-    /// Compression workers (default: one per core).
+    /// Compression workers; 0 means one per core.
     #[arg(long, default_value_t = 0)]
     workers: usize,
     /// Accept a stream without DRR_END, as `zfs send -S` writes.

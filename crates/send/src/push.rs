@@ -71,23 +71,28 @@ pub struct Args {
 }
 
 /// A job whose DR node's key parsed.
-struct Prepared<'a> {
-    job: &'a Job,
-    server_key: PublicKey,
+pub(crate) struct Prepared<'a> {
+    pub(crate) job: &'a Job,
+    pub(crate) server_key: PublicKey,
 }
 
-/// Runs the subcommand.
-pub fn run(args: Args) -> Result<(), Failure> {
-    let config = SendConfig::load(&args.config).map_err(Failure::config)?;
-    let file = args.config.display().to_string();
+/// The jobs of `config` (all, or the one named `only`) with their DR
+/// nodes' keys parsed, and this sender's key loaded: everything a push
+/// checks before it runs. Every error is [`Failure::Config`] naming the
+/// file, the job and the key.
+pub(crate) fn prepare<'a>(
+    config: &'a SendConfig,
+    file: &str,
+    only: Option<&str>,
+) -> Result<(Vec<Prepared<'a>>, Arc<Identity>), Failure> {
     let jobs: Vec<Prepared> = config
         .jobs
         .iter()
-        .filter(|j| args.job.as_ref().is_none_or(|n| *n == j.name))
+        .filter(|j| only.is_none_or(|n| n == j.name))
         .map(|job| {
             let server_key = job.target_key.trim().parse().map_err(|e| {
                 Failure::config(anyhow!(
-                    "{file}: job {}: target_key {:?} is not a public key ({e}); put the DR node's key there (fjord-recv keygen prints it)",
+                    "{file}: job {}: target_key {:?} is not a public key ({e}); put the DR node's key there (fjord-recv keygen or pubkey prints it)",
                     job.name,
                     job.target_key
                 ))
@@ -98,12 +103,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if jobs.is_empty() {
         return Err(Failure::config(anyhow!(
             "no job named {:?} in {file}",
-            args.job.as_deref().unwrap_or_default()
+            only.unwrap_or_default()
         )));
     }
     let identity = Identity::load(&config.key)
         .map(Arc::new)
         .map_err(|e| Failure::config(anyhow!("{file}: key {}: {e}", config.key.display())))?;
+    Ok((jobs, identity))
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = SendConfig::load(&args.config).map_err(Failure::config)?;
+    let file = args.config.display().to_string();
+    let (jobs, identity) = prepare(&config, &file, args.job.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

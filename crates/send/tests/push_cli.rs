@@ -25,12 +25,13 @@ fn config(dir: &Path, state_dir: &Path, target_key: Option<&str>) -> String {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let other = dir.join("recv.key");
-    let public = if other.exists() {
-        String::new()
+    let out = if other.exists() {
+        fjord_send(&["pubkey", "--key", other.to_str().unwrap()])
     } else {
-        let out = fjord_send(&["keygen", "--key", other.to_str().unwrap()]);
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        fjord_send(&["keygen", "--key", other.to_str().unwrap()])
     };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let target_key = target_key.map(str::to_string).unwrap_or(public);
     let path = dir.join("send.toml");
     std::fs::write(
@@ -89,4 +90,31 @@ fn only_a_held_lock_is_exit_6() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(job["result"], "locked");
     drop(lock);
+}
+
+#[test]
+fn check_config_reports_each_job_or_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), dir.path(), None);
+    let ok = fjord_send(&["check-config", "--config", &cfg]);
+    // zfs may be missing on a build machine without the lab: then it says so.
+    if ok.status.success() {
+        let said = String::from_utf8_lossy(&ok.stdout);
+        assert!(
+            said.contains("job home: tank/home -> backup/home"),
+            "{said}"
+        );
+    } else {
+        assert_eq!(ok.status.code(), Some(5));
+        assert!(stderr(&ok).contains("zfs"), "{}", stderr(&ok));
+    }
+    let missing = dir.path().join("state");
+    let cfg = config(dir.path(), &missing, None);
+    let out = fjord_send(&["check-config", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains("state_dir") && stderr(&out).contains("install -d"),
+        "{}",
+        stderr(&out)
+    );
 }

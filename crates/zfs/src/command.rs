@@ -402,6 +402,29 @@ impl Zfs {
         &self.binary
     }
 
+    /// Where the binary is: itself if it names a path, else the first
+    /// executable of that name on `PATH`. Checked at start-up so that a
+    /// missing `zfs` fails there, not at the first transfer.
+    pub fn locate(&self) -> Result<PathBuf, ZfsError> {
+        let not_found = || ZfsError::NotFound {
+            binary: self.binary.display().to_string(),
+        };
+        let executable = |p: &std::path::Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if self.binary.components().count() > 1 {
+            return executable(&self.binary)
+                .then(|| self.binary.clone())
+                .ok_or_else(not_found);
+        }
+        let path = std::env::var_os("PATH").ok_or_else(not_found)?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(&self.binary))
+            .find(|p| executable(p))
+            .ok_or_else(not_found)
+    }
+
     /// The command line of `args`, for messages.
     pub(crate) fn display(&self, args: &[String]) -> String {
         display_argv(&self.binary.to_string_lossy(), args)
@@ -606,6 +629,20 @@ impl Zfs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn locate_finds_a_path_or_names_what_is_missing() {
+        assert_eq!(
+            Zfs::with_binary("/bin/sh").locate().unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(Zfs::with_binary("sh").locate().unwrap().ends_with("sh"));
+        let missing = Zfs::with_binary("/nonexistent/zfs").locate().unwrap_err();
+        assert!(matches!(missing, ZfsError::NotFound { .. }), "{missing}");
+        assert!(missing.to_string().contains("/nonexistent/zfs"));
+        let missing = Zfs::with_binary("no-such-zfs-binary").locate().unwrap_err();
+        assert!(matches!(missing, ZfsError::NotFound { .. }));
+    }
+
     use super::*;
 
     fn spec(kind: SendKind) -> SendSpec {

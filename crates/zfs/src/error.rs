@@ -19,7 +19,7 @@ pub enum ZfsError {
     },
     /// The `zfs` binary is not there.
     #[error(
-        "cannot run {binary}: not found; install zfsutils-linux or set the path to the zfs binary"
+        "cannot run {binary}: not found; install zfsutils-linux (the zfs command must be on the PATH)"
     )]
     NotFound {
         /// The binary that was looked for.
@@ -181,7 +181,7 @@ mod tests {
         };
         assert!(e
             .to_string()
-            .contains("install zfsutils-linux or set the path"));
+            .contains("install zfsutils-linux (the zfs command must be on the PATH)"));
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! `fjord-send check-config`: everything `push` checks before it runs,
+//! and what would make a run fail at once, without running it.
+
+use crate::push::prepare;
+use anyhow::anyhow;
+use fjord_cli::Failure;
+use fjord_config::config::SendConfig;
+use fjord_zfs::Zfs;
+use std::path::{Path, PathBuf};
+
+/// Check the sender's config file without pushing anything.
+///
+/// Loads and checks the file (every key), the DR nodes' public keys, this
+/// sender's key file (and its mode), that state_dir exists and is
+/// writable, that the metrics file's directory is writable, that every
+/// target_host resolves, and that `zfs` is on the PATH. Prints one line
+/// per job and exits 0, or names the file, the key and the fix and exits
+/// 5. Nothing is written but a probe file in state_dir, removed at once.
+///
+/// Example:
+///   fjord-send check-config --config /etc/fjord/send.toml
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The sender's config file.
+    #[arg(long, value_name = "FILE", default_value = "/etc/fjord/send.toml")]
+    config: PathBuf,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let file = args.config.display().to_string();
+    let config = SendConfig::load(&args.config).map_err(Failure::config)?;
+    let (jobs, identity) = prepare(&config, &file, None)?;
+    writable_dir(&config.state_dir).map_err(|e| {
+        Failure::config(anyhow!(
+            "{file}: state_dir {}: {e}; create it (install -d -m 0700 {0}) or point state_dir elsewhere",
+            config.state_dir.display()
+        ))
+    })?;
+    if let Some(metrics) = &config.metrics_file {
+        let dir = metrics.parent().unwrap_or(Path::new("."));
+        writable_dir(dir).map_err(|e| {
+            Failure::config(anyhow!(
+                "{file}: metrics_file {}: its directory {e}; create it or remove metrics_file",
+                metrics.display()
+            ))
+        })?;
+    }
+    let zfs = Zfs::new()
+        .locate()
+        .map_err(|e| Failure::config(anyhow!(e)))?;
+    for p in &jobs {
+        let host = &p.job.target_host;
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(host.as_str())
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                Failure::config(anyhow!(
+                    "{file}: job {}: target_host {host:?} does not resolve; write HOST:PORT of the DR node",
+                    p.job.name
+                ))
+            })?;
+        println!(
+            "job {}: {}{} -> {} at {resolved} (key {})",
+            p.job.name,
+            p.job.source,
+            if p.job.recursive { " (recursive)" } else { "" },
+            p.job.target_dataset,
+            p.server_key
+        );
+    }
+    println!(
+        "{file}: ok: {} job(s), sender key {}, state_dir {}, zfs {}",
+        jobs.len(),
+        identity.public_key(),
+        config.state_dir.display(),
+        zfs.display()
+    );
+    Ok(())
+}
+
+/// Checks that `dir` is a directory this process can create files in.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let probe = dir.join(format!(".fjord-check-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
