@@ -15,8 +15,8 @@ mod zfs_target;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// fjord's receiving side: receive streams from `fjord-send send` over QUIC,
-/// verify streams on their way into `zfs recv`, unpack pack files, make keys.
+/// fjord's DR node: receive pushes over QUIC into `zfs recv`, verified;
+/// apply its own retention; check its config; verify and unpack streams.
 #[derive(Parser)]
 #[command(name = "fjord-recv", version, about, long_about = None)]
 struct Cli {

@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Apply the DR node's retention (`[retention]`, `[client.retention]`,
-/// `[[prefix_retention]]` and `min_age` in recv.toml) to every dataset
-/// under every client's prefixes.
+/// Apply the DR node's own retention to every client's datasets.
+///
+/// The rules are `[retention]`, `[client.retention]`,
+/// `[[prefix_retention]]` and `min_age` in recv.toml; every dataset under
+/// every client's prefixes is pruned by them.
 ///
 /// Only snapshots named with the client's snapshot_prefix are candidates;
 /// the newest snapshot of each dataset, anything younger than min_age and

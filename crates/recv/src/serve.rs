@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Receive ZFS send streams from pinned senders, verified, into `zfs recv`
-/// (with --config) or as files (with --sink-dir).
+/// Receive streams from pinned senders, verified, into zfs recv or files.
+///
+/// With --config into `zfs recv`; with --sink-dir as files.
 ///
 /// With --config /etc/fjord/recv.toml (see examples/recv.toml): the DR node
 /// for `fjord-send push`. Each client key may only write datasets at or

@@ -7,15 +7,18 @@ use fjord_pack::{unpack, NoCache, UnpackError, UnpackOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Rebuild the send stream from a pack written by `fjord-send pack`, byte
-/// for byte, and write it to standard output (or `-o FILE`):
-/// `fjord-recv unpack x.fjp | zfs recv -s backup/fs`. Every frame's BLAKE3
-/// and every record's checksum is checked before a byte is written; on
-/// damage it stops with the frame named, having written nothing past the
-/// last verified record. Exits 0 when the whole stream was rebuilt and its
-/// receipt matched, 1 when the pack is damaged or truncated, 3 on an I/O
-/// error.
+/// Rebuild a send stream from a pack written by `fjord-send pack`.
+///
+/// Writes the stream, byte for byte, to standard output (or `-o FILE`):
+///   fjord-recv unpack x.fjp | zfs recv -s backup/fs
+/// Every frame's BLAKE3 and every record's checksum is checked before a
+/// byte is written; on damage it stops with the frame named, having
+/// written nothing past the last verified record.
+///
+/// Exits 0 when the whole stream was rebuilt and its receipt matched, 1
+/// when the pack is damaged or truncated, 3 on an I/O error.
 #[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
     /// Pack file, or `-` for standard input.
     input: PathBuf,

@@ -15,12 +15,16 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Verify a ZFS send stream and copy it to standard output, never writing a
-/// byte that has not been checksum-verified. Use it in front of `zfs recv`:
-/// `ssh primary zfs send -i @a tank/fs@b | fjord-recv verify - | zfs recv -s -F backup/fs`.
+/// Verify a ZFS send stream and copy it to standard output.
+///
+/// Never writes a byte that has not been checksum-verified. Use it in
+/// front of `zfs recv`:
+///   ssh primary zfs send -i @a tank/fs@b | fjord-recv verify - | zfs recv -s -F backup/fs
+///
 /// Exits 0 when the whole stream verified, 1 (with a one-line reason on
 /// stderr) when it is invalid or truncated, 3 on an I/O error.
 #[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
     /// Stream file, or `-` for standard input.
     input: PathBuf,

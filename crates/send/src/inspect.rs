@@ -7,10 +7,13 @@ use fjord_stream::{DecoderOptions, RecordType, Summary};
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Summarise a ZFS send stream: kind, byte order, features, names, guids,
-/// records and bytes per type. Exits 0 for a valid stream, 1 with a
-/// one-line reason on stderr for an invalid or truncated one, 3 when the
-/// input cannot be read.
+/// Summarise a ZFS send stream.
+///
+/// Prints its kind, byte order, features, names, guids, and records and
+/// bytes per type.
+///
+/// Exits 0 for a valid stream, 1 with a one-line reason on stderr for an
+/// invalid or truncated one, 3 when the input cannot be read.
 #[derive(clap::Args)]
 pub struct Args {
     /// Stream file, or `-` for standard input (e.g. `zfs send ... | fjord-send inspect -`).

@@ -6,11 +6,15 @@ use fjord_cli::Failure;
 use fjord_pack::{pack, NoCache, PackError, PackOptions};
 use std::path::PathBuf;
 
-/// Pack a ZFS send stream into a file of checked, deduplicated, compressed
-/// frames (`fjord-recv unpack` rebuilds the stream byte for byte). The
-/// stream is verified while packing. Prints the receipt (BLAKE3 of the
-/// stream) and what packing saved. Exits 0 on success, 1 when the stream
-/// is invalid or truncated (the output file is removed), 3 on an I/O error.
+/// Pack a ZFS send stream into a file of checked, deduplicated frames.
+///
+/// The frames are record-aligned, deduplicated (BLAKE3) and compressed
+/// (zstd) where it pays; `fjord-recv unpack` rebuilds the stream byte for
+/// byte. The stream is verified while packing. Prints the receipt (BLAKE3
+/// of the stream) and what packing saved.
+///
+/// Exits 0 on success, 1 when the stream is invalid or truncated (the
+/// output file is removed), 3 on an I/O error.
 #[derive(clap::Args)]
 pub struct Args {
     /// Stream file, or `-` for standard input (`zfs send ... | fjord-send pack - -o x.fjp`).

@@ -8,8 +8,10 @@ use fjord_replicate::status::{self, JobStatus};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Show each job's last push: result, when it last succeeded, replication
-/// lag (age of the newest snapshot both sides have), bytes, duration.
+/// Show each job's last push, its replication lag and whether it is healthy.
+///
+/// Per job: result, when it last succeeded, replication lag (age of the
+/// newest snapshot both sides have), bytes, duration.
 ///
 /// A job that never ran (no status file in state_dir) is listed as
 /// `never` in the table and, with --json, as
