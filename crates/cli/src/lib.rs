@@ -36,6 +36,18 @@ pub mod exit {
     /// metrics file) could not be written.
     pub const STATE_ERROR: u8 = 7;
 
+    /// The codes of a monitoring check (`fjord-recv status --check`), by the
+    /// Nagios plugin convention that monitoring systems expect; 0 is
+    /// [`OK`]. Only check mode uses them.
+    pub mod check {
+        /// Something needs a look soon.
+        pub const WARNING: u8 = 1;
+        /// Something needs a look now.
+        pub const CRITICAL: u8 = 2;
+        /// The check itself could not run.
+        pub const UNKNOWN: u8 = 3;
+    }
+
     /// Every code above, in order: the rows of README.md's table.
     pub const ALL: [u8; 7] = [
         OK,
@@ -66,6 +78,20 @@ pub enum Failure {
     Locked(anyhow::Error),
     /// Local state could not be written: [`exit::STATE_ERROR`].
     State(anyhow::Error),
+    /// A monitoring check found a problem, or could not run: one of
+    /// [`exit::check`]'s codes.
+    Check(CheckLevel, anyhow::Error),
+}
+
+/// How bad a failed monitoring check is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckLevel {
+    /// [`exit::check::WARNING`].
+    Warning,
+    /// [`exit::check::CRITICAL`].
+    Critical,
+    /// [`exit::check::UNKNOWN`].
+    Unknown,
 }
 
 impl Failure {
@@ -78,6 +104,9 @@ impl Failure {
             Failure::Config(_) => exit::CONFIG_ERROR,
             Failure::Locked(_) => exit::LOCKED,
             Failure::State(_) => exit::STATE_ERROR,
+            Failure::Check(CheckLevel::Warning, _) => exit::check::WARNING,
+            Failure::Check(CheckLevel::Critical, _) => exit::check::CRITICAL,
+            Failure::Check(CheckLevel::Unknown, _) => exit::check::UNKNOWN,
         }
     }
 
@@ -89,7 +118,8 @@ impl Failure {
             | Failure::JobFailed(e)
             | Failure::Config(e)
             | Failure::Locked(e)
-            | Failure::State(e) => e,
+            | Failure::State(e)
+            | Failure::Check(_, e) => e,
         }
     }
 

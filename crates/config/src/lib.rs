@@ -8,6 +8,8 @@
 //! - [`units`]: durations, sizes and byte rates, shared with the command lines.
 //! - [`retention`]: the retention rule both sides configure: which of
 //!   fjord's snapshots to keep ([`retention::plan_pruning`], pure).
+//! - [`textfile`]: what both nodes write for others to read (atomic
+//!   files, Prometheus label values).
 //!
 //! Both binaries and the libraries that act on these settings depend on this
 //! crate; it depends on nothing of fjord's but `fjord-zfs` (name rules).
@@ -85,6 +87,7 @@
 
 pub mod config;
 pub mod retention;
+pub mod textfile;
 pub mod units;
 
 pub use config::{ConfigError, Job, RecvConfig, SendConfig};

@@ -11,10 +11,13 @@
 //!   per client, and even then nothing younger than `min_age`, nothing
 //!   another tag holds, and never the newest snapshot goes.
 //! - [`retention`]: the DR node's own pruning plan, by its own counts.
+//! - [`status`]: how fresh each copy is, as the DR node itself sees it
+//!   (report, Prometheus textfile, Nagios-style check).
 #![warn(missing_docs)]
 
 pub mod policy;
 pub mod retention;
+pub mod status;
 
 /// The hold tag the DR node places on every snapshot it receives; only the
 /// DR node itself releases it (its retention, or a destroy the policy

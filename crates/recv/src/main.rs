@@ -8,6 +8,7 @@
 mod check_config;
 mod prune;
 mod serve;
+mod status;
 mod unpack;
 mod verify;
 mod zfs_target;
@@ -35,6 +36,7 @@ enum Command {
     Keygen(fjord_cli::keygen::Args),
     Prune(prune::Args),
     Unpack(unpack::Args),
+    Status(status::Args),
     CheckConfig(check_config::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => fjord_cli::keygen::run(args),
         Command::Unpack(args) => unpack::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Status(args) => status::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
     };

@@ -5,19 +5,7 @@ use crate::status::{result, write_atomic, JobStatus};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Escapes a label value: backslash, double quote and newline.
-pub fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str(r"\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str(r"\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use fjord_config::textfile::escape_label_value;
 
 struct Family<'a> {
     name: &'static str,

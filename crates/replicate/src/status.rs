@@ -2,7 +2,6 @@
 //! `state_dir/<job>.status.json` for `fjord-send status` and the metrics.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -75,29 +74,7 @@ pub fn status_path(state_dir: &Path, job: &str) -> PathBuf {
     state_dir.join(format!("{job}{SUFFIX}"))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// and a rename, so that a reader never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    // A dot-name that does not end in the final suffix: node-exporter's
-    // textfile collector only reads `*.prom`.
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use fjord_config::textfile::write_atomic;
 
 impl JobStatus {
     /// Saves this status as `state_dir/<job>.status.json`, atomically.
