@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use fjord_transport::client::{Counters, SendError};
 use fjord_transport::message::{Message, MessageReader, RefuseCode};
 use fjord_transport::server::ServerEvent;
-use fjord_transport::{Identity, LinkConfig, SessionError};
+use fjord_transport::{Identity, LinkConfig};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,91 +47,22 @@ async fn corpus_and_synthetic_streams_arrive_byte_identical() {
     );
 }
 
-/// Several blackholes of 2–5 s, loss, reordering and a port change.
+/// One short flap over real UDP, end to end: a blackhole of 2.5 s (past
+/// the 1.5 s idle timeout, so the connection dies) with some loss and
+/// reordering, then a resumption through the real driver. The claims about
+/// flaps, long outages, grace expiry, takeovers and the replay window are
+/// checked in virtual time in `tests/sim.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flaps_resume_and_resend_at_most_the_replay_window() {
+async fn a_short_flap_over_real_udp_resumes() {
     init_tracing();
     let sender = Identity::generate().unwrap();
     let mut rx = start_receiver(&[&sender], fast_link(), Duration::from_secs(60));
     let proxy = Proxy::start(rx.addr).await;
     proxy.set_loss(0.01, 0.02);
-    let data = synthetic(48, 3);
-    let mut opts = send_options(proxy.addr, &rx, "backup/flaps");
+    let data = synthetic(8, 3);
+    let mut opts = send_options(proxy.addr, &rx, "backup/flap");
     opts.link = fast_link();
-    opts.link.rate_limit = Some(6 * MIB);
-    opts.replay_window = 8 * MIB;
-    let window = opts.replay_window;
-    let counters = Arc::new(Counters::default());
-    let c = counters.clone();
-    let id = sender;
-    let len = data.len() as u64;
-    let task = tokio::spawn(async move { send_bytes(&id, opts, data, c).await });
-    // Flap at fixed points of progress, so each lands mid-transfer.
-    let plan = [
-        (len / 6, Some(Duration::from_secs(3)), false),
-        (len / 3, None, true),
-        (len / 2, Some(Duration::from_secs(2)), false),
-        (2 * len / 3, Some(Duration::from_secs(5)), true),
-    ];
-    for (at, blackhole, port_change) in plan {
-        while counters.acked.load(Ordering::Relaxed) < at && !task.is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(d) = blackhole {
-            proxy.blackhole(d);
-        }
-        if port_change {
-            proxy.change_port();
-        }
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), task)
-        .await
-        .expect("transfer finishes")
-        .expect("task")
-        .expect("transfer succeeds");
-    let s = out.stats;
-    eprintln!(
-        "flaps: {} bytes, sent {} resent {} (max per resumption {}) reconnects {} replay peak {} (window {window}), dropped {} packets",
-        out.length,
-        s.bytes_sent,
-        s.bytes_resent,
-        s.resend_max,
-        s.reconnects,
-        s.replay_peak,
-        proxy.faults.lock().unwrap().dropped
-    );
-    assert!(
-        s.reconnects >= 2,
-        "blackholes longer than the idle timeout force reconnects"
-    );
-    assert!(
-        s.resend_max <= window,
-        "one resumption resends at most the window"
-    );
-    assert!(s.bytes_resent <= window * s.reconnects);
-    assert!(s.replay_peak <= window);
-    assert_eq!(s.bytes_sent, out.length + s.bytes_resent);
-    match next_event(&mut rx, Duration::from_secs(10)).await {
-        ServerEvent::Completed { stats, .. } => {
-            assert!(stats.resumes >= 2);
-            assert_eq!(stats.delivered, out.length);
-        }
-        e => panic!("{e:?}"),
-    }
-    assert!(stored(rx.dir.path(), "backup/flaps").expect("stored") == synthetic(48, 3));
-}
-
-/// One long outage of 20 s: far beyond the idle timeout, within the grace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_20_second_blackhole_is_survived() {
-    init_tracing();
-    let sender = Identity::generate().unwrap();
-    let mut rx = start_receiver(&[&sender], fast_link(), Duration::from_secs(60));
-    let proxy = Proxy::start(rx.addr).await;
-    let data = synthetic(16, 4);
-    let mut opts = send_options(proxy.addr, &rx, "backup/long");
-    opts.link = fast_link();
-    opts.link.rate_limit = Some(4 * MIB);
+    opts.link.rate_limit = Some(8 * MIB);
     opts.replay_window = 4 * MIB;
     let window = opts.replay_window;
     let counters = Arc::new(Counters::default());
@@ -139,74 +70,31 @@ async fn a_20_second_blackhole_is_survived() {
     let len = data.len() as u64;
     let expected = data.clone();
     let task = tokio::spawn(async move { send_bytes(&sender, opts, data, c).await });
-    while counters.acked.load(Ordering::Relaxed) < len / 3 {
+    while counters.acked.load(Ordering::Relaxed) < len / 4 && !task.is_finished() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    proxy.blackhole(Duration::from_secs(20));
-    let out = tokio::time::timeout(Duration::from_secs(90), task)
+    proxy.blackhole(Duration::from_millis(2500));
+    let out = tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("transfer finishes")
         .expect("task")
         .expect("transfer succeeds");
+    let s = out.stats;
     eprintln!(
-        "20 s blackhole: resent {} (max per resumption {}) reconnects {} (window {window})",
-        out.stats.bytes_resent, out.stats.resend_max, out.stats.reconnects
+        "short flap: sent {} resent {} (max per resumption {}) reconnects {} (window {window})",
+        s.bytes_sent, s.bytes_resent, s.resend_max, s.reconnects
     );
-    assert!(out.stats.resend_max <= window);
-    assert!(out.stats.reconnects >= 1);
-    assert!(out.stats.bytes_resent <= window);
-    assert!(matches!(
-        next_event(&mut rx, Duration::from_secs(10)).await,
-        ServerEvent::Completed { .. }
-    ));
-    assert!(stored(rx.dir.path(), "backup/long").expect("stored") == expected);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiring_grace_fails_both_ends_and_leaves_no_file() {
-    init_tracing();
-    let sender = Identity::generate().unwrap();
-    let grace = Duration::from_secs(3);
-    let mut rx = start_receiver(&[&sender], fast_link(), grace);
-    let proxy = Proxy::start(rx.addr).await;
-    let data = synthetic(16, 5);
-    let mut opts = send_options(proxy.addr, &rx, "backup/expire");
-    opts.link = fast_link();
-    opts.link.rate_limit = Some(4 * MIB);
-    opts.grace = grace;
-    let counters = Arc::new(Counters::default());
-    let c = counters.clone();
-    let task = tokio::spawn(async move { send_bytes(&sender, opts, data, c).await });
-    while counters.acked.load(Ordering::Relaxed) < 2 * MIB {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    proxy.blackhole(Duration::from_secs(3600));
-    let started = Instant::now();
-    let err = tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("sender gives up in time")
-        .expect("task")
-        .expect_err("the transfer must fail");
-    eprintln!("sender: {err}");
-    assert!(
-        matches!(err, SendError::Session(SessionError::GraceExpired { .. })),
-        "{err}"
-    );
-    assert!(err.to_string().contains("grace period"));
-    assert!(started.elapsed() >= grace);
-    match next_event(&mut rx, Duration::from_secs(15)).await {
-        ServerEvent::Failed { error, .. } => {
-            eprintln!("receiver: {error}");
-            assert!(error.contains("grace period"), "{error}");
+    assert!(s.reconnects >= 1, "the blackhole outlasts the idle timeout");
+    assert!(s.resend_max <= window);
+    assert_eq!(s.bytes_sent, out.length + s.bytes_resent);
+    match next_event(&mut rx, Duration::from_secs(10)).await {
+        ServerEvent::Completed { stats, .. } => {
+            assert!(stats.resumes >= 1);
+            assert_eq!(stats.delivered, out.length);
         }
         e => panic!("{e:?}"),
     }
-    assert_eq!(
-        files(rx.dir.path()),
-        Vec::<String>::new(),
-        "nothing left behind"
-    );
-    assert_eq!(rx.server.sessions(), 0);
+    assert!(stored(rx.dir.path(), "backup/flap").expect("stored") == expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
