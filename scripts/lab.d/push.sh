@@ -36,9 +36,6 @@
 #   dedup            a copy of a replicated file costs references only (chunk cache)
 #   status-metrics   fjord-send status --json and the Prometheus metrics after a push
 #   recv-prune       the DR node's own retention: fjord-recv prune (--dry-run, then for real)
-#
-# Until the binary has `push --json`, the pushes run with --verbose and a converter writes
-# the same JSON Lines from the prose (legacy_json), so the cases run on either binary.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -54,12 +51,8 @@ export send recv work R smnt cmnt MiB
 mkdir -p "$work/state" "$work/metrics"
 
 command -v jq >/dev/null || { echo "push.sh: jq is required in the lab guest" >&2; exit 1; }
-PUSH_JSON=0
-if "$send" push --help 2>/dev/null | grep -q -- '--json'; then
-    PUSH_JSON=1
-fi
-export PUSH_JSON
-lab_log "fjord-send push --json: $( ((PUSH_JSON)) && echo yes || echo 'no (legacy prose converter)')"
+"$send" push --help 2>/dev/null | grep -q -- '--json' ||
+    { echo "push.sh: $send has no 'push --json'" >&2; exit 1; }
 
 # ---------------------------------------------------------------- configs
 
@@ -325,20 +318,13 @@ start_from() {
 push() {
     local name=$1 cfg=$2 rc=0
     shift 2
-    if ((PUSH_JSON)); then
-        ip netns exec primary timeout 600 "$send" push --config "$cfg" --json "$@" \
-            >"$R/$name.json" 2>"$R/$name.err" || rc=$?
-        if jq -e -s 'all(.[]; type == "object" and (.type == "dataset" or .type == "job"))' \
-            "$R/$name.json" >/dev/null 2>&1; then
-            lab_pass "$name-stdout-json"
-        else
-            lab_fail "$name-stdout-json" "stdout is not only dataset/job JSON objects"
-        fi
+    ip netns exec primary timeout 600 "$send" push --config "$cfg" --json "$@" \
+        >"$R/$name.json" 2>"$R/$name.err" || rc=$?
+    if jq -e -s 'all(.[]; type == "object" and (.type == "dataset" or .type == "job"))' \
+        "$R/$name.json" >/dev/null 2>&1; then
+        lab_pass "$name-stdout-json"
     else
-        ip netns exec primary timeout 600 "$send" push --config "$cfg" --verbose "$@" \
-            >"$R/$name.out" 2>"$R/$name.err" || rc=$?
-        legacy_json "$rc" "$R/$name.out" "$R/$name.err" "$*" >"$R/$name.json" ||
-            echo "legacy_json failed for $name" >&2
+        lab_fail "$name-stdout-json" "stdout is not only dataset/job JSON objects"
     fi
     echo "$rc" >"$R/$name.rc"
     lab_log "push $name exit $rc"
@@ -368,6 +354,13 @@ jstep() {
     jq -e -s --arg s "$2" "[.[] | select(.type == \"dataset\" and .source == \$s) | .steps[]? | select($3)] | length > 0" \
         "$R/$1.json" >/dev/null 2>&1
 }
+# jds_has NAME SOURCE FIELD VALUE: the array FIELD of SOURCE's dataset object holds VALUE
+# (jq -e over all lines needs -s: without it the exit status is the last line's)
+jds_has() {
+    jq -e -s --arg s "$2" --arg f "$3" --arg v "$4" \
+        'any(.[] | select(.type == "dataset" and .source == $s) | .[$f][]?; . == $v)' \
+        "$R/$1.json" >/dev/null 2>&1
+}
 # jmessages NAME: every error and warning of the push's JSON, one a line
 jmessages() {
     jq -r '(.error // empty), (.warnings[]? // empty)' "$R/$1.json" 2>/dev/null || true
@@ -388,84 +381,6 @@ compare_target() {
         zfs unmount "$ds" 2>/dev/null || true
     done
     return 0
-}
-
-# legacy_json RC OUT ERR ARGS: the JSON Lines of `push --json` (as far as the assertions read
-# them) from the --verbose prose of a binary without --json
-legacy_json() {
-    python3 - "$@" <<'PY'
-import json, re, sys
-rc, out, err, args = int(sys.argv[1]), open(sys.argv[2]).read(), open(sys.argv[3]).read(), sys.argv[4]
-SRC, TGT = "src/data", "dst/backup/data"
-src_of = lambda t: SRC + t[len(TGT):] if t.startswith(TGT) else t
-dry = "--dry-run" in args
-ds = {}
-def d(source):
-    return ds.setdefault(source, {"type": "dataset", "job": "data", "source": source,
-        "target": TGT + source[len(SRC):], "result": None, "steps": [], "replicated": None,
-        "bytes": 0, "bytes_resent": 0, "reconnects": 0, "pruned_source": [],
-        "pruned_target": [], "warnings": [], "error": None})
-xfer = re.compile(r"(?:would send: )?(full|incremental \(-[iI]\)|resuming) (\S+?)@(\S+) -> (?:@(\S+) -> )?(\S+?)(, rolling[^:]*| from its receive_resume_token)?(?:: (\d+) bytes, re-sent (\d+) bytes over (\d+) reconnects)?$")
-snap = None
-for line in out.splitlines():
-    line = re.sub(r"^data: ", "", line)
-    m = xfer.match(line)
-    if m:
-        kind, source = m.group(1), m.group(2)
-        action = {"full": "full", "resuming": "resume"}.get(kind, "incremental")
-        frm, to = (m.group(3), m.group(4)) if action == "incremental" else (None, m.group(3))
-        b, rs, rec = (int(m.group(i) or 0) for i in (7, 8, 9))
-        x = d(source)
-        x["steps"].append({"action": action, "from": frm, "to": to, "intermediates": "-I" in kind,
-            "rollback": "rolling" in (m.group(6) or ""), "bytes": b, "bytes_resent": rs,
-            "reconnects": rec, "done": not line.startswith("would")})
-        x["bytes"] += b; x["bytes_resent"] += rs; x["reconnects"] += rec
-        snap = to
-        continue
-    m = re.match(r"(?:would: )?(\S+): stale resume token", line)
-    if m:
-        d(src_of(m.group(1)))["steps"].append({"action": "discard_stale_token", "from": None,
-            "to": None, "intermediates": False, "rollback": False, "bytes": 0,
-            "bytes_resent": 0, "reconnects": 0, "done": not line.startswith("would")})
-        continue
-    m = re.match(r"(\S+): up to date at @(\S+)", line)
-    if m:
-        d(m.group(1))["replicated"] = m.group(2); snap = snap or m.group(2); continue
-    m = re.match(r"pruned (\S+?)@\{?([^}]*)\}?$", line)
-    if m:
-        names = m.group(2).split(",")
-        if m.group(1).startswith(TGT): d(src_of(m.group(1)))["pruned_target"] += names
-        else: d(m.group(1))["pruned_source"] += names
-        continue
-    m = re.match(r"could not prune (\S+?): (.*)", line)
-    if m:
-        d(src_of(m.group(1)))["warnings"].append(line); continue
-    m = re.match(r"(\S+?) diverged after", line)
-    if m:
-        d(src_of(m.group(1)))["steps"].append({"action": "rollback_only", "done": False})
-error = None
-for line in err.splitlines():
-    m = re.match(r"fjord-send: job data(?: failed)?: (.*)", line)
-    if m: error = m.group(1)
-if error:
-    first = SRC
-    m = re.match(r"(?:\S+ \(-[iI]\) |full |resuming )?(\S+?)(?:@| -> |:)", error)
-    if m and m.group(1).startswith("src/"): first = m.group(1)
-    x = d(first); x["error"] = error
-    x["result"] = "diverged" if "newer than the common snapshot" in error else "failed"
-    for s in re.findall(r"(\S+): skipped, its parent", error): d(s)["result"] = "skipped"
-for x in ds.values():
-    if x["result"] is None:
-        x["result"] = ("planned" if x["steps"] else "up_to_date") if dry else ("ok" if x["steps"] else "up_to_date")
-    print(json.dumps(x))
-res = {0: "dry_run" if dry else "ok", 6: "locked"}.get(rc, "failed")
-if rc == 4 and any(x["result"] == "diverged" for x in ds.values()): res = "diverged"
-print(json.dumps({"type": "job", "job": "data", "result": res, "snapshot": None if dry else snap,
-    "datasets": len(ds), "failed": sum(x["result"] in ("failed", "diverged") for x in ds.values()),
-    "bytes": sum(x["bytes"] for x in ds.values()), "bytes_resent": sum(x["bytes_resent"] for x in ds.values()),
-    "reconnects": sum(x["reconnects"] for x in ds.values()), "duration_secs": 0.0,
-    "error": error if rc else None}))
-PY
 }
 
 # ---------------------------------------------------------------- cases
@@ -700,7 +615,7 @@ case_retention() {
     lab_log "target: $(snaps dst/backup/data)"
     lab_assert retention-old-pruned-source sh -c "! zfs list src/data@fjord_2026-01-01T000000Z 2>/dev/null"
     lab_assert retention-old-pruned-target sh -c "! zfs list dst/backup/data@fjord_2026-01-01T000000Z 2>/dev/null"
-    lab_assert retention-json-pruned-target sh -c "jq -e 'select(.source == \"src/data\") | .pruned_target | index(\"fjord_2026-01-01T000000Z\")' '$R/retention.json'"
+    lab_assert retention-json-pruned-target jds_has retention src/data pruned_target fjord_2026-01-01T000000Z
     lab_assert retention-foreign-kept zfs list src/data@manual-keep
     base=$(newest src/data)
     lab_assert retention-base-kept-source zfs list "$base"
