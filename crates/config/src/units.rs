@@ -68,4 +68,3 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     duration.ok_or_else(|| format!("{text:?} is too long"))
 }
-
