@@ -226,7 +226,10 @@ fn show(outcome: &JobOutcome, args: &Args, talk: bool) {
         }
     }
     for e in &outcome.state_errors {
-        eprintln!("fjord-send: job {}: {e}", report.job);
+        // A lock that could not be taken is already the job's error.
+        if report.error.as_deref() != Some(e.to_string().as_str()) {
+            eprintln!("fjord-send: job {}: {e}", report.job);
+        }
     }
 }
 
