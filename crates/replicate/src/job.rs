@@ -80,7 +80,7 @@ pub async fn run_job<P: Pool + 'static, D: DrNode + 'static>(
         match JobLock::acquire(&state.state_dir, &job) {
             Ok(l) => Some(l),
             Err(held @ LockError::Held { .. }) => {
-                let mut report = empty_report(&job, JobResult::Locked);
+                let mut report = JobReport::new(&job, JobResult::Locked);
                 report.error = Some(held.to_string());
                 return JobOutcome {
                     report,
@@ -90,7 +90,7 @@ pub async fn run_job<P: Pool + 'static, D: DrNode + 'static>(
             Err(e) => {
                 // Not "locked": the state directory is unusable, so nothing
                 // would be recorded; do not replicate blind.
-                let mut report = empty_report(&job, JobResult::Failed);
+                let mut report = JobReport::new(&job, JobResult::Failed);
                 report.error = Some(e.to_string());
                 state_errors.push(StateError::Lock(e));
                 return JobOutcome {
@@ -113,28 +113,12 @@ pub async fn run_job<P: Pool + 'static, D: DrNode + 'static>(
     }
 }
 
-fn empty_report(job: &str, result: JobResult) -> JobReport {
-    JobReport {
-        job: job.into(),
-        result,
-        snapshot: None,
-        datasets: 0,
-        failed: 0,
-        bytes: 0,
-        bytes_resent: 0,
-        reconnects: 0,
-        duration_secs: 0.0,
-        error: None,
-        dataset_reports: Vec::new(),
-    }
-}
-
 /// Lists, snapshots and replicates; the report without duration.
 async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
     ctx: &Arc<JobContext<P, D>>,
 ) -> JobReport {
     let job = &ctx.job;
-    let mut report = empty_report(&job.name, JobResult::Failed);
+    let mut report = JobReport::new(&job.name, JobResult::Failed);
     let datasets = match ctx.pool.datasets(&job.source, job.recursive).await {
         Ok(d) if d.is_empty() => {
             report.error = Some(format!(

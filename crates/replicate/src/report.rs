@@ -267,6 +267,23 @@ pub enum JsonLine<'a> {
 }
 
 impl JobReport {
+    /// A report of `job` with `result` and nothing done yet.
+    pub fn new(job: &str, result: JobResult) -> JobReport {
+        JobReport {
+            job: job.into(),
+            result,
+            snapshot: None,
+            datasets: 0,
+            failed: 0,
+            bytes: 0,
+            bytes_resent: 0,
+            reconnects: 0,
+            duration_secs: 0.0,
+            error: None,
+            dataset_reports: Vec::new(),
+        }
+    }
+
     /// The report as JSON Lines: each dataset, then the job.
     pub fn json_lines(&self) -> Vec<String> {
         let mut out: Vec<String> = self

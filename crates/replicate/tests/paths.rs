@@ -490,19 +490,7 @@ async fn a_missing_source_fails_with_advice() {
 fn outcomes_aggregate_worst_first() {
     use fjord_replicate::{JobOutcome, JobReport};
     let outcome = |result| JobOutcome {
-        report: JobReport {
-            job: "j".into(),
-            result,
-            snapshot: None,
-            datasets: 0,
-            failed: 0,
-            bytes: 0,
-            bytes_resent: 0,
-            reconnects: 0,
-            duration_secs: 0.0,
-            error: None,
-            dataset_reports: vec![],
-        },
+        report: JobReport::new("j", result),
         state_errors: vec![],
     };
     let ok = outcome(JobResult::Ok);
