@@ -276,6 +276,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "state-dir",
         "dedup",
         "status-metrics",
+        "dr-status",
         "recv-prune",
     ];
     let mut required = vec![
@@ -394,6 +395,15 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "status-bytes-match",
         "metrics-last-success",
         "metrics-lag",
+        // dr-status
+        "drstatus-newest",
+        "drstatus-child-newest",
+        "drstatus-fresh",
+        "drstatus-check-ok",
+        "drstatus-check-warning",
+        "drstatus-check-critical",
+        "drstatus-metrics-age",
+        "drstatus-metrics-health",
         // recv-prune
         "prune-setup-exit",
         "prune-dry-exit",

@@ -746,6 +746,40 @@ case_status_metrics() {
     lab_assert metrics-lag grep -q '^fjord_job_replication_lag_seconds{job="data"}' "$work/metrics/fjord.prom"
 }
 
+# the DR node's own status (fjord-recv status, from zfs on the DR node): the copies are
+# fresh after a push; when pushes stop, the thresholds say so as a check (Nagios codes) and
+# as metrics. A warning or critical age of 0s makes any copy stale without waiting.
+case_dr_status() {
+    start_from golden
+    serve_use default
+    local rc=0 snap cfg="$work/recv-default.toml" copy
+    push drstatus-push "$work/send.toml" || rc=$?
+    lab_assert_eq drstatus-push-exit 0 "$rc"
+    snap=$(jjob drstatus-push snapshot)
+    rc=0
+    "$recv" status --config "$cfg" --json >"$R/drstatus.json" 2>"$R/drstatus.err" || rc=$?
+    lab_assert_eq drstatus-exit 0 "$rc"
+    copy() { jq -r --arg d "$1" --arg f "$2" '.[] | select(.dataset == $d) | .[$f] | tostring' "$R/drstatus.json" 2>/dev/null || true; }
+    lab_assert_eq drstatus-newest "$snap" "$(copy dst/backup/data newest_snapshot)"
+    lab_assert_eq drstatus-child-newest "$snap" "$(copy dst/backup/data/child newest_snapshot)"
+    lab_assert_eq drstatus-fresh ok "$(copy dst/backup/data health)"
+    lab_assert_eq drstatus-no-partial false "$(copy dst/backup/data partial_receive)"
+    rc=0
+    "$recv" status --config "$cfg" --check >"$R/drcheck-ok.out" 2>/dev/null || rc=$?
+    lab_assert_eq drstatus-check-ok 0 "$rc"
+    lab_assert drstatus-check-ok-line grep -q '^FJORD-DR OK' "$R/drcheck-ok.out"
+    rc=0
+    "$recv" status --config "$cfg" --check --warn-age 0s --crit-age 1h >"$R/drcheck-warn.out" 2>/dev/null || rc=$?
+    lab_assert_eq drstatus-check-warning 1 "$rc"
+    lab_assert drstatus-check-warning-names grep -q '^FJORD-DR WARNING.*dst/backup/data' "$R/drcheck-warn.out"
+    rc=0
+    "$recv" status --config "$cfg" --check --warn-age 0s --crit-age 0s --metrics-file "$R/dr.prom" \
+        >"$R/drcheck-crit.out" 2>/dev/null || rc=$?
+    lab_assert_eq drstatus-check-critical 2 "$rc"
+    lab_assert drstatus-metrics-age grep -q '^fjord_dr_newest_snapshot_age_seconds{client="primary",dataset="dst/backup/data"}' "$R/dr.prom"
+    lab_assert drstatus-metrics-health grep -q '^fjord_dr_health{client="primary",dataset="dst/backup/data"} 2' "$R/dr.prom"
+}
+
 # the DR node's own retention: fjord-recv prune with hourly = 2
 case_recv_prune() {
     start_from golden
@@ -773,7 +807,7 @@ case_recv_prune() {
 }
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
-    access evil overlap locked state-dir dedup status-metrics recv-prune)
+    access evil overlap locked state-dir dedup status-metrics dr-status recv-prune)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
@@ -840,6 +874,11 @@ send_config "$work/stranger.toml" "$work/stranger.key" ""
 send_config "$work/other.toml" "$work/other.key" ""
 : >"$R/serve.log"
 
+# LAB_CASES="full dr-status": run only these (by hand, while working on a case; "full"
+# makes the golden state the others start from)
+if [[ -n ${LAB_CASES:-} ]]; then
+    read -r -a CASES <<<"$LAB_CASES"
+fi
 t_all=$SECONDS
 for c in "${CASES[@]}"; do
     case_run "$c"
