@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use fjord_cli::Failure;
 use fjord_pack::PackOptions;
 use fjord_stream::{Body, Decoder};
-use fjord_transport::client::{chunk_inventory, Counters, RequestOptions, SendError, SendOptions};
+use fjord_transport::client::{Counters, Link, SendError, SendOptions};
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
 use fjord_transport::{Identity, LinkConfig, Offer, PublicKey, SessionError, SessionId, Snapshot};
@@ -188,16 +188,15 @@ fn transfer(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // One connection for the inventory and the transfer.
+    let link = {
+        let _runtime = runtime.enter();
+        Link::new(&identity, opts.link_options())?
+    };
     let source = std::io::Cursor::new(prefix).chain(source);
     let source: Box<dyn Read + Send> = if args.pack {
-        let request = RequestOptions {
-            to,
-            server_key: args.server_key,
-            link: opts.link.clone(),
-            patience: args.grace,
-        };
         let holdings = runtime
-            .block_on(chunk_inventory(&identity, &request, opts.offer.session))
+            .block_on(link.chunk_inventory(opts.offer.session, args.grace))
             .with_context(|| format!("asking {} for its chunk inventory", args.to))?;
         Box::new(
             PackReader::spawn(source, PackOptions::default(), Box::new(holdings))
@@ -207,9 +206,11 @@ fn transfer(
         Box::new(source)
     };
     let counters = Arc::new(Counters::default());
-    let out = runtime.block_on(fjord_transport::client::send(
-        &identity, opts, source, counters,
-    ))?;
+    let out = runtime.block_on(async {
+        let out = link.send(opts.transfer_options(), source, counters).await;
+        link.close().await;
+        out
+    })?;
     let secs = out.elapsed.as_secs_f64().max(1e-3);
     println!(
         "sent {} bytes to {} in {:.1}s ({:.1} MB/s); re-sent {} bytes over {} reconnects; receiver: {}",

@@ -17,20 +17,31 @@
 //! sink side can hold: the unverified bytes a sink holds back (its held
 //! limit, `--max-held-mib`), the sink thread's queue of frames, a packed
 //! transfer's dedup window and the message being decoded. Each open
-//! connection is charged [`Limits::connection_memory`]: the QUIC receive
-//! window of the connection (which caps what all its streams buffer) and
-//! one message. A new session is admitted only while
+//! connection is charged [`Limits::connection_charge`]: the QUIC receive
+//! window of the connection (which caps what all its streams buffer in
+//! quinn) and one message and one read per stream it may have open. A new
+//! session is admitted only while
 //!
 //! ```text
-//! (sessions + 1) × session_memory_bytes + connections × connection_memory ≤ memory_budget_bytes
+//! (sessions + 1) × session_memory_bytes + connections × connection_charge ≤ memory_budget_bytes
 //! ```
+//!
+//! # Streams
+//!
+//! One connection carries many bidirectional streams, each a transfer or
+//! a control stream (see [`crate::server`]). A client may have at most
+//! [`Limits::streams_per_connection`] streams open on one connection at
+//! once: quinn enforces it (the QUIC stream credit), so a client holding
+//! a valid key cannot make the receiver hold more; past it the client's
+//! next stream waits for credit. What the streams do is counted as
+//! before: sessions and control requests per client key.
 //!
 //! where sessions counts every held session (attached, detached in its
 //! grace period, or having its sink opened). Connections themselves are
 //! capped per client, not by the budget (a sender resuming its own
 //! session is never refused for memory), so the receiver's memory stays
 //! below `memory_budget_bytes + clients × per_client_connections ×
-//! connection_memory` plus the chunk inventories (at most
+//! connection_charge` plus the chunk inventories (at most
 //! `per_client_leases` unclaimed ones per client).
 //!
 //! [`ServeOptions::max_sessions`]: crate::server::ServeOptions::max_sessions
@@ -53,6 +64,14 @@ const SINK_QUEUE_FRAMES: u64 = 16;
 /// The largest chunk the server reads from a QUIC stream at once.
 const READ_CHUNK: u64 = 1 << 20;
 
+/// The most streams one connection may have open at once, whatever the
+/// limits (a limit of 0, no limit, means this many).
+pub const MAX_STREAMS_PER_CONNECTION: u64 = 64;
+
+/// The most transfers a connection's receive window is sized for
+/// ([`Limits::connection_window`]).
+pub const MAX_WINDOWED_TRANSFERS: u64 = 16;
+
 /// What one receiver grants each client, and the receiver as a whole.
 /// A limit of 0 means no limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,9 +91,10 @@ pub struct Limits {
     /// yet claimed by a transfer; asking for more withdraws its oldest.
     /// Default 8.
     pub per_client_leases: usize,
-    /// How long a new connection may take to open its stream and send
-    /// its hello and its offer (or first control request), and how long
-    /// a control connection may wait between requests. Default 20 s.
+    /// How long a new stream may take to send its hello and its offer (or
+    /// first control request), how long a control stream may wait between
+    /// requests, and how long a connection may stay without any stream
+    /// open (its first one included). Default 20 s.
     pub offer_deadline: Duration,
     /// What all sessions and connections together may be charged (see
     /// the module docs). Default 8 GiB.
@@ -120,12 +140,52 @@ impl Limits {
             .saturating_add(READ_CHUNK)
     }
 
+    /// The most bidirectional streams a client may have open on one
+    /// connection at once: one per session and one per control request it
+    /// may hold (`per_client_sessions + per_client_requests`), at least 1
+    /// and at most [`MAX_STREAMS_PER_CONNECTION`] (a limit of 0 counts as
+    /// that much).
+    pub fn streams_per_connection(&self) -> u64 {
+        let or_max = |n: usize| match n {
+            0 => MAX_STREAMS_PER_CONNECTION,
+            n => n as u64,
+        };
+        or_max(self.per_client_sessions)
+            .saturating_add(or_max(self.per_client_requests))
+            .clamp(1, MAX_STREAMS_PER_CONNECTION)
+    }
+
+    /// The QUIC receive window of one connection (what all its streams
+    /// together may have sent and the receiver not yet read): one stream
+    /// window per transfer it may carry (`per_client_sessions`, at least
+    /// 2, at most [`MAX_WINDOWED_TRANSFERS`]), so that transfers whose
+    /// sinks stall do not starve the others of the shared connection.
+    pub fn connection_window(&self, link: &LinkConfig) -> u64 {
+        let transfers = match self.per_client_sessions {
+            0 => MAX_WINDOWED_TRANSFERS,
+            n => (n as u64).clamp(2, MAX_WINDOWED_TRANSFERS),
+        };
+        link.stream_window().saturating_mul(transfers)
+    }
+
+    /// What one connection with `link`'s tuning is charged against the
+    /// budget: its receive window ([`Limits::connection_window`]) and, for
+    /// each stream it may have open ([`Limits::streams_per_connection`]),
+    /// the message and the read that stream's reader may hold. At least
+    /// [`Limits::connection_memory`].
+    pub fn connection_charge(&self, link: &LinkConfig) -> u64 {
+        let per_stream = (MAX_MESSAGE_LEN as u64).saturating_add(READ_CHUNK);
+        self.connection_window(link)
+            .saturating_add(self.streams_per_connection().saturating_mul(per_stream))
+            .max(Limits::connection_memory(link))
+    }
+
     /// Checks that the budget can hold at least one session with its
     /// connection, and that the offer deadline is usable.
     pub fn validate(&self, link: &LinkConfig) -> Result<(), String> {
         let one = self
             .session_memory_bytes
-            .saturating_add(Limits::connection_memory(link));
+            .saturating_add(self.connection_charge(link));
         if self.memory_budget_bytes != 0 && self.memory_budget_bytes < one {
             return Err(format!(
                 "the memory budget of {} bytes cannot hold one session ({} bytes with its connection); raise it or lower the held limit",
@@ -464,8 +524,14 @@ pub struct ServerCounters {
     /// Offers that named a held session with another key or another
     /// offer; the held session was left alone.
     pub takeovers_refused: AtomicU64,
-    /// Connections closed because no offer or request came in time.
+    /// Connections and streams closed because no stream, offer or request
+    /// came in time.
     pub offer_deadline_expired: AtomicU64,
+    /// Connections admitted (each one TLS handshake), in total.
+    pub connections_accepted: AtomicU64,
+    /// Bidirectional streams accepted (transfers and control streams), in
+    /// total.
+    pub streams_accepted: AtomicU64,
     /// Sessions ended at once because their sender aborted.
     pub aborted_by_sender: AtomicU64,
     /// Detached sessions replaced by a new session of the same key into
@@ -822,5 +888,23 @@ mod tests {
         none.validate(&link).expect("no budget");
         assert!(Limits::session_memory_for(DEFAULT_HELD_LIMIT) > DEFAULT_HELD_LIMIT);
         assert!(Limits::connection_memory(&link) >= 2 * link.stream_window());
+        let d = Limits::default();
+        assert_eq!(d.streams_per_connection(), 12);
+        assert!(d.connection_charge(&link) > Limits::connection_memory(&link));
+        assert_eq!(d.connection_window(&link), 8 * link.stream_window());
+        let one = Limits {
+            per_client_sessions: 1,
+            ..Limits::default()
+        };
+        assert_eq!(one.connection_window(&link), 2 * link.stream_window());
+        let unlimited = Limits {
+            per_client_sessions: 0,
+            per_client_requests: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            unlimited.streams_per_connection(),
+            MAX_STREAMS_PER_CONNECTION
+        );
     }
 }

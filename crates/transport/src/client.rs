@@ -1,7 +1,18 @@
 //! The sending driver: reads a stream from any `std::io::Read`, cuts it
-//! into raw frames and runs a [`SenderSession`] over quinn connections,
-//! reconnecting with backoff until the session completes or its grace
-//! period ends.
+//! into raw frames and runs a [`SenderSession`] over a stream of a quinn
+//! connection, reconnecting with backoff until the session completes or
+//! its grace period ends.
+//!
+//! A [`Link`] is one connection to one receiver (its key pinned), shared
+//! by everything a job sends there: each transfer ([`Link::send`]) and
+//! each batch of control requests ([`Link::request`]) opens its own
+//! bidirectional stream on it, so there is one TLS handshake per
+//! connection, not per request. When the connection is lost, the next
+//! user reconnects, once for all of them: users waiting meanwhile take
+//! the new connection (or share the failed attempt's outcome and back
+//! off), and each transfer resumes its session on a new stream there,
+//! within its own grace period. The free functions [`send`], [`request`]
+//! and [`chunk_inventory`] make a link of their own for one use.
 //!
 //! A receiver that answers `Busy` (a transfer into the same dataset is
 //! running, or this sender is at one of its limits) is asked again with
@@ -58,6 +69,63 @@ pub enum SendError {
     Identity(#[from] IdentityError),
 }
 
+/// Where a [`Link`] goes and how.
+#[derive(Clone, Debug)]
+pub struct LinkOptions {
+    /// The receiver.
+    pub to: SocketAddr,
+    /// The receiver's public key (pinned).
+    pub server_key: PublicKey,
+    /// Link tuning; its idle timeout also bounds a handshake.
+    pub link: LinkConfig,
+    /// Local address to bind (port 0 for any).
+    pub bind: SocketAddr,
+}
+
+impl LinkOptions {
+    /// The default link to `to`, bound to any local address.
+    pub fn new(to: SocketAddr, server_key: PublicKey) -> LinkOptions {
+        LinkOptions {
+            to,
+            server_key,
+            link: LinkConfig::default(),
+            bind: any_address_for(to),
+        }
+    }
+}
+
+/// One transfer's options on a [`Link`].
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// What to offer (the session id is taken from here).
+    pub offer: Offer,
+    /// Largest number of unacknowledged payload bytes kept for resending.
+    pub replay_window: u64,
+    /// Payload bytes per raw data frame.
+    pub frame_size: usize,
+    /// How long to keep trying while the link is down.
+    pub grace: Duration,
+    /// Reconnection backoff.
+    pub backoff: BackoffConfig,
+    /// Sending rate limit of this transfer in bytes per second.
+    pub rate_limit: Option<u64>,
+}
+
+impl TransferOptions {
+    /// Defaults for offering `offer`: 64 MiB replay window, 1 MiB frames,
+    /// 5 minutes of grace, no rate limit.
+    pub fn new(offer: Offer) -> TransferOptions {
+        TransferOptions {
+            offer,
+            replay_window: 64 << 20,
+            frame_size: 1 << 20,
+            grace: Duration::from_secs(300),
+            backoff: BackoffConfig::default(),
+            rate_limit: None,
+        }
+    }
+}
+
 /// Options for [`send`].
 #[derive(Clone, Debug)]
 pub struct SendOptions {
@@ -97,6 +165,186 @@ impl SendOptions {
             backoff: BackoffConfig::default(),
             bind,
         }
+    }
+
+    /// The link part of these options.
+    pub fn link_options(&self) -> LinkOptions {
+        LinkOptions {
+            to: self.to,
+            server_key: self.server_key,
+            link: self.link.clone(),
+            bind: self.bind,
+        }
+    }
+
+    /// The transfer part of these options (the rate limit is the link's).
+    pub fn transfer_options(&self) -> TransferOptions {
+        TransferOptions {
+            offer: self.offer.clone(),
+            replay_window: self.replay_window,
+            frame_size: self.frame_size,
+            grace: self.grace,
+            backoff: self.backoff,
+            rate_limit: self.link.rate_limit,
+        }
+    }
+}
+
+/// The outcome of a failed connection attempt, shared with the users who
+/// waited for it.
+#[derive(Clone, Debug)]
+enum Attempt {
+    /// The keys are not trusted.
+    KeyRefused(String),
+    /// Local setup failed.
+    Setup(String),
+    /// Try again later.
+    Retry(String),
+}
+
+impl Attempt {
+    fn failure(&self, to: SocketAddr) -> ConnectFailure {
+        match self {
+            Attempt::KeyRefused(detail) => ConnectFailure::Fatal(SendError::KeyRefused {
+                addr: to,
+                detail: detail.clone(),
+            }),
+            Attempt::Setup(m) => ConnectFailure::Fatal(SendError::Setup(m.clone())),
+            Attempt::Retry(m) => ConnectFailure::Retry(m.clone()),
+        }
+    }
+}
+
+/// The link's connection, and the last attempt's number and failure.
+struct Current {
+    conn: Option<quinn::Connection>,
+    attempts: u64,
+    failed: Option<Attempt>,
+}
+
+struct LinkInner {
+    opts: LinkOptions,
+    sender_key: [u8; 32],
+    endpoint: quinn::Endpoint,
+    current: tokio::sync::Mutex<Current>,
+    /// Attempts started (mirrors `Current::attempts`, read without the lock).
+    attempts: AtomicU64,
+    /// Connections established.
+    connects: AtomicU64,
+}
+
+/// One connection to one receiver, shared by many transfers and control
+/// requests (cheap to clone; the clones share it). See the module docs
+/// for the reconnection rule. Dropping the last clone closes the
+/// connection (nothing waits); [`Link::close`] also lets the close go out.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<LinkInner>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("to", &self.inner.opts.to)
+            .field("connects", &self.connects())
+            .finish()
+    }
+}
+
+impl Link {
+    /// A link to `opts.to` with this sender's `identity`. Binds the local
+    /// UDP socket now (in a tokio runtime); connects at first use.
+    pub fn new(identity: &Identity, opts: LinkOptions) -> Result<Link, SendError> {
+        let endpoint = client_endpoint(identity, opts.server_key, &opts.link, opts.bind)?;
+        Ok(Link {
+            inner: Arc::new(LinkInner {
+                opts,
+                sender_key: identity.public_key().0,
+                endpoint,
+                current: tokio::sync::Mutex::new(Current {
+                    conn: None,
+                    attempts: 0,
+                    failed: None,
+                }),
+                attempts: AtomicU64::new(0),
+                connects: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The receiver.
+    pub fn to(&self) -> SocketAddr {
+        self.inner.opts.to
+    }
+
+    /// Connections established so far (each one TLS handshake).
+    pub fn connects(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection (streams still open fail) and waits at most
+    /// 2 s for the close to go out.
+    pub async fn close(&self) {
+        if let Some(c) = self.inner.current.lock().await.conn.take() {
+            c.close(close_code::DONE.into(), b"done");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+    }
+
+    /// The live connection, or a new one. Single flight: one user
+    /// connects at a time; users who waited while another one's attempt
+    /// failed take that failure instead of trying again themselves.
+    async fn connection(&self) -> Result<quinn::Connection, ConnectFailure> {
+        let inner = &*self.inner;
+        let seen = inner.attempts.load(Ordering::Acquire);
+        let mut cur = inner.current.lock().await;
+        if let Some(c) = &cur.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        if cur.attempts != seen {
+            if let Some(failed) = &cur.failed {
+                return Err(failed.failure(inner.opts.to));
+            }
+        }
+        cur.attempts += 1;
+        inner.attempts.store(cur.attempts, Ordering::Release);
+        cur.conn = None;
+        match connect(&inner.endpoint, inner.opts.to, inner.opts.link.idle_timeout).await {
+            Ok(c) => {
+                inner.connects.fetch_add(1, Ordering::Relaxed);
+                info!(remote = %c.remote_address(), connects = inner.connects.load(Ordering::Relaxed), "connected");
+                cur.failed = None;
+                cur.conn = Some(c.clone());
+                Ok(c)
+            }
+            Err(f) => {
+                cur.failed = Some(match &f {
+                    ConnectFailure::Fatal(SendError::KeyRefused { detail, .. }) => {
+                        Attempt::KeyRefused(detail.clone())
+                    }
+                    ConnectFailure::Fatal(e) => Attempt::Setup(e.to_string()),
+                    ConnectFailure::Retry(m) | ConnectFailure::Busy(m) => Attempt::Retry(m.clone()),
+                });
+                Err(f)
+            }
+        }
+    }
+
+    /// Sends `source` as one session on its own stream of this link.
+    /// Blocks (asynchronously) until the receiver reports, or the session
+    /// fails.
+    pub async fn send<R: std::io::Read + Send + 'static>(
+        &self,
+        opts: TransferOptions,
+        source: R,
+        counters: Arc<Counters>,
+    ) -> Result<SendOutcome, SendError> {
+        let span = tracing::info_span!("send", session = %opts.offer.session, to = %self.to(), dataset = %opts.offer.dataset);
+        send_inner(self, opts, source, counters)
+            .instrument(span)
+            .await
     }
 }
 
@@ -209,15 +457,19 @@ fn busy_close(conn: &quinn::Connection) -> Option<String> {
 
 /// Sends `Abort` and waits (at most [`ABORT_DELIVERY`]) until the
 /// receiver has it: its transport acknowledged the stream's end and the
-/// receiver closed the connection after ending the session.
-async fn deliver_abort(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) {
+/// receiver ended its side of the stream after ending the session.
+async fn deliver_abort(
+    send: &mut quinn::SendStream,
+    incoming: &mut mpsc::UnboundedReceiver<Result<Message, ReadEnd>>,
+    reason: String,
+) {
     let delivered = async {
         send.write_all(&Message::Abort { reason }.to_bytes())
             .await
             .ok()?;
         send.finish().ok()?;
         send.stopped().await.ok()?;
-        conn.closed().await;
+        while let Some(Ok(_)) = incoming.recv().await {}
         Some(())
     };
     if tokio::time::timeout(ABORT_DELIVERY, delivered)
@@ -236,15 +488,16 @@ pub async fn send<R: std::io::Read + Send + 'static>(
     source: R,
     counters: Arc<Counters>,
 ) -> Result<SendOutcome, SendError> {
-    let span = tracing::info_span!("send", session = %opts.offer.session, to = %opts.to, dataset = %opts.offer.dataset);
-    send_inner(identity, opts, source, counters)
-        .instrument(span)
-        .await
+    let link = Link::new(identity, opts.link_options())?;
+    let out = link.send(opts.transfer_options(), source, counters).await;
+    // Let the close frame go out.
+    link.close().await;
+    out
 }
 
 async fn send_inner<R: std::io::Read + Send + 'static>(
-    identity: &Identity,
-    opts: SendOptions,
+    link: &Link,
+    opts: TransferOptions,
     source: R,
     counters: Arc<Counters>,
 ) -> Result<SendOutcome, SendError> {
@@ -255,11 +508,9 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
         )));
     }
     let started = Instant::now();
-    let endpoint = client_endpoint(identity, opts.server_key, &opts.link, opts.bind)?;
-
     let mut session = SenderSession::new(
         opts.offer.clone(),
-        identity.public_key().0,
+        link.inner.sender_key,
         opts.replay_window,
         opts.grace,
         Instant::now(),
@@ -268,7 +519,6 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
     let mut source_done = false;
     let mut backoff = Backoff::new(opts.backoff);
     let mut limiter = opts
-        .link
         .rate_limit
         .map(|r| RateLimiter::new(r, (opts.frame_size as u64).max(r / 10), Instant::now()));
 
@@ -279,11 +529,7 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
         let deadline = session
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + opts.grace);
-        let attempt = tokio::time::timeout_at(
-            deadline.into(),
-            connect(&endpoint, opts.to, opts.link.idle_timeout),
-        )
-        .await;
+        let attempt = tokio::time::timeout_at(deadline.into(), link.connection()).await;
         let conn = match attempt {
             Err(_) => continue, // grace check at the top of the loop
             Ok(Ok(c)) => c,
@@ -296,9 +542,9 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
                 continue;
             }
         };
-        info!(remote = %conn.remote_address(), "connected");
         let end = run_connection(
             &conn,
+            link.to(),
             &opts,
             &mut session,
             &mut src,
@@ -309,20 +555,15 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
         .await;
         counters.publish(&session.stats());
         match end {
-            Ok(ConnEnd::Done) => {
-                conn.close(close_code::DONE.into(), b"done");
-                break Ok(());
-            }
+            Ok(ConnEnd::Done) => break Ok(()),
             Ok(ConnEnd::Lost(why)) => {
                 session.disconnected(Instant::now());
                 let delay = backoff.next_delay(fastrand::f64());
-                warn!(error = %why, acked = session.stats().acked, retry_in_ms = delay.as_millis() as u64, "connection lost; the session is kept");
-                conn.close(close_code::FAILED.into(), b"lost");
+                warn!(error = %why, acked = session.stats().acked, retry_in_ms = delay.as_millis() as u64, "stream or connection lost; the session is kept");
                 tokio::time::sleep(delay).await;
             }
             Ok(ConnEnd::Busy(why)) => {
                 session.receiver_busy(why.clone(), Instant::now());
-                conn.close(close_code::DONE.into(), b"busy; asking again later");
                 let delay = backoff.next_delay(fastrand::f64());
                 info!(reason = %why, retry_in_ms = delay.as_millis() as u64, "the receiver is busy; asking again");
                 let wake = session
@@ -330,19 +571,14 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
                     .map_or(Instant::now() + delay, |d| (Instant::now() + delay).min(d));
                 tokio::time::sleep_until(wake.into()).await;
             }
-            Err(e) => {
-                // Giving up for good: the receiver may free the session now.
-                let reason = e.to_string();
-                conn.close(close_code::ABORTED.into(), reason.as_bytes());
-                break Err(e);
-            }
+            // Giving up for good: the stream was reset with ABORTED, so
+            // the receiver frees the session now.
+            Err(e) => break Err(e),
         }
         if session.stats().acked > 0 {
             backoff.reset();
         }
     };
-    // Let the close frame go out.
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     counters.publish(&session.stats());
     result?;
     let report = match session.phase() {
@@ -497,45 +733,96 @@ fn spawn_message_reader(
     rx
 }
 
+/// Runs the session on a new stream of `conn` until it is done, the
+/// stream or connection is lost, the receiver is busy, or it fails; a
+/// failure resets the stream with [`close_code::ABORTED`] (the receiver
+/// ends the session at once), a lost or busy stream is reset with
+/// [`close_code::DONE`]. The connection is never closed here: other
+/// streams share it.
 #[allow(clippy::too_many_arguments)]
 async fn run_connection(
     conn: &quinn::Connection,
-    opts: &SendOptions,
+    to: SocketAddr,
+    opts: &TransferOptions,
     session: &mut SenderSession,
     src: &mut mpsc::Receiver<Source>,
     source_done: &mut bool,
     limiter: &mut Option<RateLimiter>,
     counters: &Counters,
 ) -> Result<ConnEnd, SendError> {
-    let lost = |e: &dyn std::fmt::Display| -> Result<ConnEnd, SendError> {
-        if let Some(reason) = busy_close(conn) {
-            return Ok(ConnEnd::Busy(reason));
-        }
-        if let Some(reason) = conn.close_reason() {
-            if let Some(detail) = crypto_failure(&reason) {
-                return Err(SendError::KeyRefused {
-                    addr: opts.to,
-                    detail,
-                });
-            }
-            if let quinn::ConnectionError::ApplicationClosed(c) = &reason {
-                if c.error_code == close_code::REFUSED.into()
-                    || c.error_code == close_code::FAILED.into()
-                    || c.error_code == close_code::PROTOCOL.into()
-                {
-                    return Err(SessionError::PeerAborted(
-                        String::from_utf8_lossy(&c.reason).into_owned(),
-                    )
-                    .into());
-                }
-            }
-        }
-        Ok(ConnEnd::Lost(e.to_string()))
-    };
     let (mut send, recv) = match conn.open_bi().await {
         Ok(s) => s,
-        Err(e) => return lost(&e),
+        Err(e) => return stream_lost(conn, to, &e),
     };
+    let end = run_stream(
+        conn,
+        to,
+        opts,
+        session,
+        src,
+        source_done,
+        limiter,
+        counters,
+        &mut send,
+        recv,
+    )
+    .await;
+    match &end {
+        Ok(ConnEnd::Done) => {}
+        Ok(ConnEnd::Lost(_) | ConnEnd::Busy(_)) => {
+            let _ = send.reset(close_code::DONE.into());
+        }
+        Err(_) => {
+            let _ = send.reset(close_code::ABORTED.into());
+        }
+    }
+    end
+}
+
+/// How a failed stream or connection ends this connection's part of a
+/// transfer: busy, refused keys, a receiver that closed the connection
+/// refusing or failing the session, or a lost link.
+fn stream_lost(
+    conn: &quinn::Connection,
+    to: SocketAddr,
+    e: &dyn std::fmt::Display,
+) -> Result<ConnEnd, SendError> {
+    if let Some(reason) = busy_close(conn) {
+        return Ok(ConnEnd::Busy(reason));
+    }
+    if let Some(reason) = conn.close_reason() {
+        if let Some(detail) = crypto_failure(&reason) {
+            return Err(SendError::KeyRefused { addr: to, detail });
+        }
+        if let quinn::ConnectionError::ApplicationClosed(c) = &reason {
+            if c.error_code == close_code::REFUSED.into()
+                || c.error_code == close_code::FAILED.into()
+                || c.error_code == close_code::PROTOCOL.into()
+            {
+                return Err(SessionError::PeerAborted(
+                    String::from_utf8_lossy(&c.reason).into_owned(),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(ConnEnd::Lost(e.to_string()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_stream(
+    conn: &quinn::Connection,
+    to: SocketAddr,
+    opts: &TransferOptions,
+    session: &mut SenderSession,
+    src: &mut mpsc::Receiver<Source>,
+    source_done: &mut bool,
+    limiter: &mut Option<RateLimiter>,
+    counters: &Counters,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<ConnEnd, SendError> {
+    let lost = |e: &dyn std::fmt::Display| stream_lost(conn, to, e);
     let mut incoming = spawn_message_reader(recv);
     session.connected(Instant::now())?;
     let mut buf = BytesMut::new();
@@ -637,7 +924,7 @@ async fn run_connection(
                     let at = session.produced();
                     let reason = format!("the sender could not read the stream after {at} bytes: {e}");
                     warn!(error = %reason, "aborting the session");
-                    deliver_abort(conn, &mut send, reason).await;
+                    deliver_abort(send, &mut incoming, reason).await;
                     return Err(SendError::Source { at, source: e });
                 }
             },
@@ -658,167 +945,204 @@ pub struct RequestOptions {
     pub patience: Duration,
 }
 
-/// Sends control `requests` (each idempotent) on one connection and
-/// returns the receiver's responses in order. An unreachable receiver is
-/// retried with backoff for `opts.patience`, and so is a busy one (the
-/// requests not answered yet are sent again; past the patience it fails
-/// with [`SessionError::ReceiverBusy`]); a refused key fails at once.
+impl RequestOptions {
+    /// The link part of these options.
+    pub fn link_options(&self) -> LinkOptions {
+        LinkOptions {
+            to: self.to,
+            server_key: self.server_key,
+            link: self.link.clone(),
+            bind: any_address_for(self.to),
+        }
+    }
+}
+
+/// Sends control `requests` (each idempotent) on a link of their own and
+/// returns the receiver's responses in order; see [`Link::request`].
 pub async fn request(
     identity: &Identity,
     opts: &RequestOptions,
     requests: &[Request],
 ) -> Result<Vec<Response>, SendError> {
-    let span = tracing::info_span!("control", to = %opts.to);
-    async {
-        let deadline = Instant::now() + opts.patience;
-        let mut backoff = Backoff::new(BackoffConfig::default());
-        let mut responses = Vec::with_capacity(requests.len());
-        loop {
-            let rest = &requests[responses.len()..];
-            let (busy, why) = match request_once(identity, opts, rest, &mut responses).await {
-                Ok(()) => return Ok(responses),
-                Err(ConnectFailure::Fatal(e)) => return Err(e),
-                Err(ConnectFailure::Retry(why)) => (false, why),
-                Err(ConnectFailure::Busy(why)) => (true, why),
-            };
-            let delay = backoff.next_delay(fastrand::f64());
-            if Instant::now() + delay > deadline {
-                let e = if busy {
-                    SessionError::ReceiverBusy {
-                        grace: opts.patience,
-                        reason: why,
-                    }
-                } else {
-                    SessionError::GraceExpired {
-                        grace: opts.patience,
-                        delivered: 0,
-                    }
-                };
-                return Err(e.into());
-            }
-            if busy {
-                info!(reason = %why, retry_in_ms = delay.as_millis() as u64, "the receiver is busy; asking again");
-            } else {
-                warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot reach the receiver");
-            }
-            tokio::time::sleep(delay).await;
-        }
-    }
-    .instrument(span)
-    .await
+    let link = Link::new(identity, opts.link_options())?;
+    let out = link.request(requests, opts.patience).await;
+    link.close().await;
+    out
 }
 
 /// Asks the receiver which chunks its cache promises to hold for transfer
-/// `session` (offer it next; see [`crate::chunk_cache`]): the sender's
-/// pack then references them instead of sending them. A receiver without
-/// a chunk cache promises nothing.
+/// `session`, on a link of its own; see [`Link::chunk_inventory`].
 pub async fn chunk_inventory(
     identity: &Identity,
     opts: &RequestOptions,
     session: SessionId,
 ) -> Result<fjord_pack::Inventory, SendError> {
-    let mut responses = request(identity, opts, &[Request::ChunkInventory { session }]).await?;
-    match responses.pop() {
-        Some(Response::ChunkInventory { hashes }) => {
-            tracing::info!(%session, chunks = hashes.len(), "chunk inventory received");
-            Ok(fjord_pack::Inventory::new(hashes))
-        }
-        Some(Response::Failed { code, message }) => Err(SessionError::Refused {
-            code,
-            reason: message,
-        }
-        .into()),
-        other => {
-            Err(SessionError::Protocol(format!("expected a chunk inventory, got {other:?}")).into())
-        }
-    }
+    let link = Link::new(identity, opts.link_options())?;
+    let out = link.chunk_inventory(session, opts.patience).await;
+    link.close().await;
+    out
 }
 
-/// Sends `requests` on one connection, appending each answer to
-/// `responses`; stops at the first `Busy` answer (the rest is asked again).
-async fn request_once(
-    identity: &Identity,
-    opts: &RequestOptions,
-    requests: &[Request],
-    responses: &mut Vec<Response>,
-) -> Result<(), ConnectFailure> {
-    let endpoint = client_endpoint(
-        identity,
-        opts.server_key,
-        &opts.link,
-        any_address_for(opts.to),
-    )
-    .map_err(ConnectFailure::Fatal)?;
-    let conn = connect(&endpoint, opts.to, opts.link.idle_timeout).await?;
-    // A key the receiver does not pin fails after the client's half of the
-    // TLS 1.3 handshake, so it shows up as the connection closing.
-    let retry = |e: &dyn std::fmt::Display| {
-        if let Some(reason) = busy_close(&conn) {
-            return ConnectFailure::Busy(reason);
+impl Link {
+    /// Sends control `requests` (each idempotent) on one stream of this
+    /// link and returns the receiver's responses in order. An unreachable
+    /// receiver is retried with backoff for `patience`, and so is a busy
+    /// one (the requests not answered yet are sent again, on a new
+    /// stream; past the patience it fails with
+    /// [`SessionError::ReceiverBusy`]); a refused key fails at once.
+    pub async fn request(
+        &self,
+        requests: &[Request],
+        patience: Duration,
+    ) -> Result<Vec<Response>, SendError> {
+        let span = tracing::info_span!("control", to = %self.to());
+        async {
+            let deadline = Instant::now() + patience;
+            let mut backoff = Backoff::new(BackoffConfig::default());
+            let mut responses = Vec::with_capacity(requests.len());
+            loop {
+                let rest = &requests[responses.len()..];
+                let (busy, why) = match self.request_once(rest, &mut responses).await {
+                    Ok(()) => return Ok(responses),
+                    Err(ConnectFailure::Fatal(e)) => return Err(e),
+                    Err(ConnectFailure::Retry(why)) => (false, why),
+                    Err(ConnectFailure::Busy(why)) => (true, why),
+                };
+                let delay = backoff.next_delay(fastrand::f64());
+                if Instant::now() + delay > deadline {
+                    let e = if busy {
+                        SessionError::ReceiverBusy {
+                            grace: patience,
+                            reason: why,
+                        }
+                    } else {
+                        SessionError::GraceExpired {
+                            grace: patience,
+                            delivered: 0,
+                        }
+                    };
+                    return Err(e.into());
+                }
+                if busy {
+                    info!(reason = %why, retry_in_ms = delay.as_millis() as u64, "the receiver is busy; asking again");
+                } else {
+                    warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot reach the receiver");
+                }
+                tokio::time::sleep(delay).await;
+            }
         }
-        match conn.close_reason().as_ref().and_then(crypto_failure) {
-            Some(detail) => ConnectFailure::Fatal(SendError::KeyRefused {
-                addr: opts.to,
-                detail,
-            }),
-            None => ConnectFailure::Retry(e.to_string()),
-        }
-    };
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| retry(&e))?;
-    let mut incoming = spawn_message_reader(recv);
-    let hello = Message::Hello {
-        min_version: crate::message::MIN_PROTOCOL_VERSION,
-        max_version: crate::message::PROTOCOL_VERSION,
-        sender_key: identity.public_key().0,
-    };
-    send.write_all(&hello.to_bytes())
+        .instrument(span)
         .await
-        .map_err(|e| retry(&e))?;
-    let mut busy = None;
-    for r in requests {
-        send.write_all(&Message::Request(r.clone()).to_bytes())
-            .await
-            .map_err(|e| retry(&e))?;
-        match incoming.recv().await {
-            Some(Ok(Message::Response(Response::Failed {
-                code: RefuseCode::Busy,
-                message,
-            }))) => {
-                busy = Some(message);
-                break;
+    }
+
+    /// Asks the receiver which chunks its cache promises to hold for
+    /// transfer `session` (offer it next; see [`crate::chunk_cache`]): the
+    /// sender's pack then references them instead of sending them. A
+    /// receiver without a chunk cache promises nothing.
+    pub async fn chunk_inventory(
+        &self,
+        session: SessionId,
+        patience: Duration,
+    ) -> Result<fjord_pack::Inventory, SendError> {
+        let mut responses = self
+            .request(&[Request::ChunkInventory { session }], patience)
+            .await?;
+        match responses.pop() {
+            Some(Response::ChunkInventory { hashes }) => {
+                tracing::info!(%session, chunks = hashes.len(), "chunk inventory received");
+                Ok(fjord_pack::Inventory::new(hashes))
             }
-            Some(Ok(Message::Response(resp))) => responses.push(resp),
-            Some(Ok(Message::Refuse {
-                code: RefuseCode::Busy,
-                reason,
-            })) => {
-                busy = Some(reason);
-                break;
+            Some(Response::Failed { code, message }) => Err(SessionError::Refused {
+                code,
+                reason: message,
             }
-            Some(Ok(Message::Refuse { code, reason })) => {
-                return Err(ConnectFailure::Fatal(
-                    SessionError::Refused { code, reason }.into(),
-                ))
-            }
-            Some(Ok(other)) => {
-                return Err(ConnectFailure::Fatal(
-                    SessionError::Protocol(format!("expected a response, got {}", other.kind()))
-                        .into(),
-                ))
-            }
-            Some(Err(e)) => match e.fatal() {
-                Some(fatal) => return Err(ConnectFailure::Fatal(fatal.into())),
-                None => return Err(retry(&e)),
-            },
-            None => return Err(retry(&"the receiver closed the stream")),
+            .into()),
+            other => Err(SessionError::Protocol(format!(
+                "expected a chunk inventory, got {other:?}"
+            ))
+            .into()),
         }
     }
-    let _ = send.finish();
-    conn.close(close_code::DONE.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    match busy {
-        Some(reason) => Err(ConnectFailure::Busy(reason)),
-        None => Ok(()),
+
+    /// Sends `requests` on one new stream, appending each answer to
+    /// `responses`; stops at the first `Busy` answer (the rest is asked
+    /// again).
+    async fn request_once(
+        &self,
+        requests: &[Request],
+        responses: &mut Vec<Response>,
+    ) -> Result<(), ConnectFailure> {
+        let conn = self.connection().await?;
+        let to = self.to();
+        // A key the receiver does not pin fails after the client's half of
+        // the TLS 1.3 handshake, so it shows up as the connection closing.
+        let retry = |e: &dyn std::fmt::Display| {
+            if let Some(reason) = busy_close(&conn) {
+                return ConnectFailure::Busy(reason);
+            }
+            match conn.close_reason().as_ref().and_then(crypto_failure) {
+                Some(detail) => ConnectFailure::Fatal(SendError::KeyRefused { addr: to, detail }),
+                None => ConnectFailure::Retry(e.to_string()),
+            }
+        };
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| retry(&e))?;
+        let mut incoming = spawn_message_reader(recv);
+        let hello = Message::Hello {
+            min_version: crate::message::MIN_PROTOCOL_VERSION,
+            max_version: crate::message::PROTOCOL_VERSION,
+            sender_key: self.inner.sender_key,
+        };
+        send.write_all(&hello.to_bytes())
+            .await
+            .map_err(|e| retry(&e))?;
+        let mut busy = None;
+        for r in requests {
+            send.write_all(&Message::Request(r.clone()).to_bytes())
+                .await
+                .map_err(|e| retry(&e))?;
+            match incoming.recv().await {
+                Some(Ok(Message::Response(Response::Failed {
+                    code: RefuseCode::Busy,
+                    message,
+                }))) => {
+                    busy = Some(message);
+                    break;
+                }
+                Some(Ok(Message::Response(resp))) => responses.push(resp),
+                Some(Ok(Message::Refuse {
+                    code: RefuseCode::Busy,
+                    reason,
+                })) => {
+                    busy = Some(reason);
+                    break;
+                }
+                Some(Ok(Message::Refuse { code, reason })) => {
+                    return Err(ConnectFailure::Fatal(
+                        SessionError::Refused { code, reason }.into(),
+                    ))
+                }
+                Some(Ok(other)) => {
+                    return Err(ConnectFailure::Fatal(
+                        SessionError::Protocol(format!(
+                            "expected a response, got {}",
+                            other.kind()
+                        ))
+                        .into(),
+                    ))
+                }
+                Some(Err(e)) => match e.fatal() {
+                    Some(fatal) => return Err(ConnectFailure::Fatal(fatal.into())),
+                    None => return Err(retry(&e)),
+                },
+                None => return Err(retry(&"the receiver closed the stream")),
+            }
+        }
+        // Done with this stream; the connection stays for the next user.
+        let _ = send.finish();
+        match busy {
+            Some(reason) => Err(ConnectFailure::Busy(reason)),
+            None => Ok(()),
+        }
     }
 }
 

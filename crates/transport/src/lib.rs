@@ -27,9 +27,17 @@
 //! answers `Resume` at the offset it delivered downstream, so at most the
 //! replay window is sent again.
 //!
+//! A sender keeps one connection per receiver ([`client::Link`]): each
+//! transfer and each batch of control requests is a bidirectional stream
+//! of it, starting with its own hello, so a job's parallel transfers and
+//! its requests cost one TLS handshake; a lost connection is
+//! re-established once for all of them.
+//!
 //! A receiver shares itself fairly: sessions, connections and control
-//! requests are limited per client key, a connection must send its offer
-//! within a deadline, and a memory budget bounds what all sessions hold.
+//! requests are limited per client key, the streams open on one
+//! connection are bounded, a stream must send its offer within a deadline
+//! (and a connection open a stream), and a memory budget bounds what all
+//! sessions and connections hold.
 //! A `Busy` answer is retried by the sender with backoff within its
 //! grace; a sender that gives up tells the receiver, which ends the
 //! session at once; and a new session of a key into a dataset replaces
@@ -115,7 +123,12 @@ pub enum SessionError {
     Internal(String),
 }
 
-/// QUIC application close codes.
+/// QUIC application close codes, also the error codes of a stream reset
+/// (`RESET_STREAM`): a sender giving up resets its stream with
+/// [`ABORTED`](close_code::ABORTED), a receiver whose session a newer
+/// stream took over resets the old one with
+/// [`TAKEN_OVER`](close_code::TAKEN_OVER); other streams of the
+/// connection go on.
 pub mod close_code {
     /// The session completed.
     pub const DONE: u32 = 0;
@@ -123,7 +136,8 @@ pub mod close_code {
     pub const REFUSED: u32 = 1;
     /// The peer broke the protocol.
     pub const PROTOCOL: u32 = 2;
-    /// A newer connection of the same session replaced this one.
+    /// A newer stream (or connection) of the same session replaced this
+    /// one.
     pub const TAKEN_OVER: u32 = 3;
     /// The session failed.
     pub const FAILED: u32 = 4;

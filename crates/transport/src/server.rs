@@ -1,7 +1,14 @@
 //! The receiving driver: a quinn endpoint that accepts pinned senders,
 //! runs the handshake and a [`ReceiverSession`] per transfer, and keeps
 //! each session (with its open sink) for the grace period after its
-//! connection is lost, so that a reconnecting sender resumes it.
+//! stream or connection is lost, so that a reconnecting sender resumes it.
+//!
+//! One connection of a sender carries many bidirectional streams at once
+//! (a job's transfers and its control requests share it): each stream
+//! starts with its own hello and carries one offer, or control requests,
+//! and is served in its own task. A refusal, a failure or an abort ends
+//! that stream only; quinn bounds how many streams a connection may have
+//! open ([`Limits::streams_per_connection`]).
 //!
 //! What is admitted (connections, offers, control requests) is decided by
 //! [`crate::admission`] over the counts this driver keeps; see there for
@@ -154,7 +161,16 @@ impl Server {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| setup(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        cfg.transport_config(opts.link.transport_arc().map_err(setup)?);
+        let mut transport = opts.link.transport().map_err(setup)?;
+        // The streams a client may have open on one connection at once:
+        // its sessions and its requests (see crate::admission).
+        let streams = quinn::VarInt::from_u64(opts.limits.streams_per_connection())
+            .map_err(|e| setup(e.to_string()))?;
+        transport.max_concurrent_bidi_streams(streams);
+        let window = quinn::VarInt::from_u64(opts.limits.connection_window(&opts.link))
+            .map_err(|e| setup(e.to_string()))?;
+        transport.receive_window(window);
+        cfg.transport_config(Arc::new(transport));
         cfg.migration(true);
         let endpoint =
             quinn::Endpoint::server(cfg, opts.listen).map_err(|e| setup(e.to_string()))?;
@@ -174,7 +190,7 @@ impl Server {
             admission: Admission::new(
                 opts.limits.clone(),
                 opts.max_sessions,
-                Limits::connection_memory(&opts.link),
+                opts.limits.connection_charge(&opts.link),
             ),
             counters,
             events: tx,
@@ -314,8 +330,8 @@ async fn reaper(shared: Arc<Shared>) {
                 let Ok(mut slot) = entry.slot.clone().try_lock_owned() else {
                     return true;
                 };
-                if let Some(conn) = &entry.conn {
-                    if conn.close_reason().is_none() {
+                if let Some(attached) = &entry.conn {
+                    if attached.conn.close_reason().is_none() {
                         return true;
                     }
                     entry.conn = None;
@@ -379,10 +395,11 @@ pub(crate) async fn write(
     send.write_all(&msg.to_bytes()).await
 }
 
-/// Sends `msg` (a refusal), closes the connection, and logs it (in the
-/// span that names the client's key) and counts it in `counter`; none:
-/// the caller logged and counted it already.
-pub(super) async fn refuse_conn(
+/// Sends `msg` (a refusal) on one stream and finishes it, and logs it (in
+/// the span that names the client's key) and counts it in `counter`;
+/// none: the caller logged and counted it already. The connection and
+/// its other streams are left alone.
+pub(super) async fn refuse_stream(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     shared: &Shared,
@@ -392,22 +409,25 @@ pub(super) async fn refuse_conn(
 ) {
     let _ = write(send, &msg).await;
     let _ = send.finish();
-    // Give the refusal a moment to arrive before the close.
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     let reason = err.to_string();
     if let Some(counter) = counter {
         ServerCounters::bump(counter);
         warn!(error = %reason, "refused");
     }
-    conn.close(close_code::REFUSED.into(), reason.as_bytes());
     let _ = shared.events.send(ServerEvent::Refused {
         remote: conn.remote_address(),
         reason,
     });
+    // Give the refusal a moment to arrive before the stream is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
-/// Admits the connection, reads its hello and its first message within
-/// the offer deadline, and serves the offer or the control requests.
+/// Admits the connection, then accepts its bidirectional streams and
+/// serves each (a transfer offer or control requests) in its own task,
+/// concurrently. quinn bounds the streams open at once
+/// ([`Limits::streams_per_connection`]); a connection without any stream
+/// open for the offer deadline (its first one included) is closed. The
+/// connection stays counted until every stream task has ended.
 async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: PublicKey) {
     let _ticket = match shared.admit_connection(key) {
         Ok(t) => t,
@@ -423,25 +443,63 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: Pu
         }
     };
     let wait = shared.admission.limits().offer_deadline;
+    let mut streams = tokio::task::JoinSet::new();
+    let mut opened = false;
+    loop {
+        let idle = streams.is_empty();
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    opened = true;
+                    ServerCounters::bump(&shared.counters.streams_accepted);
+                    let span = tracing::info_span!("stream", id = %send.id());
+                    streams.spawn(
+                        serve_stream(conn.clone(), shared.clone(), key, send, recv).instrument(span),
+                    );
+                }
+                Err(e) => {
+                    info!(error = %e, "connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !idle => {}
+            () = tokio::time::sleep(wait), if idle => {
+                if opened {
+                    info!("no stream open for {} ms; closing the idle connection", wait.as_millis());
+                    conn.close(close_code::DONE.into(), b"idle");
+                } else {
+                    ServerCounters::bump(&shared.counters.offer_deadline_expired);
+                    let why = format!("no stream opened within {} ms", wait.as_millis());
+                    warn!(sender = %key, "{why}; closing the connection");
+                    conn.close(close_code::PROTOCOL.into(), why.as_bytes());
+                }
+                break;
+            }
+        }
+    }
+    // The streams see the connection end; let them clean up.
+    while streams.join_next().await.is_some() {}
+}
+
+/// Reads one stream's hello and its first message within the offer
+/// deadline, and serves the offer or the control requests.
+async fn serve_stream(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    key: PublicKey,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let wait = shared.admission.limits().offer_deadline;
     let deadline = tokio::time::Instant::now() + wait;
     let late = |what: &str| {
         ServerCounters::bump(&shared.counters.offer_deadline_expired);
         let why = format!("no {what} within {} ms", wait.as_millis());
-        warn!(sender = %key, "{why}; closing the connection");
+        warn!(sender = %key, "{why}; closing the stream");
         why
     };
-    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            info!(error = %e, "connection ended before a session started");
-            return;
-        }
-        Err(_) => {
-            let why = late("stream opened");
-            conn.close(close_code::PROTOCOL.into(), why.as_bytes());
-            return;
-        }
-    };
+    let conn = &conn;
+    let shared = &*shared;
     let other = Some(&shared.counters.refused_other);
     let mut reader = MessageReader::new();
     let mut hs = Handshake::AwaitHello;
@@ -450,18 +508,18 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: Pu
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
             let (m, err) = *refuse(RefuseCode::Other, e.to_string());
-            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            refuse_stream(conn, &mut send, shared, other, m, err).await;
             return;
         }
         Err(_) => {
             let (m, err) = *refuse(RefuseCode::Other, late("hello"));
-            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            refuse_stream(conn, &mut send, shared, other, m, err).await;
             return;
         }
     };
     if let Err(r) = hs.hello(hello, &key.0) {
         let (m, err) = *r;
-        refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+        refuse_stream(conn, &mut send, shared, other, m, err).await;
         return;
     }
     let Handshake::AwaitOffer { version } = hs else {
@@ -471,7 +529,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: Pu
     let offer = match first {
         Ok(Ok(Message::Offer(o))) => o,
         Ok(Ok(Message::Request(first))) => {
-            crate::control::serve_requests(&shared, &key, first, &mut send, &mut recv, &mut reader)
+            crate::control::serve_requests(shared, &key, first, &mut send, &mut recv, &mut reader)
                 .await;
             return;
         }
@@ -480,21 +538,21 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: Pu
                 RefuseCode::Other,
                 format!("expected offer, got {}", other_msg.kind()),
             );
-            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            refuse_stream(conn, &mut send, shared, other, m, err).await;
             return;
         }
         Ok(Err(e @ ReadError::Undecodable(_))) => {
             let (m, err) = *refuse(RefuseCode::Other, e.to_string());
-            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            refuse_stream(conn, &mut send, shared, other, m, err).await;
             return;
         }
         Ok(Err(e)) => {
-            info!(error = %e, "connection ended before the offer");
+            info!(error = %e, "stream ended before the offer");
             return;
         }
         Err(_) => {
             let (m, err) = *refuse(RefuseCode::Other, late("offer"));
-            refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+            refuse_stream(conn, &mut send, shared, other, m, err).await;
             return;
         }
     };
@@ -506,17 +564,17 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, key: Pu
                 offer.flags
             ),
         );
-        refuse_conn(&conn, &mut send, &shared, other, m, err).await;
+        refuse_stream(conn, &mut send, shared, other, m, err).await;
         return;
     }
     let span = tracing::info_span!("session", session = %offer.session, dataset = %offer.dataset);
     let io = Io {
-        conn: &conn,
+        conn: conn.clone(),
         send,
         recv,
         reader,
     };
-    serve_offer(&shared, key, version, offer, io)
+    serve_offer(shared, key, version, offer, io)
         .instrument(span)
         .await
 }

@@ -1,13 +1,16 @@
 //! [`QuicDrNode`]: the DR node through fjord's QUIC transport, with pinned
 //! keys, in-stream resume and (optionally) the packed data path.
+//!
+//! One [`QuicDrNode`] holds one [`Link`] for the whole job: its control
+//! requests and its `parallelism` transfers are streams of one connection
+//! (one TLS handshake), re-established once for all of them when it is
+//! lost.
 
 use crate::dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};
 use crate::plan::TargetState;
 use crate::pool::SendStream;
 use fjord_pack::{PackOptions, ReceiverHoldings};
-use fjord_transport::client::{
-    self, chunk_inventory, request, Counters, RequestOptions, SendError, SendOptions,
-};
+use fjord_transport::client::{Counters, Link, LinkOptions, SendError, TransferOptions};
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
 use fjord_transport::{
@@ -40,8 +43,9 @@ pub struct QuicDrNode {
     pub pack: bool,
     /// Progress display, if any.
     pub watch: Option<WatchTransfer>,
-    /// `target_host`, once resolved.
-    resolved: tokio::sync::OnceCell<SocketAddr>,
+    /// The link to `target_host`, made (resolved, bound) at first use
+    /// and shared by the whole job.
+    link_cell: tokio::sync::OnceCell<Link>,
 }
 
 /// The one place where the transport's error becomes the replication
@@ -87,43 +91,52 @@ impl QuicDrNode {
             grace,
             pack,
             watch: None,
-            resolved: tokio::sync::OnceCell::new(),
+            link_cell: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// Resolves `target_host` once; a name that does not resolve is an
-    /// unreachable DR node (DNS may recover by the next run).
+    /// Resolves `target_host` (a name that does not resolve is an
+    /// unreachable DR node; DNS may recover by the next run).
     async fn to(&self) -> Result<SocketAddr, DrError> {
-        self.resolved
-            .get_or_try_init(|| async {
-                let host = &self.target_host;
-                tokio::net::lookup_host(host.as_str())
-                    .await
-                    .map_err(|e| {
-                        DrError::Unreachable(format!(
-                            "cannot resolve target_host {host:?} (expected HOST:PORT): {e}"
-                        ))
-                    })?
-                    .next()
-                    .ok_or_else(|| {
-                        DrError::Unreachable(format!("target_host {host:?} resolves to no address"))
-                    })
-            })
+        let host = &self.target_host;
+        tokio::net::lookup_host(host.as_str())
             .await
-            .copied()
+            .map_err(|e| {
+                DrError::Unreachable(format!(
+                    "cannot resolve target_host {host:?} (expected HOST:PORT): {e}"
+                ))
+            })?
+            .next()
+            .ok_or_else(|| {
+                DrError::Unreachable(format!("target_host {host:?} resolves to no address"))
+            })
     }
 
-    async fn request_opts(&self) -> Result<RequestOptions, DrError> {
-        Ok(RequestOptions {
-            to: self.to().await?,
-            server_key: self.server_key,
-            link: self.link.clone(),
-            patience: self.grace,
-        })
+    /// The job's link to the DR node, made once (the first user resolves
+    /// the name and binds the socket; the others wait for it).
+    async fn link(&self) -> Result<&Link, DrError> {
+        self.link_cell
+            .get_or_try_init(|| async {
+                let mut opts = LinkOptions::new(self.to().await?, self.server_key);
+                opts.link = self.link.clone();
+                Link::new(&self.identity, opts).map_err(typed)
+            })
+            .await
+    }
+
+    /// Closes the job's link, if one was made, letting the close go out
+    /// (at most 2 s). Dropping the node closes it too, without waiting.
+    pub async fn close(&self) {
+        if let Some(link) = self.link_cell.get() {
+            link.close().await;
+        }
     }
 
     async fn ask(&self, req: Request) -> Result<Response, DrError> {
-        let mut responses = request(&self.identity, &self.request_opts().await?, &[req])
+        let mut responses = self
+            .link()
+            .await?
+            .request(&[req], self.grace)
             .await
             .map_err(typed)?;
         match responses.pop() {
@@ -206,10 +219,11 @@ impl DrNode for QuicDrNode {
             flags,
             size_estimate: transfer.size_estimate,
         };
+        let link = self.link().await?;
         let stream: Box<dyn std::io::Read + Send> = if self.pack {
             // The pack consults the DR node's chunk inventory from its first frame.
             let holdings: Box<dyn ReceiverHoldings + Send> = Box::new(
-                chunk_inventory(&self.identity, &self.request_opts().await?, offer.session)
+                link.chunk_inventory(offer.session, self.grace)
                     .await
                     .map_err(typed)?,
             );
@@ -220,17 +234,15 @@ impl DrNode for QuicDrNode {
         } else {
             stream
         };
-        let mut opts = SendOptions::new(self.to().await?, self.server_key, offer);
-        opts.link = self.link.clone();
+        let mut opts = TransferOptions::new(offer);
+        opts.rate_limit = self.link.rate_limit;
         opts.grace = self.grace;
         let counters = Arc::new(Counters::default());
         let _shown = self
             .watch
             .as_ref()
             .map(|w| w(&transfer.source, counters.clone(), transfer.size_estimate));
-        let out = client::send(&self.identity, opts, stream, counters)
-            .await
-            .map_err(typed)?;
+        let out = link.send(opts, stream, counters).await.map_err(typed)?;
         tracing::debug!(receiver = %out.report.message, "the DR node committed");
         Ok(TransferStats {
             bytes: out.length,

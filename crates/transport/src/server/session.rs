@@ -1,11 +1,13 @@
-//! One transfer on one connection: the admitted offer is taken over,
-//! opened (after retiring the detached session it replaces) or refused;
-//! then the session runs until it completes, its connection is lost (it
-//! waits for its sender), it fails, or its sender aborts it (it ends at
-//! once).
+//! One transfer on one stream: the admitted offer is taken over, opened
+//! (after retiring the detached session it replaces) or refused; then the
+//! session runs until it completes, its stream or connection is lost or
+//! taken over by a newer stream (it waits for its sender), it fails, or
+//! its sender aborts it (it ends at once). Other streams of the
+//! connection are never touched: a session ends by finishing or
+//! resetting its own stream.
 
-use super::table::{Entry, Plan, Shared, SharedSlot, Slot};
-use super::{read_message, refuse_conn, write, ReadError, ServerEvent};
+use super::table::{Attached, Entry, Plan, Shared, SharedSlot, Slot};
+use super::{read_message, refuse_stream, write, ReadError, ServerEvent};
 use crate::admission::ServerCounters;
 use crate::identity::PublicKey;
 use crate::message::{offer_flags, Message, MessageReader, Offer, RefuseCode, SessionId};
@@ -18,8 +20,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// The connection and stream a session runs on.
-pub(super) struct Io<'a> {
-    pub(super) conn: &'a quinn::Connection,
+pub(super) struct Io {
+    pub(super) conn: quinn::Connection,
     pub(super) send: quinn::SendStream,
     pub(super) recv: quinn::RecvStream,
     pub(super) reader: MessageReader,
@@ -54,15 +56,20 @@ pub(super) async fn serve_offer(
     key: PublicKey,
     version: u16,
     offer: Offer,
-    mut io: Io<'_>,
+    mut io: Io,
 ) {
-    let conn = io.conn;
+    let conn = io.conn.clone();
+    let conn = &conn;
     let id = offer.session;
-    let (mut slot, answer) = match shared.admit_offer(&key, &offer, conn) {
+    let attached = Attached {
+        conn: conn.clone(),
+        stop: Arc::new(tokio::sync::Notify::new()),
+    };
+    let (mut slot, answer) = match shared.admit_offer(&key, &offer, &attached) {
         Plan::Busy(b) => {
             shared.note_busy(&key, &b, "offer");
             let (m, err) = *refuse(RefuseCode::Busy, b.to_string());
-            refuse_conn(conn, &mut io.send, shared, None, m, err).await;
+            refuse_stream(conn, &mut io.send, shared, None, m, err).await;
             return;
         }
         Plan::Refuse(r) => {
@@ -74,15 +81,14 @@ pub(super) async fn serve_offer(
             ServerCounters::bump(counter);
             warn!(sender = %key, reason = %r, "offer refused; no held session was touched");
             let (m, err) = *refuse(r.code(), r.peer_reason());
-            refuse_conn(conn, &mut io.send, shared, None, m, err).await;
+            refuse_stream(conn, &mut io.send, shared, None, m, err).await;
             return;
         }
         Plan::Takeover(slot, old) => {
-            if let Some(old) = old.filter(|c| c.stable_id() != conn.stable_id()) {
-                old.close(
-                    close_code::TAKEN_OVER.into(),
-                    b"taken over by a newer connection",
-                );
+            if let Some(old) = old {
+                // Its task lets go of the slot; the old stream's connection
+                // may carry other sessions and stays open.
+                old.stop.notify_one();
             }
             let guard = tokio::time::timeout(Duration::from_secs(10), slot.lock_owned()).await;
             let reattached = match guard {
@@ -103,12 +109,12 @@ pub(super) async fn serve_offer(
                 Err((m, err)) => {
                     // Leave the session detached for its grace period.
                     if let Some(e) = shared.state().sessions.get_mut(&id) {
-                        if e.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+                        if e.conn.as_ref().is_some_and(|a| a.same(&attached)) {
                             e.conn = None;
                         }
                     }
                     let counter = Some(&shared.counters.refused_other);
-                    refuse_conn(conn, &mut io.send, shared, counter, m, err).await;
+                    refuse_stream(conn, &mut io.send, shared, counter, m, err).await;
                     return;
                 }
             }
@@ -127,7 +133,7 @@ pub(super) async fn serve_offer(
                         id,
                         Entry {
                             slot,
-                            conn: Some(conn.clone()),
+                            conn: Some(attached.clone()),
                             key,
                             offer: offer.clone(),
                         },
@@ -144,13 +150,21 @@ pub(super) async fn serve_offer(
                         _ => &shared.counters.refused_other,
                     };
                     let (m, err) = *refuse(code, e.to_string());
-                    refuse_conn(conn, &mut io.send, shared, Some(counter), m, err).await;
+                    refuse_stream(conn, &mut io.send, shared, Some(counter), m, err).await;
                     return;
                 }
             }
         }
     };
-    let outcome = run_session(&mut slot, &mut io, answer).await;
+    let outcome = tokio::select! {
+        outcome = run_session(&mut slot, &mut io, answer) => outcome,
+        () = attached.stop.notified() => Err(RunEnd::Lost("taken over by a newer stream".into())),
+    };
+    if let Err(RunEnd::Lost(_)) = &outcome {
+        // Tell the sender this stream is over (it may be alive).
+        let _ = io.send.reset(close_code::TAKEN_OVER.into());
+        let _ = io.recv.stop(close_code::TAKEN_OVER.into());
+    }
     let Io { mut send, .. } = io;
     match outcome {
         Ok(message) => {
@@ -166,8 +180,8 @@ pub(super) async fn serve_offer(
                 "stream complete"
             );
             let _ = send.finish();
-            // Wait for the sender to close after reading the report.
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            // Wait (bounded) for the sender's transport to have the report.
+            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
             let _ = shared.events.send(ServerEvent::Completed {
                 session: id,
                 message,
@@ -177,7 +191,7 @@ pub(super) async fn serve_offer(
         Err(RunEnd::Lost(why)) => {
             slot.session.disconnected(Instant::now());
             if let Some(entry) = shared.state().sessions.get_mut(&id) {
-                if entry.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+                if entry.conn.as_ref().is_some_and(|a| a.same(&attached)) {
                     entry.conn = None;
                 }
             }
@@ -186,24 +200,22 @@ pub(super) async fn serve_offer(
         Err(RunEnd::Failed(why, status)) => {
             warn!(error = %why, status, "session failed");
             let event = why.clone();
-            end_session(shared, conn, send, slot, why, status, event).await;
+            end_session(shared, send, slot, why, status, event).await;
         }
         Err(RunEnd::Aborted(why)) => {
             ServerCounters::bump(&shared.counters.aborted_by_sender);
             warn!(sender = %key, error = %why, "the sender aborted the session; ending it now");
             let event = format!("the sender aborted the session: {why}");
-            end_session(shared, conn, send, slot, why, 1, event).await;
+            end_session(shared, send, slot, why, 1, event).await;
         }
     }
 }
 
 /// Ends a failed or aborted session at once: aborts its sink, takes it
 /// out of the table (its target is then free), reports (with the
-/// downstream's `status`) and closes.
-#[allow(clippy::too_many_arguments)]
+/// downstream's `status`) and finishes the stream (the connection stays).
 async fn end_session(
     shared: &Shared,
-    conn: &quinn::Connection,
     mut send: quinn::SendStream,
     mut slot: tokio::sync::OwnedMutexGuard<Slot>,
     why: String,
@@ -218,7 +230,6 @@ async fn end_session(
     let _ = write(&mut send, &report).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-    conn.close(close_code::FAILED.into(), why.as_bytes());
     let _ = shared.events.send(ServerEvent::Failed {
         session: id,
         error: event,
@@ -288,9 +299,13 @@ fn sink_failed(e: SinkError) -> RunEnd {
     RunEnd::Failed(e.to_string(), e.report_status())
 }
 
-/// How a broken connection ends the session: aborted if the sender closed
-/// it with [`close_code::ABORTED`], lost otherwise.
-fn connection_end(conn: &quinn::Connection, why: String) -> RunEnd {
+/// How a broken stream or connection ends the session: aborted if the
+/// sender reset the stream or closed the connection with
+/// [`close_code::ABORTED`], lost otherwise.
+fn connection_end(conn: &quinn::Connection, reset: Option<quinn::VarInt>, why: String) -> RunEnd {
+    if reset == Some(close_code::ABORTED.into()) {
+        return RunEnd::Aborted(format!("the sender reset the stream: {why}"));
+    }
     match conn.close_reason() {
         Some(quinn::ConnectionError::ApplicationClosed(c))
             if c.error_code == close_code::ABORTED.into() =>
@@ -301,15 +316,22 @@ fn connection_end(conn: &quinn::Connection, why: String) -> RunEnd {
     }
 }
 
-async fn run_session(slot: &mut Slot, io: &mut Io<'_>, answer: Message) -> Result<String, RunEnd> {
-    let conn = io.conn;
-    let lost = |e: &dyn std::fmt::Display| connection_end(conn, e.to_string());
+async fn run_session(slot: &mut Slot, io: &mut Io, answer: Message) -> Result<String, RunEnd> {
+    let conn = io.conn.clone();
+    let lost = |e: &dyn std::fmt::Display| connection_end(&conn, None, e.to_string());
     write(&mut io.send, &answer).await.map_err(|e| lost(&e))?;
     let mut buf = BytesMut::new();
     loop {
         let msg = match read_message(&mut io.recv, &mut io.reader).await {
             Ok(m) => m,
             Err(e @ ReadError::Undecodable(_)) => return Err(RunEnd::Failed(e.to_string(), 1)),
+            Err(ReadError::Read(quinn::ReadError::Reset(code))) => {
+                return Err(connection_end(
+                    &conn,
+                    Some(code),
+                    format!("stream reset with code {code}"),
+                ))
+            }
             Err(e) => return Err(lost(&e)),
         };
         let action = slot.session.handle(msg).map_err(|e| match e {

@@ -28,11 +28,28 @@ pub(super) struct Slot {
 /// A slot shared between the table and the task running it.
 pub(super) type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
 
+/// The stream currently carrying a session, and how to stop its task.
+#[derive(Clone)]
+pub(super) struct Attached {
+    /// The stream's connection (shared with other streams).
+    pub(super) conn: quinn::Connection,
+    /// Told once when a newer stream takes the session over: the task
+    /// running the session on this stream lets go of it.
+    pub(super) stop: Arc<tokio::sync::Notify>,
+}
+
+impl Attached {
+    /// True when `self` and `other` are the same stream's attachment.
+    pub(super) fn same(&self, other: &Attached) -> bool {
+        Arc::ptr_eq(&self.stop, &other.stop)
+    }
+}
+
 /// A held session.
 pub(super) struct Entry {
     pub(super) slot: SharedSlot,
-    /// The connection currently carrying the session.
-    pub(super) conn: Option<quinn::Connection>,
+    /// The stream currently carrying the session.
+    pub(super) conn: Option<Attached>,
     /// The key that offered it.
     pub(super) key: PublicKey,
     /// Its original offer.
@@ -171,6 +188,7 @@ impl Shared {
         self.admission.connection(&st.client_load(&key))?;
         st.clients.entry(key).or_default().connections += 1;
         st.connections += 1;
+        ServerCounters::bump(&self.counters.connections_accepted);
         Ok(ConnTicket {
             shared: self.clone(),
             key,
@@ -245,9 +263,9 @@ impl Drop for OpeningTicket<'_> {
 
 /// What to do with an admitted offer.
 pub(super) enum Plan<'a> {
-    /// Move the held session to this connection (the old one, if any, to
-    /// be closed).
-    Takeover(SharedSlot, Option<quinn::Connection>),
+    /// Move the held session to this stream (the old one, if any, to be
+    /// stopped).
+    Takeover(SharedSlot, Option<Attached>),
     /// Open a new session, after retiring the replaced one, if any.
     Open(OpeningTicket<'a>, Option<(SessionId, SharedSlot)>),
     /// Refuse for now.
@@ -264,7 +282,7 @@ impl Shared {
         &self,
         key: &PublicKey,
         offer: &Offer,
-        conn: &quinn::Connection,
+        attached: &Attached,
     ) -> Plan<'_> {
         let mut st = self.state();
         let decision = st.decide(&self.admission, key, offer);
@@ -272,7 +290,7 @@ impl Shared {
             Decision::Takeover => {
                 return match st.sessions.get_mut(&offer.session) {
                     Some(entry) => {
-                        let old = entry.conn.replace(conn.clone());
+                        let old = entry.conn.replace(attached.clone());
                         Plan::Takeover(entry.slot.clone(), old)
                     }
                     None => Plan::Refuse(Refusal::UnknownSession),
