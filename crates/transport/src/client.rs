@@ -311,6 +311,9 @@ impl Link {
         cur.attempts += 1;
         inner.attempts.store(cur.attempts, Ordering::Release);
         cur.conn = None;
+        // A caller cancelled mid-attempt leaves no failure: the waiters
+        // then try themselves.
+        cur.failed = None;
         match connect(&inner.endpoint, inner.opts.to, inner.opts.link.idle_timeout).await {
             Ok(c) => {
                 inner.connects.fetch_add(1, Ordering::Relaxed);
