@@ -539,6 +539,9 @@ pub struct ServerCounters {
     pub replaced_detached: AtomicU64,
     /// Detached sessions abandoned when their grace period ran out.
     pub grace_expired: AtomicU64,
+    /// Resuming offers of sessions that had already ended, answered with
+    /// their report again (the first was lost with a connection).
+    pub reports_replayed: AtomicU64,
     /// Chunk inventories withdrawn because their client asked for more
     /// than its limit of unclaimed ones.
     pub leases_displaced: AtomicU64,

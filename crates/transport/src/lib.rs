@@ -17,6 +17,8 @@
 //!   inventories that let a sender reference what they hold.
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
 //! - [`threaded`]: a sink on its own thread, overlapping network and disk.
+//! - [`ended`]: the reports of recently ended sessions, replayed to a
+//!   sender that resumes after losing one.
 //! - [`admission`]: per-client limits, the memory budget and takeover
 //!   checks, as pure decisions over counts.
 //! - [`client`] and [`server`]: the thin tokio + quinn drivers.
@@ -50,6 +52,7 @@ pub mod chunk_cache;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod ended;
 pub mod identity;
 pub mod message;
 pub mod packed;

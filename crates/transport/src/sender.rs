@@ -346,6 +346,22 @@ impl SenderSession {
                     self.fail(SessionError::ReceiverFailed(report.message))
                 }
             }
+            // A resumed offer of a session the receiver had already stored
+            // (its report was lost with the connection): the report again.
+            // Only possible once everything, the end included, was sent.
+            (SenderPhase::Offered, Message::Report(report)) if report.success => {
+                match self.input_end {
+                    Some((length, _)) if self.answered_once && report.delivered == length => {
+                        self.release(length.min(self.high_water));
+                        self.phase = SenderPhase::Done(report);
+                        Ok(())
+                    }
+                    _ => self.fail(SessionError::Protocol(format!(
+                        "the receiver reported the stream stored ({} bytes) before this sender finished sending it",
+                        report.delivered
+                    ))),
+                }
+            }
             (_, Message::Report(report)) if !report.success => {
                 self.fail(SessionError::ReceiverFailed(report.message))
             }
@@ -537,6 +553,61 @@ mod tests {
         )
         .unwrap();
         assert!(s.is_done());
+    }
+
+    fn stored(delivered: u64) -> Message {
+        Message::Report(Report {
+            success: true,
+            downstream_status: 0,
+            delivered,
+            snapshot_guid: Some(9),
+            message: "stored".into(),
+        })
+    }
+
+    #[test]
+    fn a_report_replayed_to_a_resumed_offer_completes_a_fully_sent_session() {
+        let t = Instant::now();
+        let mut s = SenderSession::new(offer(), [1; 32], 300, Duration::from_secs(60), t);
+        s.connected(t).unwrap();
+        s.handle(Message::Answer(Answer::Accept { version: 1 }), t)
+            .unwrap();
+        s.push(frame(0, 100)).unwrap();
+        s.finish_input(Bytes::new());
+        drain(&mut s);
+        // The connection dies before the report arrives; on the next one
+        // the receiver answers the resumed offer with the report.
+        s.disconnected(t);
+        s.connected(t).unwrap();
+        drain(&mut s);
+        s.handle(stored(100), t).unwrap();
+        assert!(s.is_done());
+        assert_eq!(s.stats().acked, 100);
+    }
+
+    #[test]
+    fn a_stored_report_before_the_end_was_sent_is_a_protocol_error() {
+        let t = Instant::now();
+        let mut s = SenderSession::new(offer(), [1; 32], 300, Duration::from_secs(60), t);
+        s.connected(t).unwrap();
+        s.handle(Message::Answer(Answer::Accept { version: 1 }), t)
+            .unwrap();
+        s.push(frame(0, 100)).unwrap();
+        drain(&mut s);
+        s.disconnected(t);
+        s.connected(t).unwrap();
+        let e = s.handle(stored(100), t).unwrap_err();
+        assert!(matches!(e, SessionError::Protocol(_)), "{e:?}");
+        // Nor a length other than the one sent.
+        let mut s = SenderSession::new(offer(), [1; 32], 300, Duration::from_secs(60), t);
+        s.connected(t).unwrap();
+        s.handle(Message::Answer(Answer::Accept { version: 1 }), t)
+            .unwrap();
+        s.push(frame(0, 100)).unwrap();
+        s.finish_input(Bytes::new());
+        s.disconnected(t);
+        s.connected(t).unwrap();
+        assert!(s.handle(stored(99), t).is_err());
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Server {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(ServerCounters::default());
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(opts.grace)),
             factory,
             control,
             // A sender asks for the inventory just before its offer; the
@@ -340,15 +340,17 @@ async fn reaper(shared: Arc<Shared>) {
                 match slot.session.handle_timeout(now) {
                     Ok(()) => true,
                     Err(e) => {
-                        expired.push((*id, slot, e));
+                        expired.push((*id, entry.key, slot, e));
                         false
                     }
                 }
             });
         }
-        for (id, mut slot, e) in expired {
+        for (id, key, mut slot, e) in expired {
             let why = e.to_string();
             tokio::task::block_in_place(|| slot.sink.abort(&why));
+            let report = slot.session.finished(false, 1, None, why.clone());
+            shared.record_ended(id, key, &report);
             ServerCounters::bump(&shared.counters.grace_expired);
             warn!(session = %id, delivered = slot.session.stats().delivered, error = %why, "session abandoned");
             let _ = shared.events.send(ServerEvent::Failed {

@@ -4,7 +4,8 @@
 //! never lets its final END record reach the downstream (where, for
 //! `zfs recv`, the END is what commits the snapshot). The same streams
 //! with honest proofs do deliver the END, so the recording sink is not
-//! blind to it.
+//! blind to it. And the verdict outlives the connection: a sender that
+//! lost it resumes and is told again.
 
 mod support;
 
@@ -371,4 +372,59 @@ async fn a_forged_receipt_never_lets_the_end_through() {
         ServerEvent::Completed { .. }
     ));
     assert_delivered_whole(&logs, "backup/honest", &stream);
+}
+
+/// A sender that lost the receiver's report with its connection resumes
+/// the session and is sent the same report again, for a stored stream
+/// and for a failed one, instead of "unknown session" (which would make
+/// it push again what is already stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_offer_of_an_ended_session_gets_its_report_again() {
+    init_tracing();
+    let sender = Identity::generate().expect("keygen");
+    let (mut rx, _logs) = start_recording_receiver(&sender);
+    let stream = synthetic(6, 3);
+    let len = stream.len() as u64;
+    let honest = Message::End {
+        length: len,
+        receipt: Bytes::new(),
+    };
+    let abort = Message::Abort {
+        reason: "the sender gave up".into(),
+    };
+    for (dataset, last, success) in [
+        ("backup/stored", honest, true),
+        ("backup/gone", abort, false),
+    ] {
+        let first = offer(dataset);
+        let verdict = send_by_hand(&sender, &rx, first.clone(), &stream, last).await;
+        let _ = next_event(&mut rx, Duration::from_secs(20)).await;
+        let mut again = first.clone();
+        again.resuming = true;
+        let raw = raw_offer(&sender, &rx, again).await;
+        match (&raw.reply, success) {
+            (Some(Message::Report(r)), true) => {
+                assert!(r.success, "{dataset}: {r:?}");
+                assert_eq!(r.delivered, len);
+                assert_eq!(verdict, raw.reply, "the same report");
+            }
+            (Some(Message::Report(r)), false) => assert!(!r.success, "{dataset}: {r:?}"),
+            (m, _) => panic!("{dataset}: expected the report again, got {m:?}"),
+        }
+        // A session never offered is still unknown.
+        let mut unknown = offer(dataset);
+        unknown.resuming = true;
+        let raw = raw_offer(&sender, &rx, unknown).await;
+        assert!(
+            matches!(
+                raw.reply,
+                Some(Message::Refuse {
+                    code: fjord_transport::message::RefuseCode::UnknownSession,
+                    ..
+                })
+            ),
+            "{:?}",
+            raw.reply
+        );
+    }
 }

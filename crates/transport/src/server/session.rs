@@ -84,6 +84,14 @@ pub(super) async fn serve_offer(
             refuse_stream(conn, &mut io.send, shared, None, m, err).await;
             return;
         }
+        Plan::Replay(report) => {
+            ServerCounters::bump(&shared.counters.reports_replayed);
+            info!(sender = %key, success = report.success, delivered = report.delivered, "the session had ended; its report is sent again");
+            let _ = write(&mut io.send, &Message::Report(report)).await;
+            let _ = io.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.send.stopped()).await;
+            return;
+        }
         Plan::Takeover(slot, old) => {
             if let Some(old) = old {
                 // Its task lets go of the slot; the old stream's connection
@@ -167,9 +175,10 @@ pub(super) async fn serve_offer(
     }
     let Io { mut send, .. } = io;
     match outcome {
-        Ok(message) => {
+        Ok((message, report)) => {
             let stats = slot.session.stats();
             shared.state().sessions.remove(&id);
+            shared.record_ended(id, key, &report);
             // The sink goes now, not after the goodbye: its target is free
             // for the next offer.
             tokio::task::block_in_place(|| drop(slot));
@@ -200,13 +209,13 @@ pub(super) async fn serve_offer(
         Err(RunEnd::Failed(why, status)) => {
             warn!(error = %why, status, "session failed");
             let event = why.clone();
-            end_session(shared, send, slot, why, status, event).await;
+            end_session(shared, key, send, slot, why, status, event).await;
         }
         Err(RunEnd::Aborted(why)) => {
             ServerCounters::bump(&shared.counters.aborted_by_sender);
             warn!(sender = %key, error = %why, "the sender aborted the session; ending it now");
             let event = format!("the sender aborted the session: {why}");
-            end_session(shared, send, slot, why, 1, event).await;
+            end_session(shared, key, send, slot, why, 1, event).await;
         }
     }
 }
@@ -216,6 +225,7 @@ pub(super) async fn serve_offer(
 /// downstream's `status`) and finishes the stream (the connection stays).
 async fn end_session(
     shared: &Shared,
+    key: PublicKey,
     mut send: quinn::SendStream,
     mut slot: tokio::sync::OwnedMutexGuard<Slot>,
     why: String,
@@ -226,6 +236,7 @@ async fn end_session(
     tokio::task::block_in_place(|| slot.sink.abort(&why));
     shared.state().sessions.remove(&id);
     let report = slot.session.finished(false, status, None, why.clone());
+    shared.record_ended(id, key, &report);
     tokio::task::block_in_place(|| drop(slot));
     let _ = write(&mut send, &report).await;
     let _ = send.finish();
@@ -316,7 +327,13 @@ fn connection_end(conn: &quinn::Connection, reset: Option<quinn::VarInt>, why: S
     }
 }
 
-async fn run_session(slot: &mut Slot, io: &mut Io, answer: Message) -> Result<String, RunEnd> {
+/// Runs a session on its stream until it ends; on success, the
+/// downstream's message and the report sent.
+async fn run_session(
+    slot: &mut Slot,
+    io: &mut Io,
+    answer: Message,
+) -> Result<(String, Message), RunEnd> {
     let conn = io.conn.clone();
     let lost = |e: &dyn std::fmt::Display| connection_end(&conn, None, e.to_string());
     write(&mut io.send, &answer).await.map_err(|e| lost(&e))?;
@@ -369,7 +386,7 @@ async fn run_session(slot: &mut Slot, io: &mut Io, answer: Message) -> Result<St
                 // The stream is committed: a lost report no longer matters
                 // for the data, so a failure here is not a session failure.
                 let _ = write(&mut io.send, &report).await;
-                return Ok(outcome.message);
+                return Ok((outcome.message, report));
             }
         }
     }

@@ -9,8 +9,9 @@ use crate::admission::{
 };
 use crate::chunk_cache::ChunkCaches;
 use crate::control::Control;
+use crate::ended::EndedSessions;
 use crate::identity::PublicKey;
-use crate::message::{Offer, SessionId};
+use crate::message::{Offer, Report, SessionId};
 use crate::receiver::ReceiverSession;
 use crate::sink::{Sink, SinkFactory};
 use std::collections::HashMap;
@@ -69,7 +70,6 @@ struct ClientUse {
 }
 
 /// Everything admission counts, under one lock.
-#[derive(Default)]
 pub(super) struct State {
     /// The held sessions.
     pub(super) sessions: HashMap<SessionId, Entry>,
@@ -78,9 +78,25 @@ pub(super) struct State {
     clients: HashMap<PublicKey, ClientUse>,
     /// Open connections.
     pub(super) connections: usize,
+    /// Reports of sessions that ended, for senders that lost them.
+    pub(super) ended: EndedSessions,
 }
 
 impl State {
+    /// An empty table whose ended sessions are remembered for twice the
+    /// sender's `grace` (a sender resumes within its grace of the loss,
+    /// which may come before the receiver ended the session).
+    pub(super) fn new(grace: Duration) -> State {
+        State {
+            sessions: HashMap::new(),
+            opening: HashMap::new(),
+            next_opening: 0,
+            clients: HashMap::new(),
+            connections: 0,
+            ended: EndedSessions::new(grace.saturating_mul(2), crate::ended::DEFAULT_CAPACITY),
+        }
+    }
+
     fn client_load(&self, key: &PublicKey) -> ClientLoad {
         let mut load = ClientLoad::default();
         for e in self.sessions.values().filter(|e| e.key == *key) {
@@ -176,6 +192,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Remembers how session `id` of `key` ended, for a sender that
+    /// resumes without having had the report.
+    pub(super) fn record_ended(
+        &self,
+        id: SessionId,
+        key: PublicKey,
+        report: &crate::message::Message,
+    ) {
+        if let crate::message::Message::Report(report) = report {
+            let now = std::time::Instant::now();
+            self.state().ended.record(id, key, report.clone(), now);
+        }
+    }
+
     /// The table, locked (never across an await).
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind.
@@ -272,6 +302,8 @@ pub(super) enum Plan<'a> {
     Busy(Busy),
     /// Refuse for good.
     Refuse(Refusal),
+    /// The session already ended: send its report again.
+    Replay(Report),
 }
 
 impl Shared {
@@ -285,6 +317,12 @@ impl Shared {
         attached: &Attached,
     ) -> Plan<'_> {
         let mut st = self.state();
+        if offer.resuming && !st.sessions.contains_key(&offer.session) {
+            let now = std::time::Instant::now();
+            if let Some(report) = st.ended.report(&offer.session, key, now) {
+                return Plan::Replay(report);
+            }
+        }
         let decision = st.decide(&self.admission, key, offer);
         let (n, replaced) = match decision {
             Decision::Takeover => {

@@ -61,6 +61,7 @@ use bytes::{Bytes, BytesMut};
 use fjord_transport::admission::{
     Admission, ClientLoad, Decision, GlobalLoad, Holder, Limits, SessionView,
 };
+use fjord_transport::ended::EndedSessions;
 use fjord_transport::message::{
     offer_flags, DataFrame, DecodeError, Message, MessageReader, Offer, RefuseCode, Report,
     SessionId, Snapshot,
@@ -349,6 +350,8 @@ pub struct Outcome {
     pub connections: usize,
     /// Offers that took over an attached session.
     pub takeovers: u64,
+    /// Resumed offers of ended sessions answered with their report again.
+    pub replays: u64,
     /// Virtual time at the end.
     pub elapsed: Time,
     /// False when the horizon was reached first.
@@ -523,6 +526,9 @@ pub struct World {
     events: Vec<Event>,
     stored: BTreeMap<String, Bytes>,
     takeovers: u64,
+    /// Reports of ended sessions, replayed to senders that lost them.
+    ended: EndedSessions,
+    replays: u64,
 }
 
 impl World {
@@ -552,6 +558,8 @@ impl World {
             .collect();
         World {
             admission: Admission::new(cfg.limits.clone(), cfg.max_sessions, 0),
+            ended: EndedSessions::new(cfg.grace * 2, fjord_transport::ended::DEFAULT_CAPACITY),
+            replays: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             cfg,
             faults,
@@ -609,6 +617,7 @@ impl World {
             held: self.held.len(),
             connections: self.rx_conns.len(),
             takeovers: self.takeovers,
+            replays: self.replays,
             elapsed: now,
             settled,
         }
@@ -765,19 +774,21 @@ impl World {
     }
 
     /// The planned deaths of `end` of `conn`, up from `from`: the first
-    /// blackhole it cannot outlive, the first reset.
+    /// blackhole either end cannot outlive (an end whose peer timed out
+    /// hears nothing more from it, so its own idle timer runs out too),
+    /// the first reset.
     fn plan_deaths(&mut self, conn: usize, end: usize, from: Time) {
         let idle = self.cfg.net.idle_timeout;
-        let skew = self.conns[conn].skew[end];
+        let skews = self.conns[conn].skew;
         let mut plans = Vec::new();
         for &(s, e) in &self.faults.blackholes {
             if e <= from {
                 continue;
             }
             let start = s.max(from);
-            let death = start.saturating_sub(skew).max(from) + idle;
-            if death < e {
-                plans.push((death, Closed::Idle, start));
+            let death_of = |skew: Duration| start.saturating_sub(skew).max(from) + idle;
+            if skews.iter().any(|&skew| death_of(skew) < e) {
+                plans.push((death_of(skews[end]), Closed::Idle, start));
                 break;
             }
         }
@@ -1233,6 +1244,8 @@ impl World {
                 continue;
             };
             if let Err(e) = h.session.handle_timeout(at) {
+                let report = h.session.finished(false, 1, None, e.to_string());
+                self.remember(id, h.key, &report);
                 self.events.push(Event::Failed {
                     session: id,
                     error: RecvFailure::Session(e),
@@ -1337,6 +1350,14 @@ impl World {
     }
 
     /// `refuse_conn`: the refusal, flushed, then the close.
+    /// Records how a session ended, as the server's table does.
+    fn remember(&mut self, sid: SessionId, key: PublicKey, report: &Message) {
+        if let Message::Report(r) = report {
+            let at = self.at(self.now);
+            self.ended.record(sid, key, r.clone(), at);
+        }
+    }
+
     fn refuse_conn(&mut self, id: usize, code: RefuseCode, reason: String) {
         let (m, err) = *refuse(code, reason);
         self.write(id, DOWN, &m);
@@ -1397,6 +1418,21 @@ impl World {
     }
 
     fn serve_offer(&mut self, id: usize, key: PublicKey, version: u16, offer: Offer) {
+        if offer.resuming && !self.held.contains_key(&offer.session) {
+            let at = self.at(self.now);
+            if let Some(report) = self.ended.report(&offer.session, &key, at) {
+                self.replays += 1;
+                self.write(id, DOWN, &Message::Report(report));
+                if let Some(rc) = self.rx_conns.get_mut(&id) {
+                    rc.stage = Stage::Closing {
+                        at: self.now + GOODBYE_WAIT,
+                        code: close_code::DONE,
+                        reason: "done".into(),
+                    };
+                }
+                return;
+            }
+        }
         let decision = {
             fn view<'a>((sid, h): (&'a SessionId, &'a Held)) -> SessionView<'a> {
                 SessionView {
@@ -1541,6 +1577,7 @@ impl World {
                     return;
                 };
                 self.stored.insert(h.offer.dataset.clone(), h.sink.freeze());
+                self.remember(sid, h.key, &report);
                 self.write(id, DOWN, &report);
                 if let Some(rc) = self.rx_conns.get_mut(&id) {
                     rc.stage = Stage::Closing {
@@ -1580,6 +1617,7 @@ impl World {
             ),
         };
         let report = h.session.finished(false, status, None, why.clone());
+        self.remember(sid, h.key, &report);
         if self.conns[id].open[RECEIVER_END] {
             self.write(id, DOWN, &report);
         }
