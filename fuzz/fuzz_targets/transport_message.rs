@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fjord_transport::message::{Message, MessageReader};
+use fjord_proto::message::{Message, MessageReader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     setup
         .opts
         .limits
-        .validate(&setup.opts.link)
+        .validate(setup.opts.link.stream_window())
         .map_err(|e| Failure::config(anyhow!("{file}: [limits]: {e}")))?;
     if let Some(cache) = &setup.opts.chunk_cache {
         let existing = cache.dir.ancestors().find(|d| d.exists());

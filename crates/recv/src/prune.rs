@@ -4,7 +4,7 @@ use crate::zfs_target::ZfsTarget;
 use anyhow::Context;
 use fjord_cli::Failure;
 use fjord_config::config::RecvConfig;
-use fjord_transport::PublicKey;
+use fjord_proto::PublicKey;
 use fjord_zfs::Zfs;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -11,13 +11,11 @@ use bytes::Bytes;
 use fjord_config::config::{Client, RecvConfig};
 use fjord_dr::policy::{decide, Ask, Grants, Refusal};
 use fjord_dr::{retention, DR_HOLD_TAG};
-use fjord_transport::message::offer_flags;
+use fjord_proto::message::offer_flags;
+use fjord_proto::{Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState};
+use fjord_transport::control::{Control, ResponseFuture};
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
-};
-use fjord_transport::{
-    control::{Control, ResponseFuture},
-    Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState,
 };
 use fjord_zfs::{names, RecvProcess, RecvResult, Zfs, ZfsError};
 use std::collections::{HashMap, HashSet};
@@ -764,7 +762,8 @@ impl Drop for ZfsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fjord_transport::{Identity, Snapshot};
+    use fjord_proto::Snapshot;
+    use fjord_transport::Identity;
 
     /// A target whose `zfs` does not exist: anything that got past the
     /// authorization would fail with "not found", not with the refusal.
@@ -798,7 +797,7 @@ prefixes = ["backup/oslo"]
 
     fn offer(dataset: &str) -> Offer {
         Offer {
-            session: fjord_transport::SessionId(1),
+            session: fjord_proto::SessionId(1),
             resuming: false,
             dataset: dataset.into(),
             from: None,

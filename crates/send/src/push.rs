@@ -6,11 +6,12 @@ use crate::progress::Progress;
 use anyhow::anyhow;
 use fjord_cli::Failure;
 use fjord_config::config::{CongestionChoice, Job, SendConfig};
+use fjord_proto::PublicKey;
 use fjord_replicate::edge::{QuicDrNode, WatchTransfer, ZfsPool};
 use fjord_replicate::{
     run_job, verdict, JobContext, JobOutcome, JobResult, RunOptions, StateFiles, Verdict,
 };
-use fjord_transport::{Congestion, Identity, LinkConfig, PublicKey};
+use fjord_transport::{Congestion, Identity, LinkConfig};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;

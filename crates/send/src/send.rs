@@ -4,11 +4,12 @@
 use anyhow::{bail, Context};
 use fjord_cli::Failure;
 use fjord_pack::PackOptions;
+use fjord_proto::message::offer_flags;
+use fjord_proto::{Offer, PublicKey, SessionError, Snapshot};
 use fjord_stream::{Body, Decoder};
 use fjord_transport::client::{Counters, Link, SendError, SendOptions};
-use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
-use fjord_transport::{Identity, LinkConfig, Offer, PublicKey, SessionError, SessionId, Snapshot};
+use fjord_transport::{Identity, LinkConfig};
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -168,7 +169,7 @@ fn transfer(
         .filter(|m| m.is_file())
         .map(|m| m.len());
     let offer = Offer {
-        session: SessionId::random(),
+        session: fjord_transport::identity::random_session_id(),
         resuming: false,
         dataset: args.dataset.clone(),
         from,

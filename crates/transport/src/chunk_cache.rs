@@ -1,7 +1,7 @@
 //! The receiver's persistent chunk caches, for dedup across transfers.
 //!
 //! Before a packed transfer the sender asks for an inventory
-//! ([`Request::ChunkInventory`](crate::message::Request::ChunkInventory)),
+//! ([`Request::ChunkInventory`](fjord_proto::message::Request::ChunkInventory)),
 //! naming the session it is about to offer. The receiver answers with its
 //! most recently used chunks, up to half the cache's capacity. It pins
 //! them under a lease named by that session. The sender sends a reference
@@ -22,11 +22,11 @@
 //! asking for one more withdraws its oldest unclaimed one. Claimed leases
 //! are bounded by the sessions the key may hold.
 
-use crate::admission::ServerCounters;
-use crate::identity::PublicKey;
-use crate::message::{SessionId, MAX_INVENTORY};
 use bytes::Bytes;
 use fjord_pack::{CacheError, ChunkHash, ChunkStore, DiskChunkCache, LeaseId};
+use fjord_proto::admission::ServerCounters;
+use fjord_proto::message::{SessionId, MAX_INVENTORY};
+use fjord_proto::PublicKey;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};

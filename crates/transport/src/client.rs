@@ -22,15 +22,17 @@
 //! [`ABORT_DELIVERY`] for it to arrive) and closes with
 //! [`close_code::ABORTED`], so the receiver frees the session at once.
 
-use crate::config::{Backoff, BackoffConfig, LinkConfig, RateLimiter};
-use crate::identity::{Identity, IdentityError, PublicKey};
-use crate::message::{
+use crate::config::LinkConfig;
+use crate::identity::{Identity, IdentityError};
+use bytes::{Bytes, BytesMut};
+use fjord_proto::message::{
     DataFrame, DecodeError, Message, MessageReader, Offer, RefuseCode, Report, Request, Response,
     SessionId,
 };
-use crate::sender::{SenderSession, SenderStats};
-use crate::{close_code, SessionError};
-use bytes::{Bytes, BytesMut};
+use fjord_proto::pace::{Backoff, BackoffConfig, RateLimiter};
+use fjord_proto::sender::{SenderSession, SenderStats};
+use fjord_proto::PublicKey;
+use fjord_proto::{close_code, SessionError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -585,7 +587,7 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
     counters.publish(&session.stats());
     result?;
     let report = match session.phase() {
-        crate::sender::SenderPhase::Done(r) => r.clone(),
+        fjord_proto::sender::SenderPhase::Done(r) => r.clone(),
         p => return Err(SessionError::Internal(format!("finished in phase {p:?}")).into()),
     };
     let stats = session.stats();
@@ -1053,7 +1055,9 @@ impl Link {
         match responses.pop() {
             Some(Response::ChunkInventory { hashes }) => {
                 tracing::info!(%session, chunks = hashes.len(), "chunk inventory received");
-                Ok(fjord_pack::Inventory::new(hashes))
+                Ok(fjord_pack::Inventory::new(
+                    hashes.into_iter().map(fjord_pack::ChunkHash),
+                ))
             }
             Some(Response::Failed { code, message }) => Err(SessionError::Refused {
                 code,
@@ -1091,8 +1095,8 @@ impl Link {
         let (mut send, recv) = conn.open_bi().await.map_err(|e| retry(&e))?;
         let mut incoming = spawn_message_reader(recv);
         let hello = Message::Hello {
-            min_version: crate::message::MIN_PROTOCOL_VERSION,
-            max_version: crate::message::PROTOCOL_VERSION,
+            min_version: fjord_proto::message::MIN_PROTOCOL_VERSION,
+            max_version: fjord_proto::message::PROTOCOL_VERSION,
             sender_key: self.inner.sender_key,
         };
         send.write_all(&hello.to_bytes())

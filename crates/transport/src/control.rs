@@ -5,9 +5,9 @@
 //! inventories are answered by the transport itself, from its
 //! [`chunk_cache`](crate::chunk_cache).
 
-use crate::identity::PublicKey;
-use crate::message::{Message, MessageReader, RefuseCode, Request, Response, SessionId};
 use crate::server::{read_message, write, Shared};
+use fjord_proto::message::{Message, MessageReader, RefuseCode, Request, Response, SessionId};
+use fjord_proto::PublicKey;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -49,7 +49,9 @@ async fn chunk_inventory(shared: &Shared, key: &PublicKey, session: SessionId) -
     match tokio::task::block_in_place(|| caches.inventory(key, session)) {
         Ok(hashes) => {
             info!(%session, chunks = hashes.len(), "chunk inventory promised");
-            Response::ChunkInventory { hashes }
+            Response::ChunkInventory {
+                hashes: hashes.into_iter().map(|h| h.0).collect(),
+            }
         }
         Err(e) => Response::Failed {
             code: RefuseCode::SinkFailed,

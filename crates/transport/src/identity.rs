@@ -4,7 +4,8 @@
 //! and a rustls verifier accepts the peer only if the certificate's key is
 //! one of the pinned keys. Names, CAs and validity dates play no part.
 
-use base64::Engine as _;
+use fjord_proto::key::{PublicKey, PublicKeyError};
+use fjord_proto::SessionId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -14,12 +15,6 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
-
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key
-/// bytes follow.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
 
 /// Problems with keys and key files.
 #[derive(Debug, Error)]
@@ -44,13 +39,8 @@ pub enum IdentityError {
         why: String,
     },
     /// A public key string is malformed.
-    #[error("public key {text:?} is invalid: {why}; expected the 44-character base64 string printed by `keygen`")]
-    BadPublicKey {
-        /// The string.
-        text: String,
-        /// Why.
-        why: &'static str,
-    },
+    #[error(transparent)]
+    BadPublicKey(#[from] PublicKeyError),
     /// The private key file may be read (or changed) by users other than
     /// its owner.
     #[error("key file {path} is {} by group or others (mode {mode:04o}); run: chmod 600 {path}", open_to(*.mode))]
@@ -77,50 +67,10 @@ fn open_to(mode: u32) -> &'static str {
     }
 }
 
-/// A public key: 32 raw Ed25519 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(pub [u8; 32]);
-
-impl PublicKey {
-    /// Extracts an Ed25519 key from a SubjectPublicKeyInfo.
-    pub fn from_spki(spki: &[u8]) -> Option<PublicKey> {
-        let rest = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
-        let raw: [u8; 32] = rest.try_into().ok()?;
-        Some(PublicKey(raw))
-    }
-
-    /// The key of a certificate.
-    pub fn from_certificate(cert: &CertificateDer<'_>) -> Option<PublicKey> {
-        let parsed = ParsedCertificate::try_from(cert).ok()?;
-        PublicKey::from_spki(parsed.subject_public_key_info().as_ref())
-    }
-}
-
-impl std::fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
-    }
-}
-
-impl std::fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PublicKey({self})")
-    }
-}
-
-impl std::str::FromStr for PublicKey {
-    type Err = IdentityError;
-    fn from_str(s: &str) -> Result<PublicKey, IdentityError> {
-        let bad = |why| IdentityError::BadPublicKey {
-            text: s.to_string(),
-            why,
-        };
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(|_| bad("not base64"))?;
-        let raw: [u8; 32] = raw.try_into().map_err(|_| bad("not 32 bytes"))?;
-        Ok(PublicKey(raw))
-    }
+/// The key of a certificate.
+pub fn key_of_certificate(cert: &CertificateDer<'_>) -> Option<PublicKey> {
+    let parsed = ParsedCertificate::try_from(cert).ok()?;
+    PublicKey::from_spki(parsed.subject_public_key_info().as_ref())
 }
 
 /// This node's key pair and its self-signed certificate.
@@ -284,7 +234,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// The peer's key from a connection's TLS identity.
 pub fn peer_key(identity: Option<Box<dyn std::any::Any>>) -> Option<PublicKey> {
     let certs = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    PublicKey::from_certificate(certs.first()?)
+    key_of_certificate(certs.first()?)
 }
 
 /// A verifier that accepts exactly the pinned keys (both directions).
@@ -296,7 +246,7 @@ struct PinnedKeys {
 
 impl PinnedKeys {
     fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        let key = PublicKey::from_certificate(cert).ok_or(rustls::Error::InvalidCertificate(
+        let key = key_of_certificate(cert).ok_or(rustls::Error::InvalidCertificate(
             CertificateError::BadEncoding,
         ))?;
         if self.allowed.contains(&key) {
@@ -402,9 +352,48 @@ impl ClientCertVerifier for PinnedKeys {
     }
 }
 
+/// The operating system's random number generator failed.
+#[derive(Debug, Error)]
+#[error("the operating system's random number generator failed")]
+pub struct RandomError;
+
+/// A fresh session id from the operating system's cryptographic random
+/// number generator (through rustls' ring provider): another key cannot
+/// guess it to take a session over.
+pub fn try_random_session_id() -> Result<SessionId, RandomError> {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| RandomError)?;
+    Ok(SessionId(u128::from_le_bytes(bytes)))
+}
+
+/// A fresh session id, as [`try_random_session_id`].
+///
+/// # Panics
+///
+/// When the operating system cannot give random bytes (no entropy source
+/// at all): no session can be started safely then.
+pub fn random_session_id() -> SessionId {
+    match try_random_session_id() {
+        Ok(id) => id,
+        Err(e) => panic!("{e}; cannot start a session"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_come_from_the_system_rng() {
+        let ids: std::collections::HashSet<SessionId> = (0..64)
+            .map(|_| try_random_session_id().expect("OS RNG"))
+            .collect();
+        assert_eq!(ids.len(), 64);
+        assert!(ids.iter().all(|id| id.0 != 0));
+    }
 
     #[test]
     fn keys_round_trip_through_files_and_text() {
@@ -418,7 +407,7 @@ mod tests {
         let text = id.public_key().to_string();
         assert_eq!(text.len(), 44);
         assert_eq!(text.parse::<PublicKey>().unwrap(), id.public_key());
-        assert_eq!(PublicKey::from_certificate(&id.cert), Some(id.public_key()));
+        assert_eq!(key_of_certificate(&id.cert), Some(id.public_key()));
         assert!("nope".parse::<PublicKey>().is_err());
     }
 

@@ -4,7 +4,7 @@
 //! acks and resumes count pack bytes. The receiver decodes them back
 //! (checking each frame's BLAKE3, every record's checksum, and the receipt)
 //! before its sink sees a byte. Offers say so with
-//! [`offer_flags::PACKED`](crate::message::offer_flags::PACKED).
+//! [`offer_flags::PACKED`](fjord_proto::message::offer_flags::PACKED).
 
 use crate::sink::{advance_contiguous, Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
@@ -338,5 +338,18 @@ mod tests {
             "{err}"
         );
         assert_no_end(&seen, &s);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    /// Admission charges each session the pack decoder's largest window;
+    /// the protocol crate knows it only as a number.
+    #[test]
+    fn admission_charges_the_pack_decoders_largest_window() {
+        assert_eq!(
+            fjord_proto::admission::PACKED_WINDOW_BYTES,
+            fjord_pack::window::MAX_WINDOW_BYTES
+        );
     }
 }

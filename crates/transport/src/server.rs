@@ -11,7 +11,7 @@
 //! open ([`Limits::streams_per_connection`]).
 //!
 //! What is admitted (connections, offers, control requests) is decided by
-//! [`crate::admission`] over the counts this driver keeps; see there for
+//! [`fjord_proto::admission`] over the counts this driver keeps; see there for
 //! the per-client limits and the memory budget. A session ends at once
 //! when its sender aborts it, and a new session of a key into a dataset
 //! replaces that key's detached session of the dataset (its sink aborted
@@ -20,15 +20,18 @@
 mod session;
 mod table;
 
-use crate::admission::{Admission, Limits, ServerCounters};
 use crate::chunk_cache::{ChunkCacheOptions, ChunkCaches};
 use crate::config::LinkConfig;
 use crate::control::{Control, NoControl};
-use crate::identity::{peer_key, Identity, IdentityError, PublicKey};
-use crate::message::{offer_flags, DecodeError, Message, MessageReader, RefuseCode, SessionId};
-use crate::receiver::{refuse, Handshake, ReceiverStats};
+use crate::identity::{peer_key, Identity, IdentityError};
 use crate::sink::SinkFactory;
-use crate::{close_code, SessionError};
+use fjord_proto::admission::{Admission, Limits, ServerCounters};
+use fjord_proto::message::{
+    offer_flags, DecodeError, Message, MessageReader, RefuseCode, SessionId,
+};
+use fjord_proto::receiver::{refuse, Handshake, ReceiverStats};
+use fjord_proto::PublicKey;
+use fjord_proto::{close_code, SessionError};
 use session::{serve_offer, Io};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -77,7 +80,7 @@ pub struct ServeOptions {
     /// answers inventories with nothing.
     pub chunk_cache: Option<ChunkCacheOptions>,
     /// Per-client limits, the offer deadline and the memory budget (see
-    /// [`crate::admission`]).
+    /// [`fjord_proto::admission`]).
     pub limits: Limits,
 }
 
@@ -156,19 +159,22 @@ impl Server {
             addr: opts.listen,
             why,
         };
-        opts.limits.validate(&opts.link).map_err(setup)?;
+        opts.limits
+            .validate(opts.link.stream_window())
+            .map_err(setup)?;
         let tls = identity.server_tls(opts.allowed.clone())?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| setup(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
         let mut transport = opts.link.transport().map_err(setup)?;
         // The streams a client may have open on one connection at once:
-        // its sessions and its requests (see crate::admission).
+        // its sessions and its requests (see fjord_proto::admission).
         let streams = quinn::VarInt::from_u64(opts.limits.streams_per_connection())
             .map_err(|e| setup(e.to_string()))?;
         transport.max_concurrent_bidi_streams(streams);
-        let window = quinn::VarInt::from_u64(opts.limits.connection_window(&opts.link))
-            .map_err(|e| setup(e.to_string()))?;
+        let window =
+            quinn::VarInt::from_u64(opts.limits.connection_window(opts.link.stream_window()))
+                .map_err(|e| setup(e.to_string()))?;
         transport.receive_window(window);
         cfg.transport_config(Arc::new(transport));
         cfg.migration(true);
@@ -190,7 +196,7 @@ impl Server {
             admission: Admission::new(
                 opts.limits.clone(),
                 opts.max_sessions,
-                opts.limits.connection_charge(&opts.link),
+                opts.limits.connection_charge(opts.link.stream_window()),
             ),
             counters,
             events: tx,

@@ -2,9 +2,9 @@
 //! [`Verifier`] that lets through only checksum-verified bytes, and the
 //! [`FileSink`] that stores each stream as a file in a directory.
 
-use crate::identity::PublicKey;
-use crate::message::{Offer, RefuseCode};
 use bytes::Bytes;
+use fjord_proto::message::{Offer, RefuseCode};
+use fjord_proto::PublicKey;
 use fjord_stream::{Body, Decoder, DecoderOptions, StreamError};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -64,7 +64,7 @@ pub enum SinkError {
     Busy(String),
     /// The frame encoding is not supported by this sink.
     #[error("frame encoding {0:?} is not supported by this receiver; upgrade fjord-recv")]
-    Encoding(crate::message::FrameEncoding),
+    Encoding(fjord_proto::message::FrameEncoding),
     /// A compound (`zfs send -R` or `-I`) package reached a receiver that
     /// takes single streams only. A package carries one END per
     /// substream, and `zfs recv` commits each substream's snapshot at its
@@ -471,8 +471,8 @@ pub fn stream_file_name(offer: &Offer) -> Result<String, String> {
 
 impl SinkFactory for FileSinkFactory {
     fn open(&self, offer: &Offer, _peer: &PublicKey) -> Result<Box<dyn Sink>, SinkError> {
-        let zfs_only =
-            crate::message::offer_flags::FORCE_ROLLBACK | crate::message::offer_flags::RESUME_TOKEN;
+        let zfs_only = fjord_proto::message::offer_flags::FORCE_ROLLBACK
+            | fjord_proto::message::offer_flags::RESUME_TOKEN;
         if offer.flags & zfs_only != 0 {
             return Err(SinkError::refused(
                 RefuseCode::Other,
@@ -811,11 +811,11 @@ mod tests {
     /// What the sender reads when opening a sink fails with `e`: the
     /// refusal goes over the wire and is decoded on the sending side.
     fn sender_sees(e: &SinkError) -> (RefuseCode, String) {
-        let (m, _) = *crate::receiver::refuse(e.refuse_code(), e.to_string());
-        match crate::message::Message::decode(m.to_bytes().slice(4..)) {
-            Ok(crate::message::Message::Refuse { code, reason }) => (
+        let (m, _) = *fjord_proto::receiver::refuse(e.refuse_code(), e.to_string());
+        match fjord_proto::message::Message::decode(m.to_bytes().slice(4..)) {
+            Ok(fjord_proto::message::Message::Refuse { code, reason }) => (
                 code,
-                crate::SessionError::Refused {
+                fjord_proto::SessionError::Refused {
                     code,
                     reason: reason.clone(),
                 }
@@ -924,18 +924,18 @@ mod tests {
             RefuseCode::Exists
         );
         let mut forced = offer("backup/other");
-        forced.flags = crate::message::offer_flags::FORCE_ROLLBACK;
+        forced.flags = fjord_proto::message::offer_flags::FORCE_ROLLBACK;
         assert_eq!(code(factory.open(&forced, &key)), RefuseCode::Other);
     }
 
     #[test]
     fn file_names_refuse_path_tricks() {
         let mut o = Offer {
-            session: crate::SessionId(1),
+            session: fjord_proto::SessionId(1),
             resuming: false,
             dataset: "backup/fs".into(),
             from: None,
-            to: crate::message::Snapshot {
+            to: fjord_proto::message::Snapshot {
                 name: "tank/fs@b".into(),
                 guid: 1,
             },
@@ -951,11 +951,11 @@ mod tests {
 
     fn offer(dataset: &str) -> Offer {
         Offer {
-            session: crate::SessionId(1),
+            session: fjord_proto::SessionId(1),
             resuming: false,
             dataset: dataset.into(),
             from: None,
-            to: crate::message::Snapshot {
+            to: fjord_proto::message::Snapshot {
                 name: "tank/fs@a".into(),
                 guid: 0x77,
             },

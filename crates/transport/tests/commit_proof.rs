@@ -12,16 +12,15 @@ mod support;
 use bytes::Bytes;
 use fjord_pack::format::{FrameHeader, FrameKind, Receipt, END_LEN, HEADER_LEN};
 use fjord_pack::PackOptions;
+use fjord_proto::message::{offer_flags, Answer, DataFrame, FrameEncoding, Message, MessageReader};
+use fjord_proto::{Offer, PublicKey};
 use fjord_stream::RECORD_SIZE;
 use fjord_transport::client::Counters;
-use fjord_transport::message::{
-    offer_flags, Answer, DataFrame, FrameEncoding, Message, MessageReader,
-};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
 };
-use fjord_transport::{Identity, LinkConfig, Offer, PublicKey};
+use fjord_transport::{Identity, LinkConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -183,8 +182,8 @@ async fn send_by_hand(
         .expect("connected");
     let (mut s, mut r) = conn.open_bi().await.expect("stream");
     let hello = Message::Hello {
-        min_version: fjord_transport::message::MIN_PROTOCOL_VERSION,
-        max_version: fjord_transport::message::PROTOCOL_VERSION,
+        min_version: fjord_proto::message::MIN_PROTOCOL_VERSION,
+        max_version: fjord_proto::message::PROTOCOL_VERSION,
         sender_key: sender.public_key().0,
     };
     s.write_all(&hello.to_bytes()).await.expect("hello");
@@ -419,7 +418,7 @@ async fn a_resumed_offer_of_an_ended_session_gets_its_report_again() {
             matches!(
                 raw.reply,
                 Some(Message::Refuse {
-                    code: fjord_transport::message::RefuseCode::UnknownSession,
+                    code: fjord_proto::message::RefuseCode::UnknownSession,
                     ..
                 })
             ),

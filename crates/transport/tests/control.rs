@@ -4,14 +4,13 @@
 
 mod support;
 
-use fjord_transport::admission::ServerCounters;
+use fjord_proto::admission::ServerCounters;
+use fjord_proto::{PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState};
 use fjord_transport::client::{request, RequestOptions, SendError};
 use fjord_transport::control::{Control, ResponseFuture};
 use fjord_transport::server::{ServeOptions, Server};
 use fjord_transport::sink::FileSinkFactory;
-use fjord_transport::{
-    Identity, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState,
-};
+use fjord_transport::Identity;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,7 +179,7 @@ async fn a_key_at_its_request_limit_is_retried_and_others_are_served() {
     });
     let opts = ServeOptions {
         link: support::fast_link(),
-        limits: fjord_transport::admission::Limits {
+        limits: fjord_proto::admission::Limits {
             per_client_requests: 1,
             ..Default::default()
         },

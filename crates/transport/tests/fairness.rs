@@ -7,12 +7,13 @@
 
 mod support;
 
-use fjord_transport::admission::{Limits, ServerCounters};
+use fjord_proto::admission::{Limits, ServerCounters};
+use fjord_proto::message::{Message, RefuseCode};
+use fjord_proto::{close_code, BackoffConfig, SessionError};
 use fjord_transport::client::{Counters, SendError};
-use fjord_transport::message::{Message, RefuseCode};
 use fjord_transport::server::ServerEvent;
 use fjord_transport::sink::SinkFactory;
-use fjord_transport::{close_code, BackoffConfig, Identity, LinkConfig, SessionError};
+use fjord_transport::{Identity, LinkConfig};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

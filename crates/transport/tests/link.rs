@@ -7,11 +7,12 @@
 
 mod support;
 
-use fjord_transport::admission::{Limits, ServerCounters};
+use fjord_proto::admission::{Limits, ServerCounters};
+use fjord_proto::message::Message;
+use fjord_proto::{BackoffConfig, Request, Response};
 use fjord_transport::client::{Counters, Link, LinkOptions, TransferOptions};
-use fjord_transport::message::Message;
 use fjord_transport::sink::FileSinkFactory;
-use fjord_transport::{BackoffConfig, Identity, Request, Response, SessionId};
+use fjord_transport::Identity;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,7 +68,10 @@ async fn transfers_and_control_requests_share_one_connection() {
         jobs.push(tokio::spawn(async move {
             // As a packed job does: the inventory, then the transfer.
             let inventory = link
-                .chunk_inventory(SessionId::random(), Duration::from_secs(30))
+                .chunk_inventory(
+                    fjord_transport::identity::random_session_id(),
+                    Duration::from_secs(30),
+                )
                 .await
                 .expect("inventory");
             assert!(inventory.is_empty(), "no chunk cache, no promise");
@@ -239,8 +243,8 @@ async fn a_client_cannot_open_more_streams_than_granted() {
     let rx = receiver(&sender, limits);
     let (_ep, conn) = raw_connect(&sender, &rx).await;
     let hello = Message::Hello {
-        min_version: fjord_transport::message::MIN_PROTOCOL_VERSION,
-        max_version: fjord_transport::message::PROTOCOL_VERSION,
+        min_version: fjord_proto::message::MIN_PROTOCOL_VERSION,
+        max_version: fjord_proto::message::PROTOCOL_VERSION,
         sender_key: sender.public_key().0,
     };
     // Three streams that say hello and then nothing.

@@ -4,8 +4,8 @@
 mod support;
 
 use bytes::BytesMut;
+use fjord_proto::message::{Message, MessageReader, RefuseCode};
 use fjord_transport::client::{Counters, SendError};
-use fjord_transport::message::{Message, MessageReader, RefuseCode};
 use fjord_transport::server::ServerEvent;
 use fjord_transport::{Identity, LinkConfig};
 use std::sync::atomic::Ordering;

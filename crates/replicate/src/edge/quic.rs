@@ -10,12 +10,11 @@ use crate::dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};
 use crate::plan::TargetState;
 use crate::pool::SendStream;
 use fjord_pack::{PackOptions, ReceiverHoldings};
+use fjord_proto::message::offer_flags;
+use fjord_proto::{Offer, PublicKey, Request, Response, SessionError, Snapshot};
 use fjord_transport::client::{Counters, Link, LinkOptions, SendError, TransferOptions};
-use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
-use fjord_transport::{
-    Identity, LinkConfig, Offer, PublicKey, Request, Response, SessionError, SessionId, Snapshot,
-};
+use fjord_transport::{Identity, LinkConfig};
 use fjord_zfs::SnapshotInfo;
 use std::any::Any;
 use std::net::SocketAddr;
@@ -211,7 +210,7 @@ impl DrNode for QuicDrNode {
             flags |= offer_flags::PACKED;
         }
         let offer = Offer {
-            session: SessionId::random(),
+            session: fjord_transport::identity::random_session_id(),
             resuming: false,
             dataset: transfer.target.clone(),
             from: transfer.from.map(snapshot),

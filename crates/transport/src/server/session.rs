@@ -8,13 +8,13 @@
 
 use super::table::{Attached, Entry, Plan, Shared, SharedSlot, Slot};
 use super::{read_message, refuse_stream, write, ReadError, ServerEvent};
-use crate::admission::ServerCounters;
-use crate::identity::PublicKey;
-use crate::message::{offer_flags, Message, MessageReader, Offer, RefuseCode, SessionId};
-use crate::receiver::{refuse, Action, ReceiverSession};
 use crate::sink::{Sink, SinkError};
-use crate::{close_code, SessionError};
 use bytes::BytesMut;
+use fjord_proto::admission::ServerCounters;
+use fjord_proto::message::{offer_flags, Message, MessageReader, Offer, RefuseCode, SessionId};
+use fjord_proto::receiver::{refuse, Action, ReceiverSession};
+use fjord_proto::PublicKey;
+use fjord_proto::{close_code, SessionError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -364,7 +364,7 @@ async fn run_session(
                 encoding,
                 payload,
             } => {
-                if encoding != crate::message::FrameEncoding::Raw {
+                if encoding != fjord_proto::message::FrameEncoding::Raw {
                     return Err(sink_failed(SinkError::Encoding(encoding)));
                 }
                 tokio::task::block_in_place(|| slot.sink.write(start, payload))

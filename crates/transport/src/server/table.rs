@@ -4,16 +4,16 @@
 //! application of an admission decision to the table.
 
 use super::ServerEvent;
-use crate::admission::{
-    Admission, Busy, ClientLoad, Decision, GlobalLoad, Holder, Refusal, ServerCounters, SessionView,
-};
 use crate::chunk_cache::ChunkCaches;
 use crate::control::Control;
-use crate::ended::EndedSessions;
-use crate::identity::PublicKey;
-use crate::message::{Offer, Report, SessionId};
-use crate::receiver::ReceiverSession;
 use crate::sink::{Sink, SinkFactory};
+use fjord_proto::admission::{
+    Admission, Busy, ClientLoad, Decision, GlobalLoad, Holder, Refusal, ServerCounters, SessionView,
+};
+use fjord_proto::ended::EndedSessions;
+use fjord_proto::message::{Offer, Report, SessionId};
+use fjord_proto::receiver::ReceiverSession;
+use fjord_proto::PublicKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,7 +93,10 @@ impl State {
             next_opening: 0,
             clients: HashMap::new(),
             connections: 0,
-            ended: EndedSessions::new(grace.saturating_mul(2), crate::ended::DEFAULT_CAPACITY),
+            ended: EndedSessions::new(
+                grace.saturating_mul(2),
+                fjord_proto::ended::DEFAULT_CAPACITY,
+            ),
         }
     }
 
@@ -198,9 +201,9 @@ impl Shared {
         &self,
         id: SessionId,
         key: PublicKey,
-        report: &crate::message::Message,
+        report: &fjord_proto::message::Message,
     ) {
-        if let crate::message::Message::Report(report) = report {
+        if let fjord_proto::message::Message::Report(report) = report {
             let now = std::time::Instant::now();
             self.state().ended.record(id, key, report.clone(), now);
         }

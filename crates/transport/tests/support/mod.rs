@@ -3,14 +3,15 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
+use fjord_proto::admission::Limits;
+use fjord_proto::message::{Message, MessageReader};
+use fjord_proto::{BackoffConfig, Offer, PublicKey, Snapshot};
 use fjord_stream::builder::StreamBuilder;
 use fjord_stream::ByteOrder;
-use fjord_transport::admission::Limits;
 use fjord_transport::client::{Counters, SendError, SendOptions, SendOutcome};
-use fjord_transport::message::{Message, MessageReader};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
 use fjord_transport::sink::{FileSinkFactory, Sink, SinkError, SinkFactory, SinkOutcome};
-use fjord_transport::{BackoffConfig, Identity, LinkConfig, Offer, PublicKey, SessionId, Snapshot};
+use fjord_transport::{Identity, LinkConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -253,8 +254,8 @@ pub async fn raw_offer(id: &Identity, rx: &Receiver, offer: Offer) -> RawSession
     let (endpoint, conn) = raw_connect(id, rx).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let hello = Message::Hello {
-        min_version: fjord_transport::message::MIN_PROTOCOL_VERSION,
-        max_version: fjord_transport::message::PROTOCOL_VERSION,
+        min_version: fjord_proto::message::MIN_PROTOCOL_VERSION,
+        max_version: fjord_proto::message::PROTOCOL_VERSION,
         sender_key: id.public_key().0,
     };
     send.write_all(&hello.to_bytes()).await.expect("hello");
@@ -275,7 +276,7 @@ pub async fn raw_offer(id: &Identity, rx: &Receiver, offer: Offer) -> RawSession
 
 pub fn offer(dataset: &str) -> Offer {
     Offer {
-        session: SessionId::random(),
+        session: fjord_transport::identity::random_session_id(),
         resuming: false,
         dataset: dataset.to_string(),
         from: None,

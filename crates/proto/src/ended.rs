@@ -9,7 +9,7 @@
 //! bounded in time (`keep`) and in entries (the oldest go first), so a
 //! client holding a valid key cannot make it grow without bound.
 
-use crate::identity::PublicKey;
+use crate::key::PublicKey;
 use crate::message::{Report, SessionId};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};

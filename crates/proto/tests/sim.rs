@@ -8,9 +8,9 @@
 mod world;
 
 use bytes::Bytes;
-use fjord_transport::admission::Limits;
-use fjord_transport::message::{DecodeError, RefuseCode};
-use fjord_transport::SessionError;
+use fjord_proto::admission::Limits;
+use fjord_proto::message::{DecodeError, RefuseCode};
+use fjord_proto::SessionError;
 use proptest::prelude::*;
 use std::time::Duration;
 use world::*;

@@ -46,38 +46,6 @@ pub const MAX_INVENTORY: usize = 1 << 18;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u128);
 
-/// The operating system's random number generator failed.
-#[derive(Debug, Error)]
-#[error("the operating system's random number generator failed")]
-pub struct RandomError;
-
-impl SessionId {
-    /// A fresh id from the operating system's cryptographic random number
-    /// generator (through rustls' ring provider): another key cannot guess
-    /// it to take a session over.
-    pub fn try_random() -> Result<SessionId, RandomError> {
-        let mut bytes = [0u8; 16];
-        rustls::crypto::ring::default_provider()
-            .secure_random
-            .fill(&mut bytes)
-            .map_err(|_| RandomError)?;
-        Ok(SessionId(u128::from_le_bytes(bytes)))
-    }
-
-    /// A fresh id, as [`SessionId::try_random`].
-    ///
-    /// # Panics
-    ///
-    /// When the operating system cannot give random bytes (no entropy
-    /// source at all): no session can be started safely then.
-    pub fn random() -> SessionId {
-        match SessionId::try_random() {
-            Ok(id) => id,
-            Err(e) => panic!("{e}; cannot start a session"),
-        }
-    }
-}
-
 impl std::fmt::Display for SessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:032x}", self.0)
@@ -183,7 +151,7 @@ pub enum Request {
     },
     /// Which chunks does the receiver's chunk cache promise to hold for the
     /// packed transfer `session` (sent next)? Answered by the transport
-    /// itself, not by the [`Control`](crate::control::Control).
+    /// itself, not by the receiver's control service.
     ChunkInventory {
         /// The transfer the promise is for.
         session: SessionId,
@@ -212,8 +180,8 @@ pub enum Response {
     /// (newest first) and keeps until the transfer ends. References to
     /// them need not carry their bytes.
     ChunkInventory {
-        /// BLAKE3 addresses, at most [`MAX_INVENTORY`].
-        hashes: Vec<fjord_pack::ChunkHash>,
+        /// BLAKE3 addresses (32 bytes each), at most [`MAX_INVENTORY`].
+        hashes: Vec<[u8; 32]>,
     },
     /// The request was carried out.
     Done {
@@ -690,7 +658,7 @@ impl Message {
                 let hashes = &hashes[..hashes.len().min(MAX_INVENTORY)];
                 out.put_u32(hashes.len() as u32);
                 for h in hashes {
-                    out.put_slice(&h.0);
+                    out.put_slice(h);
                 }
             }
             Message::Response(Response::Done { message }) => {
@@ -897,7 +865,7 @@ impl Message {
                 for _ in 0..count {
                     let mut h = [0u8; 32];
                     r.0.copy_to_slice(&mut h);
-                    hashes.push(fjord_pack::ChunkHash(h));
+                    hashes.push(h);
                 }
                 Message::Response(Response::ChunkInventory { hashes })
             }
@@ -1038,15 +1006,6 @@ impl MessageReader {
 mod tests {
     use super::*;
 
-    #[test]
-    fn session_ids_come_from_the_system_rng() {
-        let ids: std::collections::HashSet<SessionId> = (0..64)
-            .map(|_| SessionId::try_random().expect("OS RNG"))
-            .collect();
-        assert_eq!(ids.len(), 64);
-        assert!(ids.iter().all(|id| id.0 != 0));
-    }
-
     fn samples() -> Vec<Message> {
         vec![
             Message::Hello {
@@ -1143,10 +1102,7 @@ mod tests {
                 session: SessionId(u128::MAX - 3),
             }),
             Message::Response(Response::ChunkInventory {
-                hashes: vec![
-                    fjord_pack::ChunkHash::of(b"a"),
-                    fjord_pack::ChunkHash::of(b"b"),
-                ],
+                hashes: vec![[0xa; 32], [0xb; 32]],
             }),
             Message::Response(Response::ChunkInventory { hashes: vec![] }),
             Message::Response(Response::Done {

@@ -58,17 +58,17 @@
 //! one's are discarded (no file is left).
 
 use bytes::{Bytes, BytesMut};
-use fjord_transport::admission::{
+use fjord_proto::admission::{
     Admission, ClientLoad, Decision, GlobalLoad, Holder, Limits, SessionView,
 };
-use fjord_transport::ended::EndedSessions;
-use fjord_transport::message::{
+use fjord_proto::ended::EndedSessions;
+use fjord_proto::message::{
     offer_flags, DataFrame, DecodeError, Message, MessageReader, Offer, RefuseCode, Report,
     SessionId, Snapshot,
 };
-use fjord_transport::receiver::{refuse, Action, Handshake, ReceiverSession, ReceiverStats};
-use fjord_transport::sender::{SenderSession, SenderStats};
-use fjord_transport::{close_code, Backoff, BackoffConfig, PublicKey, SessionError};
+use fjord_proto::receiver::{refuse, Action, Handshake, ReceiverSession, ReceiverStats};
+use fjord_proto::sender::{SenderSession, SenderStats};
+use fjord_proto::{close_code, Backoff, BackoffConfig, PublicKey, SessionError};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -558,7 +558,7 @@ impl World {
             .collect();
         World {
             admission: Admission::new(cfg.limits.clone(), cfg.max_sessions, 0),
-            ended: EndedSessions::new(cfg.grace * 2, fjord_transport::ended::DEFAULT_CAPACITY),
+            ended: EndedSessions::new(cfg.grace * 2, fjord_proto::ended::DEFAULT_CAPACITY),
             replays: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             cfg,
@@ -1145,7 +1145,7 @@ impl World {
             Ok(ConnEnd::Done) => {
                 self.close(conn, SENDER_END, close_code::DONE, "done");
                 let report = match self.txs[i].session.phase() {
-                    fjord_transport::sender::SenderPhase::Done(r) => Ok(r.clone()),
+                    fjord_proto::sender::SenderPhase::Done(r) => Ok(r.clone()),
                     p => Err(SendFailure::Session(SessionError::Internal(format!(
                         "finished in phase {p:?}"
                     )))),

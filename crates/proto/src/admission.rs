@@ -8,7 +8,7 @@
 //! sessions, connections or requests reaches its own limit and is
 //! answered `Busy` (the sender retries with backoff within its grace),
 //! while other keys keep theirs. The two receiver-wide limits are the
-//! global session cap ([`ServeOptions::max_sessions`]) and the memory
+//! global session cap (the server's `max_sessions`) and the memory
 //! budget.
 //!
 //! # Memory budget
@@ -29,7 +29,7 @@
 //! # Streams
 //!
 //! One connection carries many bidirectional streams, each a transfer or
-//! a control stream (see [`crate::server`]). A client may have at most
+//! a control stream (see the QUIC driver, `fjord_transport::server`). A client may have at most
 //! [`Limits::streams_per_connection`] streams open on one connection at
 //! once: quinn enforces it (the QUIC stream credit), so a client holding
 //! a valid key cannot make the receiver hold more; past it the client's
@@ -44,10 +44,8 @@
 //! connection_charge` plus the chunk inventories (at most
 //! `per_client_leases` unclaimed ones per client).
 //!
-//! [`ServeOptions::max_sessions`]: crate::server::ServeOptions::max_sessions
 
-use crate::config::LinkConfig;
-use crate::identity::PublicKey;
+use crate::key::PublicKey;
 use crate::message::{Offer, RefuseCode, SessionId, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,6 +54,10 @@ use thiserror::Error;
 /// The held limit the default session charge is computed for:
 /// `fjord-recv serve --max-held-mib`'s default, 256 MiB.
 pub const DEFAULT_HELD_LIMIT: u64 = 256 << 20;
+
+/// The largest dedup window a packed transfer's decoder holds (fjord-pack's
+/// `MAX_WINDOW_BYTES`; `fjord-transport` checks that they agree).
+pub const PACKED_WINDOW_BYTES: u64 = 128 << 20;
 
 /// Frames the sink thread queues ahead of the writer
 /// (`threaded::QUEUE_FRAMES`), each at most [`MAX_PAYLOAD_LEN`] bytes.
@@ -127,14 +129,15 @@ impl Limits {
     pub fn session_memory_for(held_limit: u64) -> u64 {
         held_limit
             .saturating_add(SINK_QUEUE_FRAMES * MAX_PAYLOAD_LEN as u64)
-            .saturating_add(fjord_pack::window::MAX_WINDOW_BYTES)
+            .saturating_add(PACKED_WINDOW_BYTES)
             .saturating_add(2 * MAX_MESSAGE_LEN as u64)
     }
 
-    /// The most one connection with `link`'s tuning buffers: its QUIC
-    /// receive window, one message and one read.
-    pub fn connection_memory(link: &LinkConfig) -> u64 {
-        link.stream_window()
+    /// The most one connection whose streams have a flow-control window of
+    /// `stream_window` bytes buffers: its QUIC receive window, one message
+    /// and one read.
+    pub fn connection_memory(stream_window: u64) -> u64 {
+        stream_window
             .saturating_mul(2)
             .saturating_add(MAX_MESSAGE_LEN as u64)
             .saturating_add(READ_CHUNK)
@@ -160,32 +163,32 @@ impl Limits {
     /// window per transfer it may carry (`per_client_sessions`, at least
     /// 2, at most [`MAX_WINDOWED_TRANSFERS`]), so that transfers whose
     /// sinks stall do not starve the others of the shared connection.
-    pub fn connection_window(&self, link: &LinkConfig) -> u64 {
+    pub fn connection_window(&self, stream_window: u64) -> u64 {
         let transfers = match self.per_client_sessions {
             0 => MAX_WINDOWED_TRANSFERS,
             n => (n as u64).clamp(2, MAX_WINDOWED_TRANSFERS),
         };
-        link.stream_window().saturating_mul(transfers)
+        stream_window.saturating_mul(transfers)
     }
 
-    /// What one connection with `link`'s tuning is charged against the
+    /// What one connection with streams of `stream_window` is charged against the
     /// budget: its receive window ([`Limits::connection_window`]) and, for
     /// each stream it may have open ([`Limits::streams_per_connection`]),
     /// the message and the read that stream's reader may hold. At least
     /// [`Limits::connection_memory`].
-    pub fn connection_charge(&self, link: &LinkConfig) -> u64 {
+    pub fn connection_charge(&self, stream_window: u64) -> u64 {
         let per_stream = (MAX_MESSAGE_LEN as u64).saturating_add(READ_CHUNK);
-        self.connection_window(link)
+        self.connection_window(stream_window)
             .saturating_add(self.streams_per_connection().saturating_mul(per_stream))
-            .max(Limits::connection_memory(link))
+            .max(Limits::connection_memory(stream_window))
     }
 
     /// Checks that the budget can hold at least one session with its
     /// connection, and that the offer deadline is usable.
-    pub fn validate(&self, link: &LinkConfig) -> Result<(), String> {
+    pub fn validate(&self, stream_window: u64) -> Result<(), String> {
         let one = self
             .session_memory_bytes
-            .saturating_add(self.connection_charge(link));
+            .saturating_add(self.connection_charge(stream_window));
         if self.memory_budget_bytes != 0 && self.memory_budget_bytes < one {
             return Err(format!(
                 "the memory budget of {} bytes cannot hold one session ({} bytes with its connection); raise it or lower the held limit",
@@ -876,30 +879,31 @@ mod tests {
     }
 
     #[test]
-    fn limits_are_validated_against_the_link() {
-        let link = LinkConfig::default();
-        Limits::default().validate(&link).expect("defaults");
+    fn limits_are_validated_against_the_stream_window() {
+        // The default link's window: 2 × 6.25 MB of bandwidth-delay product.
+        let window: u64 = 12_500_000;
+        Limits::default().validate(window).expect("defaults");
         let tiny = Limits {
             memory_budget_bytes: 1 << 20,
             ..Limits::default()
         };
-        assert!(tiny.validate(&link).unwrap_err().contains("memory budget"));
+        assert!(tiny.validate(window).unwrap_err().contains("memory budget"));
         let none = Limits {
             memory_budget_bytes: 0,
             ..Limits::default()
         };
-        none.validate(&link).expect("no budget");
+        none.validate(window).expect("no budget");
         assert!(Limits::session_memory_for(DEFAULT_HELD_LIMIT) > DEFAULT_HELD_LIMIT);
-        assert!(Limits::connection_memory(&link) >= 2 * link.stream_window());
+        assert!(Limits::connection_memory(window) >= 2 * window);
         let d = Limits::default();
         assert_eq!(d.streams_per_connection(), 12);
-        assert!(d.connection_charge(&link) > Limits::connection_memory(&link));
-        assert_eq!(d.connection_window(&link), 8 * link.stream_window());
+        assert!(d.connection_charge(window) > Limits::connection_memory(window));
+        assert_eq!(d.connection_window(window), 8 * window);
         let one = Limits {
             per_client_sessions: 1,
             ..Limits::default()
         };
-        assert_eq!(one.connection_window(&link), 2 * link.stream_window());
+        assert_eq!(one.connection_window(window), 2 * window);
         let unlimited = Limits {
             per_client_sessions: 0,
             per_client_requests: 0,
