@@ -40,4 +40,6 @@ pub use error::{CacheError, PackError, UnpackError, UnpackFailed};
 pub use format::Receipt;
 pub use hash::ChunkHash;
 pub use holdings::{ChunkStore, Inventory, NoCache, ReceiverHoldings};
-pub use pipeline::{pack, unpack, PackSummary, UnpackSummary};
+pub use pipeline::{
+    pack, pack_frames, unpack, FrameOutput, PackSummary, UnpackSummary, WriteFrames,
+};

@@ -62,12 +62,50 @@ pub fn worker_count(opts: &PackOptions) -> usize {
     }
 }
 
+/// Where [`pack_frames`] puts sealed frames, in order, from its
+/// coordinating thread.
+pub trait FrameOutput {
+    /// Takes the next frame.
+    fn put(&mut self, frame: SealedFrame) -> std::io::Result<()>;
+    /// Every frame was put (the END frame last).
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`Write`] as a [`FrameOutput`]: one vectored write per frame, a
+/// flush at the end.
+pub struct WriteFrames<W>(pub W);
+
+impl<W: Write> FrameOutput for WriteFrames<W> {
+    fn put(&mut self, frame: SealedFrame) -> std::io::Result<()> {
+        frame.write_to(&mut self.0)
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Packs the send stream read from `input` into frames written to
 /// `output`. The stream is verified on the way (an invalid stream is not
 /// packed); `holdings` says which chunks the receiver's cache holds.
 pub fn pack<R: Read, W: Write + Send>(
-    mut input: R,
+    input: R,
     output: W,
+    opts: &PackOptions,
+    holdings: &mut (dyn ReceiverHoldings + Send),
+) -> Result<PackSummary, PackError> {
+    pack_frames(input, WriteFrames(output), opts, holdings)
+}
+
+/// Packs the send stream read from `input` into sealed frames handed to
+/// `output` in order, without laying them out in a byte stream: their
+/// stored sections stay the `Bytes` they were read into, so a caller that
+/// sends frames (the transport) copies nothing.
+pub fn pack_frames<R: Read, O: FrameOutput + Send>(
+    mut input: R,
+    output: O,
     opts: &PackOptions,
     holdings: &mut (dyn ReceiverHoldings + Send),
 ) -> Result<PackSummary, PackError> {
@@ -185,10 +223,10 @@ fn worker(jobs: Receiver<Job>, events: Sender<Event>, level: i32) {
 }
 
 /// Plans analysed frames in order, writes sealed frames in order.
-fn coordinate<W: Write>(
+fn coordinate<O: FrameOutput>(
     opts: &PackOptions,
     holdings: &mut (dyn ReceiverHoldings + Send),
-    mut output: W,
+    mut output: O,
     jobs: Sender<Job>,
     events: Receiver<Event>,
     slots: Receiver<()>,
@@ -197,20 +235,19 @@ fn coordinate<W: Write>(
     let mut receipt_hasher = blake3::Hasher::new();
     let mut zstd = compressor(opts.zstd_level)?;
     let mut written = 0u64;
-    let mut write = |frame: &SealedFrame, stats: &mut PackStats| -> Result<(), PackError> {
-        frame
-            .write_to(&mut output)
-            .map_err(|source| PackError::Write {
-                at: written,
-                source,
-            })?;
-        written += frame.wire_len();
-        stats.wire_bytes += frame.wire_len();
+    let mut write = |frame: SealedFrame, stats: &mut PackStats| -> Result<(), PackError> {
+        let len = frame.wire_len();
+        output.put(frame).map_err(|source| PackError::Write {
+            at: written,
+            source,
+        })?;
+        written += len;
+        stats.wire_bytes += len;
         stats.frames += 1;
         Ok(())
     };
     let start = seal(planner.start(), &mut zstd)?;
-    write(&start, &mut planner.stats)?;
+    write(start, &mut planner.stats)?;
 
     let mut analyzed: BTreeMap<u64, AnalyzedFrame> = BTreeMap::new();
     let mut sealed: BTreeMap<u64, SealedFrame> = BTreeMap::new();
@@ -221,8 +258,8 @@ fn coordinate<W: Write>(
             if next_write == data_frames + 1 {
                 receipt.digest = *receipt_hasher.finalize().as_bytes();
                 let end = seal(planner.end(&receipt), &mut zstd)?;
-                write(&end, &mut planner.stats)?;
-                output.flush().map_err(|source| PackError::Write {
+                write(end, &mut planner.stats)?;
+                output.finish().map_err(|source| PackError::Write {
                     at: written,
                     source,
                 })?;
@@ -253,7 +290,7 @@ fn coordinate<W: Write>(
                 sealed.insert(index, frame?);
                 while let Some(frame) = sealed.remove(&next_write) {
                     planner.stats.packed_wire_bytes += frame.header.packed_len as u64;
-                    write(&frame, &mut planner.stats)?;
+                    write(frame, &mut planner.stats)?;
                     let _ = slots.try_recv();
                     next_write += 1;
                 }

@@ -8,7 +8,7 @@ use fjord_proto::message::offer_flags;
 use fjord_proto::{Offer, PublicKey, SessionError, Snapshot};
 use fjord_stream::{Body, Decoder};
 use fjord_transport::client::{Counters, Link, SendError, SendOptions};
-use fjord_transport::packed::PackReader;
+use fjord_transport::source::{PackSource, StreamSource};
 use fjord_transport::{Identity, LinkConfig};
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -195,12 +195,12 @@ fn transfer(
         Link::new(&identity, opts.link_options())?
     };
     let source = std::io::Cursor::new(prefix).chain(source);
-    let source: Box<dyn Read + Send> = if args.pack {
+    let source: Box<dyn StreamSource> = if args.pack {
         let holdings = runtime
             .block_on(link.chunk_inventory(opts.offer.session, args.grace))
             .with_context(|| format!("asking {} for its chunk inventory", args.to))?;
         Box::new(
-            PackReader::spawn(source, PackOptions::default(), Box::new(holdings))
+            PackSource::spawn(source, PackOptions::default(), Box::new(holdings))
                 .context("starting the pack threads")?,
         )
     } else {

@@ -24,6 +24,7 @@
 
 use crate::config::LinkConfig;
 use crate::identity::{Identity, IdentityError};
+use crate::source::StreamSource;
 use bytes::{Bytes, BytesMut};
 use fjord_proto::message::{
     DataFrame, DecodeError, Message, MessageReader, Offer, RefuseCode, Report, Request, Response,
@@ -340,10 +341,10 @@ impl Link {
     /// Sends `source` as one session on its own stream of this link.
     /// Blocks (asynchronously) until the receiver reports, or the session
     /// fails.
-    pub async fn send<R: std::io::Read + Send + 'static>(
+    pub async fn send<S: StreamSource>(
         &self,
         opts: TransferOptions,
-        source: R,
+        source: S,
         counters: Arc<Counters>,
     ) -> Result<SendOutcome, SendError> {
         let span = tracing::info_span!("send", session = %opts.offer.session, to = %self.to(), dataset = %opts.offer.dataset);
@@ -396,39 +397,18 @@ enum Source {
     Failed(std::io::Error),
 }
 
-fn spawn_reader<R: std::io::Read + Send + 'static>(
-    mut source: R,
-    frame: usize,
-) -> mpsc::Receiver<Source> {
+/// Runs `source` on a thread of its own, its pieces (at most `frame`
+/// bytes each) into a short queue.
+fn spawn_source<S: StreamSource>(mut source: S, frame: usize) -> mpsc::Receiver<Source> {
     let (tx, rx) = mpsc::channel(4);
     std::thread::spawn(move || loop {
-        let mut buf = BytesMut::zeroed(frame);
-        let mut n = 0;
-        let item = loop {
-            match source.read(&mut buf[n..]) {
-                Ok(0) => break None,
-                Ok(k) => {
-                    n += k;
-                    if n == frame {
-                        break None;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(Source::Failed(e)),
-            }
+        let item = match source.next_piece(frame) {
+            Ok(Some(piece)) => Source::Data(piece),
+            Ok(None) => Source::Eof,
+            Err(e) => Source::Failed(e),
         };
-        if n > 0 {
-            buf.truncate(n);
-            if tx.blocking_send(Source::Data(buf.freeze())).is_err() {
-                return;
-            }
-        }
-        if let Some(e) = item {
-            let _ = tx.blocking_send(e);
-            return;
-        }
-        if n < frame {
-            let _ = tx.blocking_send(Source::Eof);
+        let last = !matches!(item, Source::Data(_));
+        if tx.blocking_send(item).is_err() || last {
             return;
         }
     });
@@ -487,10 +467,10 @@ async fn deliver_abort(
 
 /// Sends `source` as one session. Blocks (asynchronously) until the
 /// receiver reports, or the session fails.
-pub async fn send<R: std::io::Read + Send + 'static>(
+pub async fn send<S: StreamSource>(
     identity: &Identity,
     opts: SendOptions,
-    source: R,
+    source: S,
     counters: Arc<Counters>,
 ) -> Result<SendOutcome, SendError> {
     let link = Link::new(identity, opts.link_options())?;
@@ -500,10 +480,10 @@ pub async fn send<R: std::io::Read + Send + 'static>(
     out
 }
 
-async fn send_inner<R: std::io::Read + Send + 'static>(
+async fn send_inner<S: StreamSource>(
     link: &Link,
     opts: TransferOptions,
-    source: R,
+    source: S,
     counters: Arc<Counters>,
 ) -> Result<SendOutcome, SendError> {
     if opts.replay_window < opts.frame_size as u64 {
@@ -520,7 +500,7 @@ async fn send_inner<R: std::io::Read + Send + 'static>(
         opts.grace,
         Instant::now(),
     );
-    let mut src = spawn_reader(source, opts.frame_size);
+    let mut src = spawn_source(source, opts.frame_size);
     let mut source_done = false;
     let mut backoff = Backoff::new(opts.backoff);
     let mut limiter = opts

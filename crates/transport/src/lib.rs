@@ -14,6 +14,7 @@
 //! - [`chunk_cache`]: the receiver's per-sender chunk caches and the
 //!   inventories that let a sender reference what they hold.
 //! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
+//! - [`source`]: what a transfer sends, raw or packed frame by frame.
 //! - [`threaded`]: a sink on its own thread, overlapping network and disk.
 //!
 //! A sender keeps one connection per receiver ([`client::Link`]): each
@@ -42,6 +43,7 @@ pub mod identity;
 pub mod packed;
 pub mod server;
 pub mod sink;
+pub mod source;
 pub mod threaded;
 
 pub use config::{Congestion, LinkConfig};

@@ -1,4 +1,5 @@
 //! Packed transfers: the sender runs the send stream through `fjord-pack`
+//! ([`PackSource`](crate::source::PackSource))
 //! (record-aligned frames, BLAKE3 dedup within the stream, adaptive zstd)
 //! and the transport carries the pack bytes like any stream; offsets,
 //! acks and resumes count pack bytes. The receiver decodes them back
@@ -8,66 +9,7 @@
 
 use crate::sink::{advance_contiguous, Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
-use fjord_pack::{
-    ChunkStore, NoCache, PackDecoder, PackOptions, PackSummary, ReceiverHoldings, UnpackOptions,
-};
-use std::io::Read;
-use std::thread::JoinHandle;
-
-/// A `Read` of the pack of `input`, produced on a worker pool: what the
-/// transport sends for a packed transfer. A pack failure (an invalid
-/// stream, or `input` failing) surfaces as a read error at the end, never
-/// as a clean end of stream.
-pub struct PackReader {
-    pipe: std::io::PipeReader,
-    worker: Option<JoinHandle<Result<PackSummary, fjord_pack::PackError>>>,
-}
-
-impl PackReader {
-    /// Starts packing `input` with `opts`; `holdings` says which chunks
-    /// the receiver promised to hold (its
-    /// [`Inventory`](fjord_pack::Inventory), or [`NoCache`]).
-    pub fn spawn<R: Read + Send + 'static>(
-        input: R,
-        opts: PackOptions,
-        mut holdings: Box<dyn ReceiverHoldings + Send>,
-    ) -> std::io::Result<PackReader> {
-        let (pipe, writer) = std::io::pipe()?;
-        let worker = std::thread::Builder::new()
-            .name("fjord-pack".into())
-            .spawn(move || fjord_pack::pack(input, writer, &opts, &mut *holdings))?;
-        Ok(PackReader {
-            pipe,
-            worker: Some(worker),
-        })
-    }
-}
-
-impl Read for PackReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.pipe.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            if let Some(worker) = self.worker.take() {
-                match worker.join() {
-                    Ok(Ok(summary)) => {
-                        let s = &summary.stats;
-                        tracing::info!(
-                            stream_bytes = summary.receipt.stream_len,
-                            wire_bytes = s.wire_bytes,
-                            window_ref_bytes = s.window_ref_bytes,
-                            cache_refs = s.cache_refs,
-                            cache_ref_bytes = s.cache_ref_bytes,
-                            "pack complete"
-                        )
-                    }
-                    Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
-                    Err(_) => return Err(std::io::Error::other("the pack thread panicked")),
-                }
-            }
-        }
-        Ok(n)
-    }
-}
+use fjord_pack::{ChunkStore, NoCache, PackDecoder, UnpackOptions};
 
 /// Decodes a packed transfer in front of another sink: `inner` gets the
 /// original stream, verified, at stream offsets.
@@ -164,7 +106,7 @@ mod tests {
     use super::*;
     use crate::sink::Verifier;
     use fjord_pack::format::{FrameHeader, FrameKind, Receipt, END_LEN, HEADER_LEN};
-    use fjord_pack::UnpackError;
+    use fjord_pack::{PackOptions, UnpackError};
     use fjord_stream::builder::StreamBuilder;
     use fjord_stream::{ByteOrder, RECORD_SIZE};
     use std::sync::{Arc, Mutex};

@@ -13,8 +13,8 @@ use fjord_pack::PackOptions;
 use fjord_proto::message::offer_flags;
 use fjord_transport::chunk_cache::ChunkCacheOptions;
 use fjord_transport::client::{chunk_inventory, Counters, RequestOptions};
-use fjord_transport::packed::PackReader;
 use fjord_transport::server::ServerEvent;
+use fjord_transport::source::PackSource;
 use fjord_transport::{Identity, LinkConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ async fn packed_streams_arrive_as_the_original_and_cost_fewer_wire_bytes() {
     for (dataset, bytes) in &streams {
         let mut opts = send_options(rx.addr, &rx, dataset);
         opts.offer.flags = offer_flags::PACKED;
-        let source = PackReader::spawn(
+        let source = PackSource::spawn(
             std::io::Cursor::new(bytes.clone()),
             PackOptions::default(),
             Box::new(fjord_pack::NoCache),
@@ -171,7 +171,7 @@ async fn send_with_inventory(
         .await
         .expect("inventory");
     let promised = inventory.len();
-    let source = PackReader::spawn(
+    let source = PackSource::spawn(
         std::io::Cursor::new(stream.to_vec()),
         PackOptions::default(),
         Box::new(inventory),
@@ -275,7 +275,7 @@ async fn a_promised_chunk_that_vanished_fails_the_transfer_and_stores_nothing() 
         std::fs::remove_file(entry).expect("remove chunk");
     }
     let second = blocks_stream(8, 8, 3, 0x2222);
-    let source = PackReader::spawn(
+    let source = PackSource::spawn(
         std::io::Cursor::new(second),
         PackOptions::default(),
         Box::new(inventory),

@@ -13,7 +13,7 @@ use fjord_pack::{PackOptions, ReceiverHoldings};
 use fjord_proto::message::offer_flags;
 use fjord_proto::{Offer, PublicKey, Request, Response, SessionError, Snapshot};
 use fjord_transport::client::{Counters, Link, LinkOptions, SendError, TransferOptions};
-use fjord_transport::packed::PackReader;
+use fjord_transport::source::{PackSource, StreamSource};
 use fjord_transport::{Identity, LinkConfig};
 use fjord_zfs::SnapshotInfo;
 use std::any::Any;
@@ -219,7 +219,7 @@ impl DrNode for QuicDrNode {
             size_estimate: transfer.size_estimate,
         };
         let link = self.link().await?;
-        let stream: Box<dyn std::io::Read + Send> = if self.pack {
+        let stream: Box<dyn StreamSource> = if self.pack {
             // The pack consults the DR node's chunk inventory from its first frame.
             let holdings: Box<dyn ReceiverHoldings + Send> = Box::new(
                 link.chunk_inventory(offer.session, self.grace)
@@ -227,11 +227,11 @@ impl DrNode for QuicDrNode {
                     .map_err(typed)?,
             );
             Box::new(
-                PackReader::spawn(stream, PackOptions::default(), holdings)
+                PackSource::spawn(stream, PackOptions::default(), holdings)
                     .map_err(|e| DrError::Source(format!("cannot start the pack threads: {e}")))?,
             )
         } else {
-            stream
+            Box::new(stream)
         };
         let mut opts = TransferOptions::new(offer);
         opts.rate_limit = self.link.rate_limit;
