@@ -260,7 +260,7 @@ impl Server {
         for (id, slot) in entries {
             match tokio::time::timeout(Duration::from_secs(10), slot.lock_owned()).await {
                 Ok(mut slot) => {
-                    tokio::task::block_in_place(|| slot.sink.abort(why));
+                    slot.sink.abort(why).await;
                     warn!(session = %id, delivered = slot.session.stats().delivered, "session stopped by shutdown");
                     aborted += 1;
                 }
@@ -354,7 +354,7 @@ async fn reaper(shared: Arc<Shared>) {
         }
         for (id, key, mut slot, e) in expired {
             let why = e.to_string();
-            tokio::task::block_in_place(|| slot.sink.abort(&why));
+            slot.sink.abort(&why).await;
             let report = slot.session.finished(false, 1, None, why.clone());
             shared.record_ended(id, key, &report);
             ServerCounters::bump(&shared.counters.grace_expired);

@@ -10,24 +10,30 @@
 
 use crate::sink::{Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 
 /// Frames queued ahead of the writer (about 1 MiB each): bounds memory.
 const QUEUE_FRAMES: usize = 16;
 
 enum Command {
     Write(u64, Bytes),
-    Finish(u64, SyncSender<Result<SinkOutcome, SinkError>>),
+    Finish(u64, oneshot::Sender<Result<SinkOutcome, SinkError>>),
     Abort(String),
 }
 
-/// Runs another sink on its own thread (see the module docs).
+/// Runs another sink on its own thread (see the module docs). Its
+/// methods are async: a full queue or a finish waits without blocking a
+/// runtime worker. Dropping it closes the queue and returns at once; the
+/// thread drops the inner sink (discarding what it holds) by itself.
 pub struct ThreadedSink {
-    tx: Option<SyncSender<Command>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<mpsc::Sender<Command>>,
     failed: Arc<Mutex<Failure>>,
+    /// Set by an abort: queued writes are skipped.
+    aborting: Arc<AtomicBool>,
+    /// Resolves when the thread has let go of the inner sink.
+    released: Option<oneshot::Receiver<()>>,
 }
 
 /// The inner sink's first error: handed over as it is once, then named.
@@ -62,16 +68,22 @@ impl Failure {
 impl ThreadedSink {
     /// Starts the thread that owns `inner`.
     pub fn spawn(inner: Box<dyn Sink>) -> std::io::Result<ThreadedSink> {
-        let (tx, rx) = sync_channel(QUEUE_FRAMES);
+        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
         let failed = Arc::new(Mutex::new(Failure::default()));
-        let flag = failed.clone();
-        let thread = std::thread::Builder::new()
+        let aborting = Arc::new(AtomicBool::new(false));
+        let (released_tx, released) = oneshot::channel();
+        let (flag, stop) = (failed.clone(), aborting.clone());
+        std::thread::Builder::new()
             .name("fjord-sink".into())
-            .spawn(move || run(inner, rx, flag))?;
+            .spawn(move || {
+                run(inner, rx, flag, stop);
+                let _ = released_tx.send(());
+            })?;
         Ok(ThreadedSink {
             tx: Some(tx),
-            thread: Some(thread),
             failed,
+            aborting,
+            released: Some(released),
         })
     }
 
@@ -83,18 +95,65 @@ impl ThreadedSink {
         self.failure()
             .unwrap_or_else(|| SinkError::Internal("the sink thread ended unexpectedly".into()))
     }
+
+    /// Queues `data` at stream offset `start` (waiting while the queue is
+    /// full). An earlier failure of the inner sink is returned instead.
+    pub async fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let Some(tx) = &self.tx else {
+            return Err(self.gone());
+        };
+        if tx.send(Command::Write(start, data)).await.is_err() {
+            return Err(self.gone());
+        }
+        Ok(())
+    }
+
+    /// Finishes the inner sink once everything queued was written.
+    pub async fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
+        let Some(tx) = &self.tx else {
+            return Err(self.gone());
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx.send(Command::Finish(length, reply_tx)).await.is_err() {
+            return Err(self.gone());
+        }
+        match reply_rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.gone()),
+        }
+    }
+
+    /// Aborts the inner sink (queued writes are skipped) and waits until
+    /// the thread has let go of it: its target is free afterwards.
+    pub async fn abort(&mut self, why: &str) {
+        self.aborting.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Command::Abort(why.to_string())).await;
+        }
+        if let Some(released) = self.released.take() {
+            let _ = released.await;
+        }
+    }
 }
 
 fn lock(failed: &Mutex<Failure>) -> std::sync::MutexGuard<'_, Failure> {
     failed.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Failure>>) {
+fn run(
+    mut inner: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Command>,
+    failed: Arc<Mutex<Failure>>,
+    aborting: Arc<AtomicBool>,
+) {
     let mut broken = false;
-    while let Ok(cmd) = rx.recv() {
+    while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Command::Write(start, data) => {
-                if broken {
+                if broken || aborting.load(Ordering::Relaxed) {
                     continue;
                 }
                 if let Err(e) = inner.write(start, data) {
@@ -118,49 +177,6 @@ fn run(mut inner: Box<dyn Sink>, rx: Receiver<Command>, failed: Arc<Mutex<Failur
     }
     // The session dropped the sink without finishing: `inner`'s own drop
     // discards what it holds.
-}
-
-impl Sink for ThreadedSink {
-    fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
-        if let Some(e) = self.failure() {
-            return Err(e);
-        }
-        match &self.tx {
-            Some(tx) => tx
-                .send(Command::Write(start, data))
-                .map_err(|_| self.gone()),
-            None => Err(self.gone()),
-        }
-    }
-
-    fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
-        let Some(tx) = &self.tx else {
-            return Err(self.gone());
-        };
-        let (reply_tx, reply_rx) = sync_channel(1);
-        tx.send(Command::Finish(length, reply_tx))
-            .map_err(|_| self.gone())?;
-        reply_rx.recv().map_err(|_| self.gone())?
-    }
-
-    fn abort(&mut self, why: &str) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Command::Abort(why.to_string()));
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ThreadedSink {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread, which drops the inner sink.
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -212,13 +228,13 @@ mod tests {
         (ThreadedSink::spawn(Box::new(inner)).unwrap(), log)
     }
 
-    #[test]
-    fn writes_arrive_in_order_before_finish() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_arrive_in_order_before_finish() {
         let (mut s, log) = sink(None);
         for i in 0..100u64 {
-            s.write(i * 10, Bytes::from(vec![0u8; 10])).unwrap();
+            s.write(i * 10, Bytes::from(vec![0u8; 10])).await.unwrap();
         }
-        let out = s.finish(1000).unwrap();
+        let out = s.finish(1000).await.unwrap();
         assert_eq!(out.message, "stored 1000");
         let log = log.lock().unwrap();
         assert_eq!(log.writes.len(), 100);
@@ -230,18 +246,21 @@ mod tests {
         assert_eq!(log.finished, Some(1000));
     }
 
-    #[test]
-    fn a_write_error_fails_later_writes_and_the_finish() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_error_fails_later_writes_and_the_finish() {
         let (mut s, log) = sink(Some(30));
         let mut first_err = None;
         for i in 0..50u64 {
-            if let Err(e) = s.write(i * 10, Bytes::from(vec![0u8; 10])) {
+            if let Err(e) = s.write(i * 10, Bytes::from(vec![0u8; 10])).await {
                 first_err = Some((i, e));
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let err = s.finish(500).expect_err("finish after a failed write");
+        let err = s
+            .finish(500)
+            .await
+            .expect_err("finish after a failed write");
         assert!(err.to_string().contains("disk full at 30"), "{err}");
         match first_err {
             // The write saw the inner error as it is; the finish names it.
@@ -274,15 +293,48 @@ mod tests {
         assert_eq!(log.lock().unwrap().finished, None);
     }
 
-    #[test]
-    fn abort_reaches_the_inner_sink() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abort_reaches_the_inner_sink() {
         let (mut s, log) = sink(None);
-        s.write(0, Bytes::from_static(b"abc")).unwrap();
-        s.abort("grace expired");
+        s.write(0, Bytes::from_static(b"abc")).await.unwrap();
+        s.abort("grace expired").await;
         assert_eq!(
             log.lock().unwrap().aborted.as_deref(),
             Some("grace expired")
         );
-        assert!(s.write(3, Bytes::from_static(b"d")).is_err());
+        assert!(s.write(3, Bytes::from_static(b"d")).await.is_err());
+    }
+
+    /// An inner sink stuck in a write (a `zfs recv` that stopped reading):
+    /// dropping the sink returns at once, and an abort waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_never_waits_and_abort_waits_for_the_inner_sink() {
+        struct Slow(Arc<AtomicBool>);
+        impl Sink for Slow {
+            fn write(&mut self, _: u64, _: Bytes) -> Result<(), SinkError> {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                Ok(())
+            }
+            fn finish(&mut self, _: u64) -> Result<SinkOutcome, SinkError> {
+                Ok(SinkOutcome::default())
+            }
+            fn abort(&mut self, _: &str) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let aborted = Arc::new(AtomicBool::new(false));
+        let mut s = ThreadedSink::spawn(Box::new(Slow(aborted.clone()))).unwrap();
+        s.write(0, Bytes::from_static(b"a")).await.unwrap();
+        let t = std::time::Instant::now();
+        drop(s);
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
+
+        let mut s = ThreadedSink::spawn(Box::new(Slow(aborted.clone()))).unwrap();
+        s.write(0, Bytes::from_static(b"a")).await.unwrap();
+        s.abort("replaced").await;
+        assert!(
+            aborted.load(Ordering::SeqCst),
+            "the abort reached the inner sink before returning"
+        );
     }
 }

@@ -33,10 +33,8 @@ async fn retire(shared: &Shared, id: SessionId, slot: SharedSlot) {
     match tokio::time::timeout(Duration::from_secs(10), slot.lock_owned()).await {
         Ok(mut guard) => {
             let delivered = guard.session.stats().delivered;
-            tokio::task::block_in_place(|| {
-                guard.sink.abort(why);
-                drop(guard);
-            });
+            guard.sink.abort(why).await;
+            drop(guard);
             warn!(replaced = %id, delivered, "{why}");
         }
         Err(_) => {
@@ -179,9 +177,9 @@ pub(super) async fn serve_offer(
             let stats = slot.session.stats();
             shared.state().sessions.remove(&id);
             shared.record_ended(id, key, &report);
-            // The sink goes now, not after the goodbye: its target is free
-            // for the next offer.
-            tokio::task::block_in_place(|| drop(slot));
+            // The sink goes now, not after the goodbye (it finished: its
+            // target is free for the next offer).
+            drop(slot);
             info!(
                 delivered = stats.delivered,
                 bytes_duplicate = stats.bytes_duplicate,
@@ -233,11 +231,11 @@ async fn end_session(
     event: String,
 ) {
     let id = slot.session.offer().session;
-    tokio::task::block_in_place(|| slot.sink.abort(&why));
+    slot.sink.abort(&why).await;
     shared.state().sessions.remove(&id);
     let report = slot.session.finished(false, status, None, why.clone());
     shared.record_ended(id, key, &report);
-    tokio::task::block_in_place(|| drop(slot));
+    drop(slot);
     let _ = write(&mut send, &report).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
@@ -254,7 +252,12 @@ async fn open_session(
     version: u16,
     offer: &Offer,
 ) -> Result<SharedSlot, SinkError> {
-    let sink = match tokio::task::block_in_place(|| shared.factory.open(offer, key)) {
+    // Opening may start a process and wait for it: off the runtime.
+    let (factory, o, k) = (shared.factory.clone(), offer.clone(), *key);
+    let opened = tokio::task::spawn_blocking(move || factory.open(&o, &k))
+        .await
+        .map_err(|e| SinkError::Internal(format!("opening the sink failed: {e}")))?;
+    let sink = match opened {
         Ok(s) if offer.flags & offer_flags::PACKED != 0 => {
             tokio::task::block_in_place(|| packed_sink(shared, s, offer, key))
         }
@@ -264,10 +267,7 @@ async fn open_session(
     let sink = crate::threaded::ThreadedSink::spawn(sink)
         .map_err(|e| SinkError::Internal(format!("cannot start the sink thread: {e}")))?;
     let session = ReceiverSession::new(offer.clone(), key.0, version, shared.grace);
-    Ok(Arc::new(tokio::sync::Mutex::new(Slot {
-        session,
-        sink: Box::new(sink),
-    })))
+    Ok(Arc::new(tokio::sync::Mutex::new(Slot { session, sink })))
 }
 
 /// The decoder in front of `inner` for a packed offer, with the sender's
@@ -367,16 +367,14 @@ async fn run_session(
                 if encoding != fjord_proto::message::FrameEncoding::Raw {
                     return Err(sink_failed(SinkError::Encoding(encoding)));
                 }
-                tokio::task::block_in_place(|| slot.sink.write(start, payload))
-                    .map_err(sink_failed)?;
+                slot.sink.write(start, payload).await.map_err(sink_failed)?;
                 let ack = slot.session.delivered(end);
                 buf.clear();
                 ack.encode(&mut buf);
                 io.send.write_all(&buf).await.map_err(|e| lost(&e))?;
             }
             Action::Finish { length, .. } => {
-                let outcome = tokio::task::block_in_place(|| slot.sink.finish(length))
-                    .map_err(sink_failed)?;
+                let outcome = slot.sink.finish(length).await.map_err(sink_failed)?;
                 let report = slot.session.finished(
                     true,
                     outcome.status,

@@ -6,7 +6,8 @@
 use super::ServerEvent;
 use crate::chunk_cache::ChunkCaches;
 use crate::control::Control;
-use crate::sink::{Sink, SinkFactory};
+use crate::sink::SinkFactory;
+use crate::threaded::ThreadedSink;
 use fjord_proto::admission::{
     Admission, Busy, ClientLoad, Decision, GlobalLoad, Holder, Refusal, ServerCounters, SessionView,
 };
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 /// A session and its sink, locked while a connection runs it.
 pub(super) struct Slot {
     pub(super) session: ReceiverSession,
-    pub(super) sink: Box<dyn Sink>,
+    pub(super) sink: ThreadedSink,
 }
 
 /// A slot shared between the table and the task running it.
