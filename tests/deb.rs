@@ -155,3 +155,37 @@ fn the_package_builds_installs_and_purges_cleanly() {
         );
     }
 }
+
+/// The receiver's `zfs allow` line (Quick start, "Least privilege"; the lab
+/// case `recv-as-fjord-user` runs with the first one) is one set, and the
+/// README's table says why each permission in it is there.
+#[test]
+fn the_readme_documents_one_receiver_permission_set() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let sets: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("zfs allow -u fjord "))
+        .filter_map(|l| l.strip_suffix(" backup"))
+        .collect();
+    assert!(sets.len() >= 2, "the receiver's zfs allow line: {sets:?}");
+    assert!(
+        sets.iter().all(|s| *s == sets[0]),
+        "different receiver permission sets in README.md: {sets:?}"
+    );
+    let table = readme
+        .split("| permission | why the receiver needs it |")
+        .nth(1)
+        .expect("README.md has the receiver's permission table");
+    let table: String = table
+        .lines()
+        .take_while(|l| l.starts_with('|') || l.is_empty())
+        .map(|l| l.split('|').nth(1).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for perm in sets[0].split(',') {
+        assert!(
+            table.contains(&format!("`{perm}`")),
+            "permission {perm} is delegated but not explained in the table"
+        );
+    }
+}
