@@ -5,8 +5,9 @@
 //! promises. As root on Debian: `scripts/deb.d/installed.sh` installs it with
 //! `dpkg -i`, verifies the units (`systemd-analyze verify`), renders every
 //! man page (`man -l`), completes subcommands through the bash completion,
-//! runs `check-config` on the installed examples with real keys, checks the
-//! fjord user and the directory modes, purges the package and restores the
+//! runs `check-config` on the installed examples with real keys, starts
+//! `serve` from that config as the fjord user (READY=1, exit 0 on SIGTERM),
+//! checks the fjord user and the directory modes, purges the package and restores the
 //! machine. It skips with a message (exit 77) when it must not touch the
 //! machine: not root, no dpkg, fjord installed already, `/var/lib/fjord`
 //! there already.
@@ -147,6 +148,10 @@ fn the_package_builds_installs_and_purges_cleanly() {
     ];
     if have("systemd-analyze") {
         required.push("systemd-analyze-verify");
+    }
+    if have("python3") {
+        // the stand-in for systemd's notify socket is a few lines of Python
+        required.push("serve-as-fjord");
     }
     for name in required {
         assert!(

@@ -43,6 +43,7 @@ getent passwd fjord >/dev/null && user_before=1
 prom=/var/lib/prometheus/node-exporter
 prom_made=""
 work=$(mktemp -d)
+chmod 0755 "$work" # the fjord user reads the test's configs and stub zfs in it
 
 restore() {
     if dpkg-query -W -f '${Status}' fjord 2>/dev/null | grep -q 'installed\|config-files'; then
@@ -169,7 +170,7 @@ mkdir -p "$work/bin"
 if ! command -v zfs >/dev/null; then
     # check-config only looks for zfs on the PATH; it runs nothing
     printf '#!/bin/sh\nexit 0\n' >"$work/bin/zfs"
-    chmod 0755 "$work/bin/zfs" "$work"
+    chmod 0755 "$work/bin/zfs"
 fi
 export PATH=$work/bin:$PATH
 if [[ ! -d $prom ]]; then
@@ -190,6 +191,38 @@ setup_keys() {
 check keys-and-configs setup_keys
 check recv-check-config runuser -u fjord -- env PATH="$PATH" fjord-recv check-config --config /etc/fjord/recv.toml
 check send-check-config fjord-send check-config --config /etc/fjord/send.toml
+# the receiver starts from that config as the fjord user, as its unit starts it (on
+# loopback: the example listens on the DR node's WireGuard address), tells systemd it is
+# ready, and stops on SIGTERM with exit 0
+serve_as_fjord() {
+    local cfg=$work/recv-loopback.toml pid rc=0 said
+    sed 's|^listen = .*|listen = "127.0.0.1:0"|' /etc/fjord/recv.toml >"$cfg"
+    chmod 0644 "$cfg"
+    python3 - "$work/notify" >"$work/notified" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(30)
+print(s.recv(1024).decode(), flush=True)
+PY
+    local listener=$!
+    for _ in $(seq 50); do [[ -S $work/notify ]] && break; sleep 0.1; done
+    chmod 0777 "$work/notify"
+    # setpriv execs: SIGTERM reaches fjord-recv itself, as systemd's would
+    NOTIFY_SOCKET="$work/notify" setpriv --reuid=fjord --regid=fjord --init-groups \
+        fjord-recv serve --config "$cfg" 2>"$work/serve.err" &
+    pid=$!
+    wait "$listener" || { echo "no READY=1 within 30 s"; cat "$work/serve.err"; kill "$pid" 2>/dev/null; return 1; }
+    said=$(cat "$work/notified")
+    kill -TERM "$pid"
+    wait "$pid" || rc=$?
+    cat "$work/serve.err"
+    grep -q '^READY=1' <<<"$said" || { echo "notified: $said"; return 1; }
+    ((rc == 0)) || { echo "serve exited $rc after SIGTERM"; return 1; }
+}
+if command -v python3 >/dev/null; then
+    check serve-as-fjord serve_as_fjord
+fi
 # the examples as shipped (placeholder keys) are refused with the config exit code
 refused() {
     local rc=0
