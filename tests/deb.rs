@@ -53,6 +53,7 @@ fn build(out: &Path) -> PathBuf {
         .arg(bin_dir())
         .arg("--out")
         .arg(out)
+        .arg("--fast")
         .output()
         .expect("scripts/deb runs");
     assert!(
