@@ -278,6 +278,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "status-metrics",
         "dr-status",
         "recv-prune",
+        "recv-as-fjord-user",
     ];
     let mut required = vec![
         // full
@@ -413,6 +414,21 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "prune-kept-newest",
         "prune-destroyed-old",
         "prune-kept-two",
+        // recv-as-fjord-user
+        "fjord-user-runs-as",
+        "fjord-user-no-capabilities",
+        "fjord-user-full-exit",
+        "fjord-user-full-action",
+        "fjord-user-full-data",
+        "fjord-user-full-child",
+        "fjord-user-incr-exit",
+        "fjord-user-incr-action",
+        "fjord-user-incr-data",
+        "fjord-user-incr-child",
+        "fjord-user-held",
+        "fjord-user-inert",
+        "fjord-user-cannot-snapshot",
+        "fjord-user-cannot-touch-source",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [

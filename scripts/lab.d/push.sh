@@ -36,6 +36,9 @@
 #   dedup            a copy of a replicated file costs references only (chunk cache)
 #   status-metrics   fjord-send status --json and the Prometheus metrics after a push
 #   recv-prune       the DR node's own retention: fjord-recv prune (--dry-run, then for real)
+#   recv-as-fjord-user  the receiver as an unprivileged user (no capability, no new
+#                    privileges) with exactly the README's `zfs allow` set on dst/backup:
+#                    a full and an incremental push, held and inert; nothing more allowed
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -137,7 +140,11 @@ serve_start() {
     serve_stop
     echo "$cfg" >"$work/serve.config"
     echo "=== serve_start $cfg $(date +%T)" >>"$R/serve.log"
-    FJORD_LOG=info ip netns exec dr "$recv" serve --config "$work/recv-$cfg.toml" >>"$R/serve.log" 2>&1 </dev/null &
+    local as="" bin=$recv
+    # as-fjord*: as fjord-recv.service runs it (User=fjord, no capability, NoNewPrivileges)
+    [[ $cfg == as-fjord* ]] && as=$as_fjord bin=$work/fjord/fjord-recv
+    # shellcheck disable=SC2086 # $as is a command prefix (words)
+    FJORD_LOG=info ip netns exec dr $as "$bin" serve --config "$work/recv-$cfg.toml" >>"$R/serve.log" 2>&1 </dev/null &
     echo $! >"$work/serve.pid"
     lab_wait_udp dr 7450 30
 }
@@ -806,8 +813,72 @@ case_recv_prune() {
     lab_assert prune-kept-two test "$(zfs list -H -t snapshot -o name -d 1 dst/backup/data | grep -c '@fjord_')" -le 3
 }
 
+# $as_fjord CMD...: CMD as the fjord user, with neither capabilities nor a way to gain any
+# (a string of words: the cases run in child shells, which see exported scalars only)
+as_fjord="setpriv --reuid=fjord --regid=fjord --init-groups --no-new-privs --bounding-set=-all --inh-caps=-all"
+export as_fjord
+
+# fjord_user_setup: the fjord user and what the package's postinst makes for it, the
+# receiver's key and binary where it can read them, and exactly the README's `zfs allow`
+# set on the target tree (the guest's /etc is a writable overlay: no dpkg here)
+fjord_user_setup() {
+    set -e
+    local perms
+    perms=$(sed -n 's/^ *zfs allow -u fjord \([a-z,]*\) backup$/\1/p' "$LAB_REPO/README.md" | head -n1)
+    [[ -n $perms ]] || { echo "no 'zfs allow -u fjord PERMS' line in $LAB_REPO/README.md" >&2; return 1; }
+    # the lines adduser --system writes (useradd cannot replace the guest's /etc/shadow)
+    local id=990
+    while getent passwd "$id" >/dev/null || getent group "$id" >/dev/null; do id=$((id - 1)); done
+    getent group fjord >/dev/null || echo "fjord:x:$id:" >>/etc/group
+    getent passwd fjord >/dev/null ||
+        echo "fjord:x:$id:$(getent group fjord | cut -d: -f3):fjord:/var/lib/fjord:/usr/sbin/nologin" >>/etc/passwd
+    rm -rf "$work/fjord"
+    install -d -o fjord -g fjord -m 0750 "$work/fjord"
+    install -o fjord -g fjord -m 0600 "$work/recv.key" "$work/fjord/recv.key"
+    install -m 0755 "$recv" "$work/fjord/fjord-recv"
+    sed -e "0,/^key = /s|^key = .*|key = \"$work/fjord/recv.key\"|" -e "s|^dir = .*|dir = \"$work/fjord/chunks\"|" \
+        "$work/recv-default.toml" >"$work/recv-as-fjord.toml"
+    # udev's rule (90-zfs.rules) makes /dev/zfs 0666 on a real system; the lab has no udev
+    chmod 0666 /dev/zfs
+    zfs unallow -u fjord dst/backup 2>/dev/null || true
+    zfs allow -u fjord "$perms" dst/backup
+    zfs allow dst/backup
+}
+
+# the receiver as fjord-recv.service runs it: user fjord, no capability, no new
+# privileges, only the README's delegation; a full and an incremental push
+case_recv_as_fjord_user() {
+    # the golden source, but no target: the first push is a full one
+    start_from golden
+    destroy_tree dst/backup/data
+    fjord_user_setup
+    serve_use as-fjord
+    local pid rc=0
+    pid=$(serve_pid)
+    lab_assert_eq fjord-user-runs-as fjord "$(ps -o user= -p "$pid" | tr -d ' ')"
+    lab_assert_eq fjord-user-no-capabilities 0000000000000000 "$(awk '/^CapEff:/ { print $2 }' "/proc/$pid/status")"
+    push fjord-full "$work/send.toml" || rc=$?
+    lab_assert_eq fjord-user-full-exit 0 "$rc"
+    lab_assert_eq fjord-user-full-action "ok full" "$(jjob fjord-full result) $(jactions fjord-full src/data)"
+    compare_target fjord-user-full
+    lab_mutate "$smnt" 41 256K >/dev/null
+    rc=0
+    push fjord-incr "$work/send.toml" || rc=$?
+    lab_assert_eq fjord-user-incr-exit 0 "$rc"
+    lab_assert_eq fjord-user-incr-action "ok incremental" "$(jjob fjord-incr result) $(jactions fjord-incr src/data)"
+    compare_target fjord-user-incr
+    lab_assert fjord-user-held all_held dst/backup/data
+    lab_assert fjord-user-inert inert dst/backup/data
+    # nothing beyond the delegation: no snapshot of its own, nothing outside dst/backup
+    lab_assert fjord-user-cannot-snapshot sh -c "! $as_fjord zfs snapshot dst/backup/data@not-allowed 2>/dev/null"
+    lab_assert fjord-user-cannot-touch-source sh -c "! $as_fjord zfs hold x $(newest src/data) 2>/dev/null"
+    serve_stop
+    zfs unallow -u fjord dst/backup
+}
+
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
-    access evil overlap locked state-dir dedup status-metrics dr-status recv-prune)
+    access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
+    recv-as-fjord-user)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others

@@ -194,7 +194,9 @@ pub fn render(err: &anyhow::Error) -> String {
     line
 }
 
+pub mod docs;
 pub mod keygen;
+pub mod systemd;
 
 /// Logs to stderr through `tracing`, filtered by `FJORD_LOG`, else the
 /// usual `RUST_LOG`, else `warn`; colours only on a terminal, so journald

@@ -13,7 +13,7 @@ mod unpack;
 mod verify;
 mod zfs_target;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// fjord's DR node: receive pushes over QUIC into `zfs recv`, verified;
@@ -40,6 +40,9 @@ enum Command {
     CheckConfig(check_config::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
+    /// Write the man pages and shell completions (used by scripts/deb).
+    #[command(hide = true)]
+    GenerateDocs(fjord_cli::docs::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,9 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
+        Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
+            .map(|_| ())
+            .map_err(fjord_cli::Failure::io),
     };
     fjord_cli::finish("fjord-recv", result)
 }

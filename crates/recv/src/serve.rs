@@ -248,6 +248,7 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         );
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let _watchdog = systemd_ready(&format!("listening on {addr}; {}", setup.what));
         loop {
             let event = tokio::select! {
                 e = server.next_event() => e,
@@ -272,6 +273,7 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
                 }
             }
         }
+        fjord_cli::systemd::stopping();
         let stopped = server.shutdown("fjord-recv is shutting down").await;
         eprintln!("fjord-recv: shut down; {stopped} transfer(s) stopped (resumable where zfs recv -s was used)");
         if let Some(t) = &setup.target {
@@ -288,4 +290,28 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// Under systemd (`Type=notify`): `READY=1` now, and `WATCHDOG=1` at half
+/// `WatchdogSec=` from a task of the runtime, so that a runtime that stops
+/// making progress is restarted. The task ends when the guard drops.
+fn systemd_ready(status: &str) -> Option<AbortOnDrop> {
+    fjord_cli::systemd::ready(status);
+    let every = fjord_cli::systemd::watchdog_interval()?;
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            fjord_cli::systemd::watchdog();
+        }
+    })))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

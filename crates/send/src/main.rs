@@ -13,7 +13,7 @@ mod push;
 mod send;
 mod status_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// fjord's sending side: push ZFS datasets to a DR node as configured
@@ -41,6 +41,9 @@ enum Command {
     CheckConfig(check_config::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
+    /// Write the man pages and shell completions (used by scripts/deb).
+    #[command(hide = true)]
+    GenerateDocs(fjord_cli::docs::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,9 @@ fn main() -> ExitCode {
         Command::Pack(args) => pack::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
+        Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
+            .map(|_| ())
+            .map_err(fjord_cli::Failure::io),
     };
     fjord_cli::finish("fjord-send", result)
 }
