@@ -150,7 +150,7 @@ impl RecvSpec {
 
 /// Property names: native ones are lower-case words, user properties have a
 /// ':' (`com.example:tag`).
-fn validate_property_name(prop: &str) -> Result<(), ZfsError> {
+pub(crate) fn validate_property_name(prop: &str) -> Result<(), ZfsError> {
     let ok = prop.starts_with(|c: char| c.is_ascii_alphabetic())
         && prop
             .chars()
@@ -380,8 +380,8 @@ impl Default for Zfs {
 }
 
 /// What a finished command printed.
-struct Output {
-    stdout: String,
+pub(crate) struct Output {
+    pub(crate) stdout: String,
 }
 
 impl Zfs {
@@ -447,7 +447,7 @@ impl Zfs {
         [("LC_ALL".into(), "C".into())]
     }
 
-    async fn run(&self, args: Vec<String>) -> Result<Output, ZfsError> {
+    pub(crate) async fn run(&self, args: Vec<String>) -> Result<Output, ZfsError> {
         let output = tokio::process::Command::new(&self.binary)
             .args(&args)
             .envs(Self::locale_env())
@@ -469,7 +469,10 @@ impl Zfs {
     }
 
     /// Runs, mapping "dataset does not exist" to `Ok(None)`.
-    async fn run_if_exists(&self, args: Vec<String>) -> Result<Option<Output>, ZfsError> {
+    pub(crate) async fn run_if_exists(
+        &self,
+        args: Vec<String>,
+    ) -> Result<Option<Output>, ZfsError> {
         match self.run(args).await {
             Ok(out) => Ok(Some(out)),
             Err(e) if e.stderr().is_some_and(says_does_not_exist) => Ok(None),
