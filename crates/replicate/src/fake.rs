@@ -445,6 +445,8 @@ struct DrState {
     next_guid: u64,
     faults: Vec<DrFault>,
     transfers: Vec<Transfer>,
+    /// Promoted roots and the DR node's refusal for them.
+    promoted: BTreeMap<String, String>,
 }
 
 /// The DR node, in memory: `zfs recv`'s rules, a permissive policy.
@@ -535,6 +537,28 @@ impl FakeDrNode {
         }
     }
 
+    /// Promotes `root` on the DR node (failover): from now on every
+    /// request for it or its children is refused with `message`.
+    pub fn promote(&self, root: &str, message: &str) {
+        lock(&self.state)
+            .promoted
+            .insert(root.into(), message.into());
+    }
+
+    /// The fence: a promoted target (or a child of one) refuses.
+    fn fenced(&self, target: &str) -> Result<(), DrError> {
+        let s = lock(&self.state);
+        match s.promoted.iter().find(|(root, _)| {
+            target == root.as_str()
+                || target
+                    .strip_prefix(root.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) {
+            Some((_, message)) => Err(DrError::Promoted(message.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Every transfer attempted, in order.
     pub fn transfers(&self) -> Vec<Transfer> {
         lock(&self.state).transfers.clone()
@@ -557,6 +581,7 @@ fn refused(msg: impl Into<String>) -> DrError {
 impl DrNode for FakeDrNode {
     async fn target_state(&self, target: &str) -> Result<TargetState, DrError> {
         self.unreachable()?;
+        self.fenced(target)?;
         let s = lock(&self.state);
         Ok(match s.targets.get(target) {
             None => TargetState::default(),
@@ -571,6 +596,7 @@ impl DrNode for FakeDrNode {
 
     async fn abort_resume(&self, target: &str) -> Result<(), DrError> {
         self.unreachable()?;
+        self.fenced(target)?;
         let mut s = lock(&self.state);
         let t = s
             .targets
@@ -588,6 +614,7 @@ impl DrNode for FakeDrNode {
 
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
         self.unreachable()?;
+        self.fenced(target)?;
         let mut s = lock(&self.state);
         if take(&mut s.faults, |f| *f == DrFault::RefuseDestroy) {
             return Err(refused(
@@ -614,6 +641,7 @@ impl DrNode for FakeDrNode {
     ) -> Result<TransferStats, DrError> {
         self.unreachable()?;
         lock(&self.state).transfers.push(transfer.clone());
+        self.fenced(&transfer.target)?;
         let mut bytes = Vec::new();
         stream
             .read_to_end(&mut bytes)

@@ -155,6 +155,7 @@ fn snapshot_error(source: &str, short: &str, e: &PoolError) -> String {
 fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool) {
     report.datasets = datasets.len();
     let mut diverged = false;
+    let mut promoted = false;
     let mut errors = Vec::new();
     for d in &datasets {
         report.bytes += d.bytes;
@@ -170,11 +171,16 @@ fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool
                 report.failed += 1;
                 errors.push(d.source.clone());
             }
+            DatasetResult::Promoted => {
+                promoted = true;
+                report.failed += 1;
+            }
             // Counted, but its parent's error says why.
             DatasetResult::Skipped => report.failed += 1,
         }
     }
     report.result = match (report.failed, diverged, dry_run) {
+        _ if promoted => JobResult::Promoted,
         (0, _, true) => JobResult::DryRun,
         (0, _, false) => JobResult::Ok,
         (_, true, _) if errors.is_empty() => JobResult::Diverged,
@@ -323,7 +329,7 @@ fn record<P: Pool, D: DrNode>(
         last_result: match report.result {
             JobResult::Ok | JobResult::DryRun => status::result::OK,
             JobResult::Diverged => status::result::DIVERGED,
-            JobResult::Locked | JobResult::Failed => status::result::FAILED,
+            JobResult::Locked | JobResult::Failed | JobResult::Promoted => status::result::FAILED,
         }
         .to_string(),
         last_error: report.error.clone(),
@@ -361,6 +367,9 @@ pub enum Verdict {
     Locked,
     /// A job failed or found its target diverged.
     Failed,
+    /// A job's target was promoted on the DR node: this primary is fenced
+    /// off (failover happened; fail back before pushing again).
+    Promoted,
     /// Local state (lock file, status, metrics) could not be kept: the
     /// next run and monitoring cannot see what happened.
     StateLost,
@@ -378,6 +387,7 @@ pub fn verdict<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> Verdic
                 JobResult::Ok | JobResult::DryRun => Verdict::Ok,
                 JobResult::Locked => Verdict::Locked,
                 JobResult::Diverged | JobResult::Failed => Verdict::Failed,
+                JobResult::Promoted => Verdict::Promoted,
             }
         })
         .max()

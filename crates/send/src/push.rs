@@ -253,6 +253,10 @@ fn conclude(outcomes: &[JobOutcome]) -> Result<(), Failure> {
             "jobs failed: {}",
             names(&|o| matches!(o.report.result, JobResult::Failed | JobResult::Diverged))
         ))),
+        Verdict::Promoted => Err(Failure::promoted(anyhow!(
+            "the DR node refuses pushes of: {} (a target was promoted there: failover happened; see the errors above for when and how to fail back)",
+            names(&|o| o.report.result == JobResult::Promoted)
+        ))),
         Verdict::StateLost => Err(Failure::state(anyhow!(
             "could not keep the local state (lock, status or metrics) of: {}; see the errors above",
             names(&|o| !o.state_errors.is_empty())

@@ -11,7 +11,8 @@ use fjord_transport::client::{
 use fjord_transport::message::offer_flags;
 use fjord_transport::packed::PackReader;
 use fjord_transport::{
-    Identity, LinkConfig, Offer, PublicKey, Request, Response, SessionError, SessionId, Snapshot,
+    Identity, LinkConfig, Offer, PublicKey, RefuseCode, Request, Response, SessionError, SessionId,
+    Snapshot,
 };
 use fjord_zfs::SnapshotInfo;
 use std::any::Any;
@@ -48,6 +49,10 @@ pub struct QuicDrNode {
 /// logic's.
 fn typed(e: SendError) -> DrError {
     match e {
+        SendError::Session(SessionError::Refused {
+            code: RefuseCode::Promoted,
+            reason,
+        }) => DrError::Promoted(reason),
         SendError::Session(SessionError::Refused { code, reason }) => {
             DrError::Refused(format!("{reason} ({code})"))
         }
@@ -128,6 +133,10 @@ impl QuicDrNode {
             .map_err(typed)?;
         match responses.pop() {
             None => Err(DrError::Protocol("no answer to a request".into())),
+            Some(Response::Failed {
+                code: RefuseCode::Promoted,
+                message,
+            }) => Err(DrError::Promoted(message)),
             Some(Response::Failed { code, message }) => {
                 Err(DrError::Refused(format!("{message} ({code})")))
             }
