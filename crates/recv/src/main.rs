@@ -6,6 +6,7 @@
 //! becomes an exit code (the table is `fjord_cli::exit`).
 
 mod check_config;
+mod promote;
 mod prune;
 mod serve;
 mod status;
@@ -38,6 +39,7 @@ enum Command {
     Unpack(unpack::Args),
     Status(status::Args),
     CheckConfig(check_config::Args),
+    Promote(promote::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
 }
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => prune::run(args),
         Command::Status(args) => status::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Promote(args) => promote::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
     };
     fjord_cli::finish("fjord-recv", result)
