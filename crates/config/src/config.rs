@@ -163,6 +163,9 @@ pub struct Job {
     /// Snapshot retention.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Commands and database hooks around the snapshot (`[job.hooks]`).
+    #[serde(default)]
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 impl Job {
@@ -631,6 +634,9 @@ impl SendConfig {
                 ));
             }
             validate_dataset(&job.source).map_err(|e| check.fail(key("source"), e.to_string()))?;
+            job.hooks
+                .check()
+                .map_err(|(k, why)| check.fail(key(&format!("hooks.{k}")), why))?;
             validate_dataset(&job.target_dataset)
                 .map_err(|e| check.fail(key("target_dataset"), e.to_string()))?;
             // The timestamp adds 19 bytes; the result must be a valid name.

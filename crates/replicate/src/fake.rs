@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::{Mutex, MutexGuard};
 
+pub use crate::hooks::FakeHooks;
+
 /// A fault for the next matching [`FakePool`] operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PoolFault {
@@ -54,6 +56,8 @@ pub enum DrFault {
 struct FakeSnapshot {
     info: SnapshotInfo,
     holds: BTreeSet<String>,
+    /// User properties set when it was taken.
+    props: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -148,6 +152,19 @@ impl FakePool {
             .unwrap_or_default()
     }
 
+    /// The user properties `dataset@snap` was taken with.
+    pub fn props_of(&self, full: &str) -> Vec<(String, String)> {
+        let Some((ds, name)) = full.split_once('@') else {
+            return Vec::new();
+        };
+        lock(&self.state)
+            .datasets
+            .get(ds)
+            .and_then(|v| v.iter().find(|x| x.info.name == name))
+            .map(|x| x.props.clone())
+            .unwrap_or_default()
+    }
+
     /// The hold tags of `dataset@snap`.
     pub fn holds_of(&self, full: &str) -> Vec<String> {
         let s = lock(&self.state);
@@ -216,7 +233,13 @@ impl Pool for FakePool {
             .ok_or_else(|| PoolError::NotFound(format!("{dataset}: dataset does not exist")))
     }
 
-    async fn snapshot(&self, root: &str, short: &str, recursive: bool) -> Result<(), PoolError> {
+    async fn snapshot(
+        &self,
+        root: &str,
+        short: &str,
+        recursive: bool,
+        props: &[(String, String)],
+    ) -> Result<(), PoolError> {
         if self.take_fault(|f| *f == PoolFault::Snapshot) {
             return Err(PoolError::Failed(format!(
                 "cannot create snapshot {root}@{short}: out of space"
@@ -251,6 +274,7 @@ impl Pool for FakePool {
                         creation: clock,
                     },
                     holds: BTreeSet::new(),
+                    props: props.to_vec(),
                 });
             }
         }

@@ -133,18 +133,68 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             return report;
         }
     };
+    let mut post_error = None;
     if !ctx.options.dry_run {
-        let short = snapname::format_snapshot_name(&job.snapshot_prefix, ctx.options.now_unix);
-        if let Err(e) = ctx.pool.snapshot(&job.source, &short, job.recursive).await {
-            report.error = Some(snapshot_error(&job.source, &short, &e));
-            return report;
+        let (taken, post) = snapshot_with_hooks(ctx).await;
+        post_error = post;
+        match taken {
+            Ok(short) => report.snapshot = Some(short),
+            Err(e) => {
+                report.error = Some(match post_error {
+                    Some(p) => format!("{e}; and {p}"),
+                    None => e,
+                });
+                return report;
+            }
         }
-        tracing::info!(snapshot = %short, "snapshot taken");
-        report.snapshot = Some(short);
     }
     let reports = replicate_tree(ctx.clone(), datasets).await;
     summarize(&mut report, reports, ctx.options.dry_run);
+    if let Some(p) = post_error {
+        // The snapshot and its replication stand; the job still fails, as
+        // the application may be left frozen or locked.
+        if matches!(report.result, JobResult::Ok) {
+            report.result = JobResult::Failed;
+        }
+        report.error = Some(match report.error.take() {
+            Some(e) => format!("{e}; {p}"),
+            None => p,
+        });
+    }
     report
+}
+
+/// The pre-snapshot hooks, the snapshot with what they recorded, and the
+/// post-snapshot hooks (whenever the pre step ran). Returns the snapshot
+/// taken (or why none was) and the post step's failure, if any.
+async fn snapshot_with_hooks<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+) -> (Result<String, String>, Option<String>) {
+    let job = &ctx.job;
+    let short = snapname::format_snapshot_name(&job.snapshot_prefix, ctx.options.now_unix);
+    let taken = match ctx.hooks.pre_snapshot(&job.name).await {
+        Err(e) => Err(format!(
+            "the pre-snapshot hook failed, so no snapshot was taken: {e}"
+        )),
+        Ok(props) => match ctx
+            .pool
+            .snapshot(&job.source, &short, job.recursive, &props)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(snapshot = %short, ?props, "snapshot taken");
+                Ok(short)
+            }
+            Err(e) => Err(snapshot_error(&job.source, &short, &e)),
+        },
+    };
+    let post = ctx
+        .hooks
+        .post_snapshot(&job.name, taken.as_deref().ok())
+        .await
+        .err()
+        .map(|e| format!("the post-snapshot hook failed: {e}"));
+    (taken, post)
 }
 
 fn snapshot_error(source: &str, short: &str, e: &PoolError) -> String {

@@ -58,3 +58,83 @@ async fn a_promoted_child_fences_only_its_own_subtree() {
     assert_eq!(by("tank/home/a"), Some(DatasetResult::Promoted));
     assert_eq!(by("tank/home/b"), Some(DatasetResult::Ok));
 }
+
+use fjord_replicate::fake::PoolFault;
+use fjord_replicate::HookError;
+use std::time::Duration;
+
+#[tokio::test]
+async fn hooks_run_around_the_snapshot_and_what_they_record_is_on_it() {
+    let mut w = World::new("");
+    w.hooks.records(&[("fjord:wal_lsn", "0/16B3F40")]);
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    let snap = o.report.snapshot.clone().unwrap();
+    assert_eq!(w.hooks.calls(), ["pre home".to_string(), format!("post home @{snap}")]);
+    assert_eq!(
+        w.pool.props_of(&format!("tank/home@{snap}")),
+        [("fjord:wal_lsn".to_string(), "0/16B3F40".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_pre_hook_means_no_snapshot_and_a_failed_job_but_the_post_hook_runs() {
+    let mut w = World::new("");
+    w.hooks.fail_pre(HookError::Failed {
+        what: "psql -c CHECKPOINT".into(),
+        status: Some(2),
+        stderr: "could not connect to server".into(),
+    });
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Failed);
+    assert_eq!(o.report.snapshot, None);
+    let e = o.report.error.clone().unwrap_or_default();
+    assert!(
+        e.contains("pre-snapshot hook failed, so no snapshot was taken")
+            && e.contains("could not connect"),
+        "{e}"
+    );
+    assert!(w.source_names("tank/home").is_empty());
+    assert!(w.dr.transfers().is_empty());
+    assert_eq!(w.hooks.calls(), ["pre home", "post home (no snapshot)"]);
+    assert_eq!(verdict([&o]), Verdict::Failed);
+}
+
+#[tokio::test]
+async fn a_pre_hook_that_timed_out_says_so() {
+    let mut w = World::new("");
+    w.hooks.fail_pre(HookError::Timeout {
+        what: "/usr/local/sbin/freeze".into(),
+        after: Duration::from_secs(60),
+    });
+    let o = w.push().await;
+    let e = o.report.error.clone().unwrap_or_default();
+    assert!(e.contains("did not finish within 60s and was killed"), "{e}");
+    assert!(w.source_names("tank/home").is_empty());
+}
+
+#[tokio::test]
+async fn the_post_hook_runs_when_the_snapshot_fails() {
+    let mut w = World::new("");
+    w.pool.inject(PoolFault::Snapshot);
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Failed);
+    assert!(o.report.error.clone().unwrap_or_default().contains("out of space"));
+    assert_eq!(w.hooks.calls(), ["pre home", "post home (no snapshot)"]);
+}
+
+#[tokio::test]
+async fn a_failing_post_hook_fails_the_job_but_the_snapshot_is_replicated() {
+    let mut w = World::new("");
+    w.hooks.fail_post(HookError::Failed {
+        what: "/usr/local/sbin/thaw".into(),
+        status: Some(1),
+        stderr: "still frozen".into(),
+    });
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Failed);
+    let e = o.report.error.clone().unwrap_or_default();
+    assert!(e.contains("post-snapshot hook failed") && e.contains("still frozen"), "{e}");
+    let snap = o.report.snapshot.clone().unwrap();
+    assert_eq!(w.target_names("backup/home"), [snap]);
+}

@@ -186,6 +186,7 @@ async fn run_one(
             dry_run: args.dry_run,
             now_unix: now_unix(),
         },
+        hooks: Arc::new(fjord_replicate::edge::CommandHooks::new(&job.hooks)),
     });
     let drawing = progress.spawn(!args.dry_run && !args.json);
     let outcome = run_job(ctx, state).await;

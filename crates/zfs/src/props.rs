@@ -96,6 +96,26 @@ pub fn inherit_received_argv(dataset: &str, prop: &str) -> Vec<String> {
     vec!["inherit".into(), "-S".into(), prop.into(), dataset.into()]
 }
 
+/// `zfs snapshot [-r] [-o PROP=VALUE]... DATASET@SHORT`: user properties
+/// recorded on the new snapshot(s), atomically with it.
+pub fn snapshot_with_props_argv(
+    dataset: &str,
+    short: &str,
+    recursive: bool,
+    props: &[(String, String)],
+) -> Vec<String> {
+    let mut argv = vec!["snapshot".to_string()];
+    if recursive {
+        argv.push("-r".into());
+    }
+    for (k, v) in props {
+        argv.push("-o".into());
+        argv.push(format!("{k}={v}"));
+    }
+    argv.push(format!("{dataset}@{short}"));
+    argv
+}
+
 /// `zfs mount DATASET`.
 pub fn mount_argv(dataset: &str) -> Vec<String> {
     vec!["mount".into(), dataset.into()]
@@ -209,6 +229,24 @@ impl Zfs {
             .map(drop)
     }
 
+    /// Takes `dataset@short` (with `recursive`, of every descendant too,
+    /// atomically) with the user properties `props` set on it.
+    pub async fn snapshot_with_props(
+        &self,
+        dataset: &str,
+        short: &str,
+        recursive: bool,
+        props: &[(String, String)],
+    ) -> Result<(), ZfsError> {
+        crate::names::validate_full_snapshot(&format!("{dataset}@{short}"))?;
+        for (k, v) in props {
+            check_value(k, v)?;
+        }
+        self.run(snapshot_with_props_argv(dataset, short, recursive, props))
+            .await
+            .map(drop)
+    }
+
     /// `zfs mount dataset`.
     pub async fn mount(&self, dataset: &str) -> Result<(), ZfsError> {
         validate_dataset(dataset)?;
@@ -259,6 +297,20 @@ mod tests {
         assert_eq!(
             inherit_received_argv("dst/a", "readonly").join(" "),
             "inherit -S readonly dst/a"
+        );
+        assert_eq!(
+            snapshot_with_props_argv(
+                "tank/db",
+                "fjord_x",
+                true,
+                &[("fjord:wal_lsn".into(), "0/16B3F40".into())]
+            )
+            .join(" "),
+            "snapshot -r -o fjord:wal_lsn=0/16B3F40 tank/db@fjord_x"
+        );
+        assert_eq!(
+            snapshot_with_props_argv("tank/db", "s", false, &[]).join(" "),
+            "snapshot tank/db@s"
         );
         assert!(check_value("fjord:x", "a\nb").is_err());
         assert!(check_value("-o", "a").is_err());
