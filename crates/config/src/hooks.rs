@@ -129,4 +129,19 @@ mod tests {
         assert!(toml::from_str::<HooksConfig>("database = \"oracle\"").is_err());
         assert!(toml::from_str::<HooksConfig>("pre = [\"x\"]").is_err());
     }
+
+    #[test]
+    fn a_database_hook_needs_the_properties_sent() {
+        let text = |extra: &str| {
+            format!(
+                "key = \"/k\"\nstate_dir = \"/s\"\n[[job]]\nname = \"db\"\nsource = \"tank/db\"\ntarget_host = \"h:1\"\ntarget_key = \"K\"\ntarget_dataset = \"b/db\"\n{extra}\n[job.hooks]\ndatabase = \"postgresql\"\n"
+            )
+        };
+        let path = std::path::Path::new("send.toml");
+        let e = crate::SendConfig::from_toml(path, &text("")).unwrap_err();
+        assert!(e.to_string().contains("job[1].properties"), "{e}");
+        let c = crate::SendConfig::from_toml(path, &text("properties = true")).expect("valid");
+        assert!(c.jobs[0].properties);
+        assert_eq!(c.jobs[0].hooks.database, Some(Database::Postgresql));
+    }
 }

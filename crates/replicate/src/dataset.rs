@@ -317,6 +317,7 @@ fn prepare<P: Pool, D: DrNode>(
         compressed: job.compressed,
         large_blocks: job.large_blocks,
         embedded: job.compressed || job.raw,
+        properties: job.properties,
     };
     let sref = |s: &SnapshotInfo| SnapshotRef {
         name: s.full_name(source),
@@ -382,6 +383,7 @@ fn prepare<P: Pool, D: DrNode>(
                 compressed: false,
                 large_blocks: false,
                 embedded: false,
+                properties: false,
             };
             (spec, transfer(None, &to, false, true), step, to)
         }

@@ -54,6 +54,9 @@ pub struct SendSpec {
     pub large_blocks: bool,
     /// `-e`: send embedded (tiny, inline) blocks as such.
     pub embedded: bool,
+    /// `-p`: the dataset's properties and its snapshots' user properties
+    /// (e.g. `fjord:wal_lsn`) travel with the stream.
+    pub properties: bool,
 }
 
 impl SendSpec {
@@ -322,6 +325,7 @@ fn push_send_args(argv: &mut Vec<String>, spec: &SendSpec) {
         (spec.compressed, "-c"),
         (spec.large_blocks, "-L"),
         (spec.embedded, "-e"),
+        (spec.properties, "-p"),
     ] {
         if on {
             argv.push(flag.into());
@@ -655,6 +659,7 @@ mod tests {
             compressed: true,
             large_blocks: true,
             embedded: false,
+            properties: false,
         }
     }
 
@@ -725,6 +730,12 @@ mod tests {
             intermediates: true,
         });
         assert_eq!(send_argv(&s).join(" "), "send -c -L -I tank/a@s1 tank/a@s2");
+        s.properties = true;
+        assert_eq!(
+            send_argv(&s).join(" "),
+            "send -c -L -p -I tank/a@s1 tank/a@s2"
+        );
+        s.properties = false;
         s.kind = SendKind::Incremental {
             from: "tank/a#s1".into(),
             to: "tank/a@s2".into(),
@@ -742,6 +753,7 @@ mod tests {
         let s = SendSpec {
             raw: true,
             embedded: true,
+            properties: false,
             ..spec(SendKind::Resume {
                 token: "1-abc-d0-789c".into(),
             })
