@@ -70,7 +70,10 @@ async fn hooks_run_around_the_snapshot_and_what_they_record_is_on_it() {
     let o = w.push().await;
     assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
     let snap = o.report.snapshot.clone().unwrap();
-    assert_eq!(w.hooks.calls(), ["pre home".to_string(), format!("post home @{snap}")]);
+    assert_eq!(
+        w.hooks.calls(),
+        ["pre home".to_string(), format!("post home @{snap}")]
+    );
     assert_eq!(
         w.pool.props_of(&format!("tank/home@{snap}")),
         [("fjord:wal_lsn".to_string(), "0/16B3F40".to_string())]
@@ -109,7 +112,10 @@ async fn a_pre_hook_that_timed_out_says_so() {
     });
     let o = w.push().await;
     let e = o.report.error.clone().unwrap_or_default();
-    assert!(e.contains("did not finish within 60s and was killed"), "{e}");
+    assert!(
+        e.contains("did not finish within 60s and was killed"),
+        "{e}"
+    );
     assert!(w.source_names("tank/home").is_empty());
 }
 
@@ -119,7 +125,12 @@ async fn the_post_hook_runs_when_the_snapshot_fails() {
     w.pool.inject(PoolFault::Snapshot);
     let o = w.push().await;
     assert_eq!(o.report.result, JobResult::Failed);
-    assert!(o.report.error.clone().unwrap_or_default().contains("out of space"));
+    assert!(o
+        .report
+        .error
+        .clone()
+        .unwrap_or_default()
+        .contains("out of space"));
     assert_eq!(w.hooks.calls(), ["pre home", "post home (no snapshot)"]);
 }
 
@@ -134,7 +145,10 @@ async fn a_failing_post_hook_fails_the_job_but_the_snapshot_is_replicated() {
     let o = w.push().await;
     assert_eq!(o.report.result, JobResult::Failed);
     let e = o.report.error.clone().unwrap_or_default();
-    assert!(e.contains("post-snapshot hook failed") && e.contains("still frozen"), "{e}");
+    assert!(
+        e.contains("post-snapshot hook failed") && e.contains("still frozen"),
+        "{e}"
+    );
     let snap = o.report.snapshot.clone().unwrap();
     assert_eq!(w.target_names("backup/home"), [snap]);
 }
