@@ -36,6 +36,9 @@
 #   dedup            a copy of a replicated file costs references only (chunk cache)
 #   status-metrics   fjord-send status --json and the Prometheus metrics after a push
 #   recv-prune       the DR node's own retention: fjord-recv prune (--dry-run, then for real)
+#   promote          failover: fjord-recv promote --dry-run changes nothing; promote makes the
+#                    copy writable and mounted at its mountpoint, fenced (fjord:promoted); a
+#                    push from the old primary is refused with exit 8 and the promoted message
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -806,8 +809,91 @@ case_recv_prune() {
     lab_assert prune-kept-two test "$(zfs list -H -t snapshot -o name -d 1 dst/backup/data | grep -c '@fjord_')" -le 3
 }
 
+# failover on the DR node: fjord-recv promote --dry-run changes nothing; promote makes the
+# copy (and its child) writable and mounted at its own mountpoint, fenced with fjord:promoted;
+# a rerun only finishes; a push from the old primary is then refused (exit 8, "promoted")
+# promote_run NAME ARGS...: fjord-recv promote on the DR node; $R/NAME.out, .err, .rc
+promote_run() {
+    local name=$1 rc=0
+    shift
+    "$recv" promote "$@" >"$R/$name.out" 2>"$R/$name.err" || rc=$?
+    echo "$rc" >"$R/$name.rc"
+    lab_log "promote $name exit $rc"
+    sed 's/^/    /' "$R/$name.out" "$R/$name.err"
+    return "$rc"
+}
+# _marker_is VALUE SNAP: fjord:promoted's value is "TIME @SNAP"
+_marker_is() { [[ $1 =~ ^20[0-9-]+T[0-9:]+Z\ @(.*)$ && ${BASH_REMATCH[1]} == "$2" ]]; }
+case_promote() {
+    start_from golden
+    serve_use default
+    local rc=0 snap before_snaps before_mnt marker t0
+    # the incremental push runs the hooks: a pre and a post command, and the PostgreSQL hook
+    # against a stand-in psql that prints a WAL position; properties = true (zfs send -p)
+    # carries fjord:wal_lsn to the DR node
+    rm -f "$work/hooks.log" "$work/psql.args"
+    lab_mutate "$smnt" 41 256K >/dev/null
+    push promote-incr "$work/hooks.toml" || rc=$?
+    lab_assert_eq promote-incr-exit "0 incremental" "$rc $(jactions promote-incr src/data)"
+    snap=$(jjob promote-incr snapshot)
+    lab_assert_eq promote-hooks-order "pre post $snap" "$(tr '\n' ' ' <"$work/hooks.log" | sed 's/ $//')"
+    lab_assert promote-hooks-checkpoint grep -q -- "-c CHECKPOINT -c SELECT pg_current_wal_lsn()" "$work/psql.args"
+    lab_assert_eq promote-hooks-lsn-source 0/16B3F40 "$(zfs get -H -o value fjord:wal_lsn "src/data@$snap")"
+    lab_assert_eq promote-hooks-lsn-target 0/16B3F40 "$(zfs get -H -o value fjord:wal_lsn "dst/backup/data@$snap")"
+    before_snaps=$(snaps dst/backup/data)
+    before_mnt=$(lab_mountpoint dst/backup/data)
+    # --dry-run: the plan, nothing changed
+    rc=0
+    promote_run promote-dry dst/backup/data --dry-run --json || rc=$?
+    lab_assert_eq promote-dry-exit 0 "$rc"
+    lab_assert_eq promote-dry-plan "true fence $snap 0/16B3F40" \
+        "$(jq -r '[.dry_run, .actions[0].action, .recovery_points[0].snapshot, .recovery_points[0].log_position.value] | map(tostring) | join(" ")' "$R/promote-dry.out" 2>/dev/null)"
+    lab_assert_eq promote-dry-nothing-done 0 "$(jq '[.actions[] | select(.done)] | length' "$R/promote-dry.out" 2>/dev/null)"
+    lab_assert promote-dry-still-inert inert dst/backup/data
+    lab_assert_eq promote-dry-no-marker - "$(zfs get -H -o value fjord:promoted dst/backup/data)"
+    lab_assert_eq promote-dry-same-snapshots "$before_snaps" "$(snaps dst/backup/data)"
+    # for real
+    t0=$SECONDS
+    rc=0
+    promote_run promote dst/backup/data || rc=$?
+    lab_log "promote took $((SECONDS - t0)) s"
+    lab_assert_eq promote-exit 0 "$rc"
+    lab_assert promote-prints-recovery-point grep -q "^recovery point: dst/backup/data@$snap (created .*, .* old), fjord:wal_lsn 0/16B3F40" "$R/promote.out"
+    lab_assert promote-prints-fence grep -q "^done: fence dst/backup/data" "$R/promote.out"
+    lab_assert_eq promote-writable "off off yes yes" \
+        "$(zfs get -H -o value readonly dst/backup/data) $(zfs get -H -o value readonly dst/backup/data/child) $(zfs get -H -o value mounted dst/backup/data) $(zfs get -H -o value mounted dst/backup/data/child)"
+    lab_assert_eq promote-original-mountpoint "$before_mnt" "$(lab_mountpoint dst/backup/data)"
+    lab_assert promote-data-readable lab_compare "$smnt" "$(lab_mountpoint dst/backup/data)"
+    lab_assert promote-child-readable lab_compare "$cmnt" "$(lab_mountpoint dst/backup/data/child)"
+    # written into the promoted file system itself, not into a directory under an unmounted one
+    echo after-failover >"$(lab_mountpoint dst/backup/data)/failover.txt" || true
+    lab_assert_eq promote-writes dst/backup/data \
+        "$(findmnt -n -o SOURCE --target "$(lab_mountpoint dst/backup/data)/failover.txt" 2>/dev/null)"
+    marker=$(zfs get -H -o value fjord:promoted dst/backup/data)
+    lab_assert promote-marker _marker_is "$marker" "$snap"
+    lab_assert_eq promote-marker-inherited "inherited from dst/backup/data" \
+        "$(zfs get -H -o source fjord:promoted dst/backup/data/child)"
+    # a rerun finishes nothing and rolls nothing back
+    rc=0
+    promote_run promote-again dst/backup/data || rc=$?
+    lab_assert_eq promote-again-exit 0 "$rc"
+    lab_assert promote-again-keeps-writes grep -qx after-failover "$(lab_mountpoint dst/backup/data)/failover.txt"
+    lab_assert promote-again-says-already grep -q "^already promoted at" "$R/promote-again.out"
+    # the old primary pushes: refused, with the promoted message and exit 8
+    lab_mutate "$smnt" 42 64K >/dev/null
+    rc=0
+    push promote-fenced "$work/send.toml" || rc=$?
+    lab_assert_eq promote-fenced-exit 8 "$rc"
+    lab_assert_eq promote-fenced-json "promoted promoted" \
+        "$(jjob promote-fenced result) $(jds promote-fenced src/data result)"
+    lab_assert promote-fenced-message jsays promote-fenced "was promoted on the DR node at"
+    lab_assert promote-fenced-how grep -q "zfs inherit fjord:promoted dst/backup/data" "$R/promote-fenced.err"
+    lab_assert_eq promote-fenced-nothing-received "$before_snaps" "$(snaps dst/backup/data)"
+    lab_assert promote-fenced-logged grep -q "refused: promoted on this node" "$R/serve.log"
+}
+
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
-    access evil overlap locked state-dir dedup status-metrics dr-status recv-prune)
+    access evil overlap locked state-dir dedup status-metrics dr-status recv-prune promote)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
@@ -872,6 +958,16 @@ send_config "$work/send.toml" "$work/send.key" ""
 send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
 send_config "$work/stranger.toml" "$work/stranger.key" ""
 send_config "$work/other.toml" "$work/other.key" ""
+# hooks.toml: the job with hooks (a stand-in psql that prints a WAL position) and zfs send -p
+printf '#!/bin/sh\necho "$*" >>"%s"\necho 0/16B3F40\n' "$work/psql.args" >"$work/fake-psql"
+chmod 755 "$work/fake-psql"
+send_config "$work/hooks.toml" "$work/send.key" "properties = true
+[job.hooks]
+pre_snapshot = ['/bin/sh', '-c', 'echo pre >>$work/hooks.log']
+post_snapshot = ['/bin/sh', '-c', 'echo post \$FJORD_SNAPSHOT >>$work/hooks.log']
+timeout = '20s'
+database = 'postgresql'
+psql = '$work/fake-psql'"
 : >"$R/serve.log"
 
 # LAB_CASES="full dr-status": run only these (by hand, while working on a case; "full"
