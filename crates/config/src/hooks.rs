@@ -35,13 +35,18 @@ pub struct HooksConfig {
     /// A built-in database hook.
     #[serde(default)]
     pub database: Option<Database>,
-    /// The database's connection string (PostgreSQL: what `psql -d`
-    /// takes); default the client's (local socket, `PGUSER`, ...).
+    /// How to reach the database. PostgreSQL: what `psql -d` takes (a
+    /// libpq connection string). MySQL/MariaDB: an option file with the
+    /// credentials (`mysql --defaults-extra-file`). Default: the client's
+    /// own (local socket, `PGUSER`, `~/.my.cnf`, ...).
     #[serde(default)]
     pub connection: Option<String>,
     /// The `psql` binary (default `psql` on `PATH`).
     #[serde(default)]
     pub psql: Option<PathBuf>,
+    /// The `mysql` (or `mariadb`) client binary (default `mysql` on `PATH`).
+    #[serde(default)]
+    pub mysql: Option<PathBuf>,
 }
 
 /// The databases with a built-in hook.
@@ -51,6 +56,11 @@ pub enum Database {
     /// PostgreSQL: `CHECKPOINT` right before the snapshot, then
     /// `pg_current_wal_lsn()` recorded as `fjord:wal_lsn` on the snapshot.
     Postgresql,
+    /// MySQL or MariaDB: `FLUSH TABLES WITH READ LOCK` held on one
+    /// connection across the snapshot, the binary log position recorded
+    /// as `fjord:binlog_pos`; `UNLOCK TABLES` after it, whatever happened.
+    #[serde(alias = "mariadb")]
+    Mysql,
 }
 
 /// The default time limit of one hook command.
@@ -86,7 +96,9 @@ impl HooksConfig {
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(("timeout", "must be more than 0s".into()));
         }
-        if self.database.is_none() && (self.connection.is_some() || self.psql.is_some()) {
+        if self.database.is_none()
+            && (self.connection.is_some() || self.psql.is_some() || self.mysql.is_some())
+        {
             return Err(("connection", "only with database = \"postgresql\"".into()));
         }
         Ok(())
@@ -127,6 +139,14 @@ mod tests {
             "connection"
         );
         assert!(toml::from_str::<HooksConfig>("database = \"oracle\"").is_err());
+        assert_eq!(
+            parse("database = \"mariadb\"").database,
+            Some(Database::Mysql)
+        );
+        assert_eq!(
+            parse("database = \"mysql\"").database,
+            Some(Database::Mysql)
+        );
         assert!(toml::from_str::<HooksConfig>("pre = [\"x\"]").is_err());
     }
 

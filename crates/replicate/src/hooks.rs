@@ -143,6 +143,23 @@ impl Hooks for FakeHooks {
 /// (`pg_current_wal_lsn()`) right after its `CHECKPOINT`.
 pub const WAL_LSN_PROP: &str = "fjord:wal_lsn";
 
+/// The user property the MySQL/MariaDB hook records: the binary log
+/// position (`binlog.000003:1234`) while the tables were locked.
+pub const BINLOG_POS_PROP: &str = "fjord:binlog_pos";
+
+/// The binary log position in `SHOW MASTER STATUS`'s batch output (`FILE
+/// TAB POSITION ...`), as `FILE:POSITION`; `None` when binary logging is
+/// off (no row).
+pub fn parse_binlog_status(lines: &[String]) -> Option<String> {
+    lines.iter().find_map(|l| {
+        let mut f = l.split('\t');
+        let file = f.next()?.trim();
+        let pos = f.next()?.trim();
+        (!file.is_empty() && !pos.is_empty() && pos.chars().all(|c| c.is_ascii_digit()))
+            .then(|| format!("{file}:{pos}"))
+    })
+}
+
 /// The WAL position in `psql -X -q -A -t`'s output (its last non-empty
 /// line), checked to look like one (`16/B374D848`).
 pub fn parse_wal_lsn(stdout: &str) -> Option<String> {
@@ -173,6 +190,17 @@ mod tests {
         ] {
             assert_eq!(parse_wal_lsn(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn binlog_positions_are_read_from_show_master_status() {
+        let l = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_binlog_status(&l(&["binlog.000003\t1234\t\t"])).as_deref(),
+            Some("binlog.000003:1234")
+        );
+        assert_eq!(parse_binlog_status(&l(&[])), None);
+        assert_eq!(parse_binlog_status(&l(&["File\tPosition"])), None);
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! The real [`Hooks`]: the operator's commands (`[job.hooks]`) and the
-//! built-in PostgreSQL hook, run as child processes with a time limit;
-//! one still running at the limit is killed with its process group.
+//! built-in PostgreSQL and MySQL/MariaDB hooks, run as child processes
+//! with a time limit; one still running at the limit is killed with its
+//! process group.
 
-use crate::hooks::{parse_wal_lsn, HookError, HookFuture, Hooks, SnapshotProps, WAL_LSN_PROP};
+use super::mysql::MysqlLock;
+use crate::hooks::{
+    parse_wal_lsn, HookError, HookFuture, Hooks, SnapshotProps, BINLOG_POS_PROP, WAL_LSN_PROP,
+};
 use fjord_config::hooks::{Database, HooksConfig};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 /// The commands of one job's `[job.hooks]`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CommandHooks {
     pre: Option<Vec<String>>,
     post: Option<Vec<String>>,
     timeout: Duration,
     postgres: Option<Postgres>,
+    mysql: Option<MysqlLock>,
 }
 
 #[derive(Clone, Debug)]
@@ -30,9 +35,16 @@ impl CommandHooks {
             pre: config.pre_snapshot.clone(),
             post: config.post_snapshot.clone(),
             timeout: config.timeout(),
-            postgres: config.database.map(|Database::Postgresql| Postgres {
+            postgres: (config.database == Some(Database::Postgresql)).then(|| Postgres {
                 psql: config.psql.clone().unwrap_or_else(|| "psql".into()),
                 connection: config.connection.clone(),
+            }),
+            mysql: (config.database == Some(Database::Mysql)).then(|| {
+                MysqlLock::new(
+                    config.mysql.clone().unwrap_or_else(|| "mysql".into()),
+                    config.connection.clone(),
+                    config.timeout(),
+                )
             }),
         }
     }
@@ -84,12 +96,24 @@ impl Hooks for CommandHooks {
                 tracing::info!(job, lsn = %lsn, "PostgreSQL checkpoint; WAL position recorded");
                 props.push((WAL_LSN_PROP.to_string(), lsn));
             }
+            if let Some(m) = &self.mysql {
+                if let Some(pos) = m.lock().await? {
+                    tracing::info!(job, binlog = %pos, "MySQL tables locked; binary log position recorded");
+                    props.push((BINLOG_POS_PROP.to_string(), pos));
+                }
+            }
             Ok(props)
         })
     }
 
     fn post_snapshot<'a>(&'a self, job: &'a str, snapshot: Option<&'a str>) -> HookFuture<'a, ()> {
         Box::pin(async move {
+            // The database lock first (the reverse of pre_snapshot), and the
+            // operator's command even if the unlock failed.
+            let unlocked = match &self.mysql {
+                Some(m) => m.unlock().await,
+                None => Ok(()),
+            };
             if let Some(argv) = &self.post {
                 let env = [
                     ("FJORD_JOB", job),
@@ -97,7 +121,7 @@ impl Hooks for CommandHooks {
                 ];
                 run_command(argv, self.timeout, &env).await?;
             }
-            Ok(())
+            unlocked
         })
     }
 }
