@@ -278,6 +278,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "status-metrics",
         "dr-status",
         "recv-prune",
+        "promote",
     ];
     let mut required = vec![
         // full
@@ -413,6 +414,25 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "prune-kept-newest",
         "prune-destroyed-old",
         "prune-kept-two",
+        // promote
+        "promote-incr-exit",
+        "promote-hooks-order",
+        "promote-hooks-lsn-target",
+        "promote-dry-plan",
+        "promote-dry-nothing-done",
+        "promote-dry-still-inert",
+        "promote-exit",
+        "promote-prints-recovery-point",
+        "promote-writable",
+        "promote-original-mountpoint",
+        "promote-data-readable",
+        "promote-writes",
+        "promote-marker",
+        "promote-again-keeps-writes",
+        "promote-fenced-exit",
+        "promote-fenced-json",
+        "promote-fenced-message",
+        "promote-fenced-nothing-received",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [
