@@ -180,12 +180,18 @@ async fn promote_tree(args: Args) -> Result<(), Failure> {
     if let Err(e) = &result {
         report.error = Some(fjord_cli::render(e));
     }
+    print_tail(&args, &report, result.is_ok());
+    result.map_err(Failure::JobFailed)
+}
+
+/// The JSON object, or the closing lines of a promotion that went through.
+fn print_tail(args: &Args, report: &Report<'_>, ok: bool) {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
         );
-    } else if result.is_ok() && !args.dry_run {
+    } else if ok && !args.dry_run {
         println!(
             "promoted: {} is writable{}; pushes into it are refused from now on",
             args.dataset,
@@ -199,7 +205,6 @@ async fn promote_tree(args: Args) -> Result<(), Failure> {
             args.dataset
         );
     }
-    result.map_err(Failure::JobFailed)
 }
 
 fn print_head(plan: &Plan, dry_run: bool) {
