@@ -279,6 +279,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "dr-status",
         "recv-prune",
         "recv-as-fjord-user",
+        "promote",
     ];
     let mut required = vec![
         // full
@@ -429,6 +430,25 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "fjord-user-inert",
         "fjord-user-cannot-snapshot",
         "fjord-user-cannot-touch-source",
+        // promote
+        "promote-incr-exit",
+        "promote-hooks-order",
+        "promote-hooks-lsn-target",
+        "promote-dry-plan",
+        "promote-dry-nothing-done",
+        "promote-dry-still-inert",
+        "promote-exit",
+        "promote-prints-recovery-point",
+        "promote-writable",
+        "promote-original-mountpoint",
+        "promote-data-readable",
+        "promote-writes",
+        "promote-marker",
+        "promote-again-keeps-writes",
+        "promote-fenced-exit",
+        "promote-fenced-json",
+        "promote-fenced-message",
+        "promote-fenced-nothing-received",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [

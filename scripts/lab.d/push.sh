@@ -39,6 +39,12 @@
 #   recv-as-fjord-user  the receiver as an unprivileged user (no capability, no new
 #                    privileges) with exactly the README's `zfs allow` set on dst/backup:
 #                    a full and an incremental push, held and inert; nothing more allowed
+#   promote-pg       failover with a real PostgreSQL (the host's): rows committed before the
+#                    pushed snapshot are there after promote on the DR node; RTO logged
+#                    (not in CASES: run it with LAB_CASES="full promote-pg")
+#   promote          failover: fjord-recv promote --dry-run changes nothing; promote makes the
+#                    copy writable and mounted at its mountpoint, fenced (fjord:promoted); a
+#                    push from the old primary is refused with exit 8 and the promoted message
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -876,9 +882,156 @@ case_recv_as_fjord_user() {
     zfs unallow -u fjord dst/backup
 }
 
+# failover on the DR node: fjord-recv promote --dry-run changes nothing; promote makes the
+# copy (and its child) writable and mounted at its own mountpoint, fenced with fjord:promoted;
+# a rerun only finishes; a push from the old primary is then refused (exit 8, "promoted")
+# promote_run NAME ARGS...: fjord-recv promote on the DR node; $R/NAME.out, .err, .rc
+promote_run() {
+    local name=$1 rc=0
+    shift
+    "$recv" promote "$@" >"$R/$name.out" 2>"$R/$name.err" || rc=$?
+    echo "$rc" >"$R/$name.rc"
+    lab_log "promote $name exit $rc"
+    sed 's/^/    /' "$R/$name.out" "$R/$name.err"
+    return "$rc"
+}
+# _marker_is VALUE SNAP: fjord:promoted's value is "TIME @SNAP"
+_marker_is() { [[ $1 =~ ^20[0-9-]+T[0-9:]+Z\ @(.*)$ && ${BASH_REMATCH[1]} == "$2" ]]; }
+case_promote() {
+    start_from golden
+    serve_use default
+    local rc=0 snap before_snaps before_mnt marker t0
+    # the incremental push runs the hooks: a pre and a post command, and the PostgreSQL hook
+    # against a stand-in psql that prints a WAL position; properties = true (zfs send -p)
+    # carries fjord:wal_lsn to the DR node
+    rm -f "$work/hooks.log" "$work/psql.args"
+    lab_mutate "$smnt" 41 256K >/dev/null
+    push promote-incr "$work/hooks.toml" || rc=$?
+    lab_assert_eq promote-incr-exit "0 incremental" "$rc $(jactions promote-incr src/data)"
+    snap=$(jjob promote-incr snapshot)
+    lab_assert_eq promote-hooks-order "pre post $snap" "$(tr '\n' ' ' <"$work/hooks.log" | sed 's/ $//')"
+    lab_assert promote-hooks-checkpoint grep -q -- "-c CHECKPOINT -c SELECT pg_current_wal_lsn()" "$work/psql.args"
+    lab_assert_eq promote-hooks-lsn-source 0/16B3F40 "$(zfs get -H -o value fjord:wal_lsn "src/data@$snap")"
+    lab_assert_eq promote-hooks-lsn-target 0/16B3F40 "$(zfs get -H -o value fjord:wal_lsn "dst/backup/data@$snap")"
+    before_snaps=$(snaps dst/backup/data)
+    before_mnt=$(lab_mountpoint dst/backup/data)
+    # --dry-run: the plan, nothing changed
+    rc=0
+    promote_run promote-dry dst/backup/data --dry-run --json || rc=$?
+    lab_assert_eq promote-dry-exit 0 "$rc"
+    lab_assert_eq promote-dry-plan "true fence $snap 0/16B3F40" \
+        "$(jq -r '[.dry_run, .actions[0].action, .recovery_points[0].snapshot, .recovery_points[0].log_position.value] | map(tostring) | join(" ")' "$R/promote-dry.out" 2>/dev/null)"
+    lab_assert_eq promote-dry-nothing-done 0 "$(jq '[.actions[] | select(.done)] | length' "$R/promote-dry.out" 2>/dev/null)"
+    lab_assert promote-dry-still-inert inert dst/backup/data
+    lab_assert_eq promote-dry-no-marker - "$(zfs get -H -o value fjord:promoted dst/backup/data)"
+    lab_assert_eq promote-dry-same-snapshots "$before_snaps" "$(snaps dst/backup/data)"
+    # for real
+    t0=$SECONDS
+    rc=0
+    promote_run promote dst/backup/data || rc=$?
+    lab_log "promote took $((SECONDS - t0)) s"
+    lab_assert_eq promote-exit 0 "$rc"
+    lab_assert promote-prints-recovery-point grep -q "^recovery point: dst/backup/data@$snap (created .*, .* old), fjord:wal_lsn 0/16B3F40" "$R/promote.out"
+    lab_assert promote-prints-fence grep -q "^done: fence dst/backup/data" "$R/promote.out"
+    lab_assert_eq promote-writable "off off yes yes" \
+        "$(zfs get -H -o value readonly dst/backup/data) $(zfs get -H -o value readonly dst/backup/data/child) $(zfs get -H -o value mounted dst/backup/data) $(zfs get -H -o value mounted dst/backup/data/child)"
+    lab_assert_eq promote-original-mountpoint "$before_mnt" "$(lab_mountpoint dst/backup/data)"
+    lab_assert promote-data-readable lab_compare "$smnt" "$(lab_mountpoint dst/backup/data)"
+    lab_assert promote-child-readable lab_compare "$cmnt" "$(lab_mountpoint dst/backup/data/child)"
+    # written into the promoted file system itself, not into a directory under an unmounted one
+    echo after-failover >"$(lab_mountpoint dst/backup/data)/failover.txt" || true
+    lab_assert_eq promote-writes dst/backup/data \
+        "$(findmnt -n -o SOURCE --target "$(lab_mountpoint dst/backup/data)/failover.txt" 2>/dev/null)"
+    marker=$(zfs get -H -o value fjord:promoted dst/backup/data)
+    lab_assert promote-marker _marker_is "$marker" "$snap"
+    lab_assert_eq promote-marker-inherited "inherited from dst/backup/data" \
+        "$(zfs get -H -o source fjord:promoted dst/backup/data/child)"
+    # a rerun finishes nothing and rolls nothing back
+    rc=0
+    promote_run promote-again dst/backup/data || rc=$?
+    lab_assert_eq promote-again-exit 0 "$rc"
+    lab_assert promote-again-keeps-writes grep -qx after-failover "$(lab_mountpoint dst/backup/data)/failover.txt"
+    lab_assert promote-again-says-already grep -q "^already promoted at" "$R/promote-again.out"
+    # the old primary pushes: refused, with the promoted message and exit 8
+    lab_mutate "$smnt" 42 64K >/dev/null
+    rc=0
+    push promote-fenced "$work/send.toml" || rc=$?
+    lab_assert_eq promote-fenced-exit 8 "$rc"
+    lab_assert_eq promote-fenced-json "promoted promoted" \
+        "$(jjob promote-fenced result) $(jds promote-fenced src/data result)"
+    lab_assert promote-fenced-message jsays promote-fenced "was promoted on the DR node at"
+    lab_assert promote-fenced-how grep -q "zfs inherit fjord:promoted dst/backup/data" "$R/promote-fenced.err"
+    lab_assert_eq promote-fenced-nothing-received "$before_snaps" "$(snaps dst/backup/data)"
+    lab_assert promote-fenced-logged grep -q "refused: promoted on this node" "$R/serve.log"
+}
+
+# failover with a real PostgreSQL (the host's, through the shared root file system): its data
+# directory on src/data, rows committed, a push with the PostgreSQL hook (CHECKPOINT, WAL
+# position on the snapshot), more rows that never reach the DR node, then the primary dies
+# (immediate stop, link down). On the DR node: promote, PostgreSQL starts on the promoted copy
+# and has exactly the rows committed before the snapshot. RTO: from the failure to the first
+# answered query on the DR node.
+export PG_BIN=/usr/lib/postgresql/15/bin
+# pg_as ARGS...: a PostgreSQL program as the postgres user
+pg_as() { runuser -u postgres -- "$@"; }
+# pg_start DATADIR SOCKDIR PORT
+pg_start() {
+    pg_as "$PG_BIN/pg_ctl" -D "$1" -o "-k $2 -p $3 -c listen_addresses=''" -l "$2/log" -w -t 300 start
+}
+# pg_sql SOCKDIR PORT SQL: one statement as postgres, unaligned tuples only
+pg_sql() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d "host=$1 port=$2 user=postgres dbname=postgres" -c "$3"; }
+case_promote_pg() {
+    [[ -x $PG_BIN/initdb ]] || { lab_fail promote-pg-installed "no PostgreSQL in $PG_BIN"; return 0; }
+    start_from golden
+    serve_use default
+    local rc=0 snap lsn t_fail t_query pgdir="$smnt/pg" psock="$work/pg-primary" dsock="$work/pg-dr"
+    rm -rf "$psock" "$dsock"
+    mkdir -p "$pgdir" "$psock" "$dsock"
+    chown postgres "$pgdir" "$psock" "$dsock"
+    pg_as "$PG_BIN/initdb" -D "$pgdir/data" -A trust >"$R/pg-initdb.log" 2>&1
+    pg_start "$pgdir/data" "$psock" 55432 >/dev/null
+    pg_sql "$psock" 55432 "create table t (id int primary key); insert into t select generate_series(1, 1000)"
+    send_config "$work/pg.toml" "$work/send.key" "properties = true
+[job.hooks]
+timeout = '120s'
+database = 'postgresql'
+connection = 'host=$psock port=55432 user=postgres dbname=postgres'"
+    push pg-push "$work/pg.toml" || rc=$?
+    lab_assert_eq pg-push-exit 0 "$rc"
+    snap=$(jjob pg-push snapshot)
+    lsn=$(zfs get -H -o value fjord:wal_lsn "dst/backup/data@$snap")
+    lab_log "PostgreSQL WAL position on the DR snapshot: $lsn"
+    lab_assert pg-lsn-on-dr-snapshot _is_lsn "$lsn"
+    # committed after the snapshot: lost with the primary
+    pg_sql "$psock" 55432 "insert into t select generate_series(1001, 2000)"
+    # the primary dies
+    t_fail=$(date +%s.%N)
+    pg_as "$PG_BIN/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null || true
+    ip -n primary link set veth-p down
+    rc=0
+    promote_run pg-promote dst/backup/data || rc=$?
+    lab_assert_eq pg-promote-exit 0 "$rc"
+    lab_assert pg-promote-prints-lsn grep -q "fjord:wal_lsn $lsn" "$R/pg-promote.out"
+    local ddir
+    ddir="$(lab_mountpoint dst/backup/data)/pg/data"
+    rc=0
+    pg_start "$ddir" "$dsock" 55433 >/dev/null || rc=$?
+    lab_assert_eq pg-starts-on-dr 0 "$rc"
+    local count
+    count=$(pg_sql "$dsock" 55433 "select count(*) from t" 2>>"$R/pg-dr.err" || echo none)
+    t_query=$(date +%s.%N)
+    lab_assert_eq pg-rows-before-snapshot 1000 "$count"
+    lab_log "RTO (immediate stop of the primary to the first answered query on the DR node): $(echo "$t_query - $t_fail" | bc) s"
+    echo "rto_seconds=$(echo "$t_query - $t_fail" | bc)" >>"$R/pg-rto"
+    pg_as "$PG_BIN/pg_ctl" -D "$ddir" -m fast -w stop >/dev/null || true
+    ip -n primary link set veth-p up
+}
+# _is_lsn VALUE: a PostgreSQL WAL position (hex/hex)
+_is_lsn() { [[ $1 =~ ^[0-9A-F]+/[0-9A-F]+$ ]]; }
+
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user)
+    recv-as-fjord-user promote)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
@@ -943,6 +1096,16 @@ send_config "$work/send.toml" "$work/send.key" ""
 send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
 send_config "$work/stranger.toml" "$work/stranger.key" ""
 send_config "$work/other.toml" "$work/other.key" ""
+# hooks.toml: the job with hooks (a stand-in psql that prints a WAL position) and zfs send -p
+printf '#!/bin/sh\necho "$*" >>"%s"\necho 0/16B3F40\n' "$work/psql.args" >"$work/fake-psql"
+chmod 755 "$work/fake-psql"
+send_config "$work/hooks.toml" "$work/send.key" "properties = true
+[job.hooks]
+pre_snapshot = ['/bin/sh', '-c', 'echo pre >>$work/hooks.log']
+post_snapshot = ['/bin/sh', '-c', 'echo post \$FJORD_SNAPSHOT >>$work/hooks.log']
+timeout = '20s'
+database = 'postgresql'
+psql = '$work/fake-psql'"
 : >"$R/serve.log"
 
 # LAB_CASES="full dr-status": run only these (by hand, while working on a case; "full"

@@ -35,6 +35,10 @@ pub mod exit {
     /// Local state (`state_dir`, the job lock file, the status file, the
     /// metrics file) could not be written.
     pub const STATE_ERROR: u8 = 7;
+    /// The DR node refused a push because its target was promoted there
+    /// (failover): this primary is fenced off until the operator fails
+    /// back.
+    pub const PROMOTED: u8 = 8;
 
     /// The codes of a monitoring check (`fjord-recv status --check`), by the
     /// Nagios plugin convention that monitoring systems expect; 0 is
@@ -49,7 +53,7 @@ pub mod exit {
     }
 
     /// Every code above, in order: the rows of README.md's table.
-    pub const ALL: [u8; 7] = [
+    pub const ALL: [u8; 8] = [
         OK,
         INVALID_STREAM,
         IO_ERROR,
@@ -57,6 +61,7 @@ pub mod exit {
         CONFIG_ERROR,
         LOCKED,
         STATE_ERROR,
+        PROMOTED,
     ];
 }
 
@@ -78,6 +83,8 @@ pub enum Failure {
     Locked(anyhow::Error),
     /// Local state could not be written: [`exit::STATE_ERROR`].
     State(anyhow::Error),
+    /// The target was promoted on the DR node: [`exit::PROMOTED`].
+    Promoted(anyhow::Error),
     /// A monitoring check found a problem, or could not run: one of
     /// [`exit::check`]'s codes.
     Check(CheckLevel, anyhow::Error),
@@ -104,6 +111,7 @@ impl Failure {
             Failure::Config(_) => exit::CONFIG_ERROR,
             Failure::Locked(_) => exit::LOCKED,
             Failure::State(_) => exit::STATE_ERROR,
+            Failure::Promoted(_) => exit::PROMOTED,
             Failure::Check(CheckLevel::Warning, _) => exit::check::WARNING,
             Failure::Check(CheckLevel::Critical, _) => exit::check::CRITICAL,
             Failure::Check(CheckLevel::Unknown, _) => exit::check::UNKNOWN,
@@ -119,6 +127,7 @@ impl Failure {
             | Failure::Config(e)
             | Failure::Locked(e)
             | Failure::State(e)
+            | Failure::Promoted(e)
             | Failure::Check(_, e) => e,
         }
     }
@@ -146,6 +155,10 @@ impl Failure {
     /// [`Failure::State`] from any error.
     pub fn state(e: impl Into<anyhow::Error>) -> Self {
         Failure::State(e.into())
+    }
+    /// [`Failure::Promoted`] from any error.
+    pub fn promoted(e: impl Into<anyhow::Error>) -> Self {
+        Failure::Promoted(e.into())
     }
 }
 
@@ -322,13 +335,14 @@ mod tests {
             Failure::Config(e()),
             Failure::Locked(e()),
             Failure::State(e()),
+            Failure::Promoted(e()),
         ]
     }
 
     #[test]
     fn each_failure_has_its_code() {
         let codes: Vec<u8> = all_failures().iter().map(Failure::exit_code).collect();
-        assert_eq!(codes, [1, 3, 4, 5, 6, 7]);
+        assert_eq!(codes, [1, 3, 4, 5, 6, 7, 8]);
         assert_eq!(
             Failure::invalid_stream(anyhow::anyhow!("x")).exit_code(),
             exit::INVALID_STREAM
@@ -352,6 +366,10 @@ mod tests {
         assert_eq!(
             Failure::state(anyhow::anyhow!("x")).exit_code(),
             exit::STATE_ERROR
+        );
+        assert_eq!(
+            Failure::promoted(anyhow::anyhow!("x")).exit_code(),
+            exit::PROMOTED
         );
         // Every code but OK is some failure's, and no two failures share one.
         let mut from_failures = codes.clone();

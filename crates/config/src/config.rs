@@ -160,9 +160,18 @@ pub struct Job {
     /// `"30s"`; `None` for the transport's default.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// `zfs send -p` (default false): the source's properties and its
+    /// snapshots' user properties (what the hooks recorded, such as
+    /// `fjord:wal_lsn`) reach the DR node, which still forces its inert
+    /// set; `fjord-recv promote` then restores the primary's mountpoint.
+    #[serde(default)]
+    pub properties: bool,
     /// Snapshot retention.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Commands and database hooks around the snapshot (`[job.hooks]`).
+    #[serde(default)]
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 impl Job {
@@ -184,6 +193,7 @@ impl Job {
             // Not configurable: without -e, embedded blocks travel as
             // ordinary writes, which every receiving pool accepts.
             embedded: false,
+            properties: self.properties,
         }
     }
 }
@@ -631,6 +641,15 @@ impl SendConfig {
                 ));
             }
             validate_dataset(&job.source).map_err(|e| check.fail(key("source"), e.to_string()))?;
+            job.hooks
+                .check()
+                .map_err(|(k, why)| check.fail(key(&format!("hooks.{k}")), why))?;
+            if job.hooks.database.is_some() && !job.properties {
+                return Err(check.fail(
+                    key("properties"),
+                    "hooks.database records the log position as a property of the snapshot, which reaches the DR node only with properties = true (zfs send -p): set it",
+                ));
+            }
             validate_dataset(&job.target_dataset)
                 .map_err(|e| check.fail(key("target_dataset"), e.to_string()))?;
             // The timestamp adds 19 bytes; the result must be a valid name.

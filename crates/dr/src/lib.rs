@@ -10,12 +10,15 @@
 //!   target back? By default no; the operator grants pruning and rollback
 //!   per client, and even then nothing younger than `min_age`, nothing
 //!   another tag holds, and never the newest snapshot goes.
+//! - [`promote`]: failover: the plan that makes a copy the primary, and
+//!   the fence that refuses pushes into a promoted copy.
 //! - [`retention`]: the DR node's own pruning plan, by its own counts.
 //! - [`status`]: how fresh each copy is, as the DR node itself sees it
 //!   (report, Prometheus textfile, Nagios-style check).
 #![warn(missing_docs)]
 
 pub mod policy;
+pub mod promote;
 pub mod retention;
 pub mod status;
 

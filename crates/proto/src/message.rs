@@ -220,6 +220,10 @@ pub enum RefuseCode {
     /// What the offer would create exists already on the receiver (a
     /// stored stream file). Since wire code 7, like [`RefuseCode::Policy`].
     Exists,
+    /// The target was promoted on the DR node (failover): it is a primary
+    /// now and takes no pushes; the reason says when and how to fail back.
+    /// Since wire code 8, like [`RefuseCode::Policy`].
+    Promoted,
     /// Anything else (a bug, a malformed offer); see the reason text.
     Other,
     /// A code this version does not know (from a newer peer).
@@ -236,6 +240,7 @@ impl std::fmt::Display for RefuseCode {
             RefuseCode::SinkFailed => f.write_str("receiver's storage failed"),
             RefuseCode::Policy => f.write_str("DR policy"),
             RefuseCode::Exists => f.write_str("already exists"),
+            RefuseCode::Promoted => f.write_str("promoted on the DR node"),
             RefuseCode::Other => f.write_str("other"),
             RefuseCode::Unknown(v) => write!(
                 f,
@@ -255,6 +260,7 @@ impl RefuseCode {
             RefuseCode::SinkFailed => 5,
             RefuseCode::Policy => 6,
             RefuseCode::Exists => 7,
+            RefuseCode::Promoted => 8,
             RefuseCode::Other => 255,
             RefuseCode::Unknown(v) => v,
         }
@@ -269,6 +275,7 @@ impl RefuseCode {
             5 => RefuseCode::SinkFailed,
             6 => RefuseCode::Policy,
             7 => RefuseCode::Exists,
+            8 => RefuseCode::Promoted,
             255 => RefuseCode::Other,
             // Unknown codes from newer peers are still a refusal.
             v => RefuseCode::Unknown(v),
@@ -1145,6 +1152,7 @@ mod tests {
             (RefuseCode::SinkFailed, 5),
             (RefuseCode::Policy, 6),
             (RefuseCode::Exists, 7),
+            (RefuseCode::Promoted, 8),
             (RefuseCode::Other, 255),
         ];
         for (code, wire) in known {

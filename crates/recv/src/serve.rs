@@ -280,9 +280,10 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
             use std::sync::atomic::Ordering::Relaxed;
             let c = t.counts();
             eprintln!(
-                "fjord-recv: policy: refused {} destroy request(s) and {} rollback(s); pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
+                "fjord-recv: policy: refused {} destroy request(s), {} rollback(s) and {} push(es) or request(s) into promoted datasets; pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
                 c.refused_destroys.load(Relaxed),
                 c.refused_rollbacks.load(Relaxed),
+                c.refused_promoted.load(Relaxed),
                 c.client_pruned.load(Relaxed),
                 c.retention_pruned.load(Relaxed),
                 c.hold_failures.load(Relaxed)

@@ -5,11 +5,14 @@
 //! prefixes its key may write under before anything runs; every destroy
 //! and rollback goes through the DR node's policy (`fjord_dr::policy`);
 //! every received snapshot is held; the DR node's own retention runs
-//! after each receive.
+//! after each receive. A dataset promoted on this node (`fjord-recv
+//! promote`, `fjord:promoted`) and its children refuse every push and
+//! request ([`fjord_dr::promote::fence`]).
 
 use bytes::Bytes;
 use fjord_config::config::{Client, RecvConfig};
 use fjord_dr::policy::{decide, Ask, Grants, Refusal};
+use fjord_dr::promote::{fence, PROMOTED_PROP};
 use fjord_dr::{retention, DR_HOLD_TAG};
 use fjord_proto::message::offer_flags;
 use fjord_proto::{Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState};
@@ -17,6 +20,7 @@ use fjord_transport::control::{Control, ResponseFuture};
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
 };
+use fjord_zfs::props::PropSource;
 use fjord_zfs::{names, RecvProcess, RecvResult, Zfs, ZfsError};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -37,6 +41,8 @@ pub struct PolicyCounts {
     pub retention_pruned: AtomicU64,
     /// Received snapshots that could not be held.
     pub hold_failures: AtomicU64,
+    /// Pushes and requests refused because their target was promoted.
+    pub refused_promoted: AtomicU64,
 }
 
 /// A target's snapshots for the policy, and which carry the DR node's hold.
@@ -91,6 +97,40 @@ impl ZfsTarget {
         names::check_target(dataset, &client.prefixes)
             .map_err(|e| format!("client {}: {e}", client.name))?;
         Ok(client)
+    }
+
+    /// The fence: `dataset` (or, if it does not exist yet, its nearest
+    /// existing ancestor) carries `fjord:promoted`, set on itself or
+    /// inherited from the promoted root: refused with
+    /// [`RefuseCode::Promoted`].
+    async fn fence(&self, client: &Client, dataset: &str) -> Result<(), SinkError> {
+        let mut probe = dataset.to_string();
+        loop {
+            if self.zfs.dataset_exists(&probe).await.map_err(zfs_failure)? {
+                break;
+            }
+            match probe.rsplit_once('/') {
+                Some((parent, _)) => probe = parent.to_string(),
+                None => return Ok(()),
+            }
+        }
+        let props = self
+            .zfs
+            .properties(&probe, &[PROMOTED_PROP])
+            .await
+            .map_err(zfs_failure)?;
+        let Some(p) = props.first() else {
+            return Ok(());
+        };
+        let root = match &p.source {
+            PropSource::Inherited(from) => from.clone(),
+            _ => probe,
+        };
+        fence(dataset, Some(&p.value), &root).map_err(|f| {
+            self.counts.refused_promoted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %client.name, dataset, promoted = %root, "refused: promoted on this node");
+            SinkError::refused(RefuseCode::Promoted, f.to_string())
+        })
     }
 
     fn receiving(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -463,6 +503,8 @@ impl SinkFactory for SharedTarget {
             )
         })?;
         let force = offer.flags & offer_flags::FORCE_ROLLBACK != 0;
+        let handle = tokio::runtime::Handle::current();
+        handle.block_on(t.fence(client, &offer.dataset))?;
         if !t.receiving().insert(offer.dataset.clone()) {
             return Err(SinkError::Busy(format!(
                 "a stream into {} is already being received",
@@ -473,7 +515,6 @@ impl SinkFactory for SharedTarget {
             set: t.receiving.clone(),
             dataset: offer.dataset.clone(),
         };
-        let handle = tokio::runtime::Handle::current();
         if force {
             let Some(from) = &offer.from else {
                 return Err(SinkError::refused(
@@ -535,6 +576,16 @@ impl Control for SharedTarget {
                     }
                 }
             };
+            let fenced = match &request {
+                Request::ChunkInventory { .. } => Ok(()),
+                other => t.fence(client, other.dataset()).await,
+            };
+            if let Err(e) = fenced {
+                return Response::Failed {
+                    code: e.refuse_code(),
+                    message: e.to_string(),
+                };
+            }
             let result = match request {
                 Request::TargetState { dataset } => {
                     t.target_state(dataset).await.map(Response::TargetState)
@@ -827,13 +878,21 @@ prefixes = ["backup/oslo"]
     /// and no holds, and a `zfs recv` that reads its input, then fails as
     /// OpenZFS does when the target was modified.
     fn fake_zfs(dir: &std::path::Path) -> Zfs {
+        fake_zfs_promoted(dir, "-", "-")
+    }
+
+    /// As [`fake_zfs`], with `fjord:promoted` = `value` (its source
+    /// `source`, as `zfs get` prints it) on every dataset.
+    fn fake_zfs_promoted(dir: &std::path::Path, value: &str, source: &str) -> Zfs {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("zfs");
         std::fs::write(
             &path,
-            r#"#!/bin/sh
+            format!(
+                r#"#!/bin/sh
 case "$1" in
   list|holds) exit 0 ;;
+  get) printf '%s\t%s\t-\t%s\n' fjord:promoted '{value}' '{source}' ;;
   recv|receive)
     cat >/dev/null
     echo "cannot receive incremental stream: destination backup/oslo/fs has been modified" >&2
@@ -841,11 +900,55 @@ case "$1" in
     exit 1 ;;
   *) echo "unexpected: $*" >&2; exit 2 ;;
 esac
-"#,
+"#
+            ),
         )
         .expect("write the fake zfs");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         Zfs::with_binary(path)
+    }
+
+    #[test]
+    fn a_promoted_dataset_and_its_children_refuse_pushes_and_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Identity::generate().expect("keygen").public_key();
+        let marker = "2026-12-03T14:30:00Z @fjord_2026-12-03T142000Z";
+        let t = target_with(
+            key,
+            fake_zfs_promoted(dir.path(), marker, "inherited from backup/oslo/fs"),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_runtime = rt.enter();
+        let Err(e) = t.open(&offer("backup/oslo/fs/child"), &key) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(e.refuse_code(), RefuseCode::Promoted, "{e}");
+        let s = e.to_string();
+        for want in [
+            "backup/oslo/fs/child was promoted on the DR node at 2026-12-03T14:30:00Z",
+            "@fjord_2026-12-03T142000Z",
+            "zfs inherit fjord:promoted backup/oslo/fs",
+        ] {
+            assert!(s.contains(want), "{want}: {s}");
+        }
+        assert!(!t.0.receiving().contains("backup/oslo/fs/child"));
+        match rt.block_on(t.handle(
+            &key,
+            Request::TargetState {
+                dataset: "backup/oslo/fs".into(),
+            },
+        )) {
+            Response::Failed {
+                code: RefuseCode::Promoted,
+                message,
+            } => assert!(message.contains("was promoted"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.0.counts().refused_promoted.load(Ordering::Relaxed), 2);
     }
 
     fn stream() -> Vec<u8> {
@@ -941,9 +1044,22 @@ esac
 
     #[test]
     fn a_zfs_recv_that_cannot_start_is_a_downstream_failure_not_a_bad_dataset() {
+        use std::os::unix::fs::PermissionsExt;
         let key = Identity::generate().expect("keygen").public_key();
-        let t = target(key);
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // A `zfs` that answers the fence's queries, then vanishes before
+        // `zfs recv` is started.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("zfs");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\ncase \"$1\" in\n  list) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n'; rm -f \"$0\" ;;\nesac\n",
+        )
+        .expect("write the fake zfs");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let t = target_with(key, Zfs::with_binary(&path));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
             .build()
             .expect("runtime");
         let _in_runtime = rt.enter();
@@ -960,7 +1076,7 @@ esac
                     what,
                     "zfs recv into backup/oslo/fs@fjord_2026-11-25T120000Z"
                 );
-                assert!(stderr.contains("/nonexistent/zfs"), "{stderr}");
+                assert!(stderr.contains(&*path.to_string_lossy()), "{stderr}");
             }
             other => panic!("expected a downstream failure, got {other:?}"),
         }

@@ -111,6 +111,23 @@ pub enum DatasetError {
 }
 
 impl DatasetError {
+    /// The target was promoted on the DR node: this primary is fenced off.
+    pub fn is_promoted(&self) -> bool {
+        matches!(
+            self,
+            DatasetError::TargetState {
+                cause: DrError::Promoted(_),
+                ..
+            } | DatasetError::AbortResume {
+                cause: DrError::Promoted(_),
+                ..
+            } | DatasetError::Transfer {
+                cause: DrError::Promoted(_),
+                ..
+            }
+        )
+    }
+
     /// The target diverged: an operator must look (and maybe `--force`).
     pub fn is_diverged(&self) -> bool {
         matches!(
@@ -154,6 +171,7 @@ pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
 pub(crate) fn fail(report: &mut DatasetReport, error: &DatasetError) {
     report.result = match error {
         e if e.is_diverged() => DatasetResult::Diverged,
+        e if e.is_promoted() => DatasetResult::Promoted,
         DatasetError::ParentFailed { .. } => DatasetResult::Skipped,
         _ => DatasetResult::Failed,
     };
@@ -299,6 +317,7 @@ fn prepare<P: Pool, D: DrNode>(
         compressed: job.compressed,
         large_blocks: job.large_blocks,
         embedded: job.compressed || job.raw,
+        properties: job.properties,
     };
     let sref = |s: &SnapshotInfo| SnapshotRef {
         name: s.full_name(source),
@@ -364,6 +383,7 @@ fn prepare<P: Pool, D: DrNode>(
                 compressed: false,
                 large_blocks: false,
                 embedded: false,
+                properties: false,
             };
             (spec, transfer(None, &to, false, true), step, to)
         }

@@ -64,6 +64,11 @@ pub enum DrError {
     /// The source stream failed (`zfs send` exited with an error).
     #[error("the source stream failed: {0}")]
     Source(String),
+    /// The target was promoted on the DR node (failover): it is a primary
+    /// now and refuses every push; the DR node's message says when and how
+    /// to fail back.
+    #[error("the DR node refuses: {0}")]
+    Promoted(String),
     /// The DR node answered something this sender does not understand.
     #[error("the DR node's answer is not understood: {0}")]
     Protocol(String),

@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::{Mutex, MutexGuard};
 
+pub use crate::hooks::FakeHooks;
+
 /// A fault for the next matching [`FakePool`] operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PoolFault {
@@ -54,6 +56,8 @@ pub enum DrFault {
 struct FakeSnapshot {
     info: SnapshotInfo,
     holds: BTreeSet<String>,
+    /// User properties set when it was taken.
+    props: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -148,6 +152,19 @@ impl FakePool {
             .unwrap_or_default()
     }
 
+    /// The user properties `dataset@snap` was taken with.
+    pub fn props_of(&self, full: &str) -> Vec<(String, String)> {
+        let Some((ds, name)) = full.split_once('@') else {
+            return Vec::new();
+        };
+        lock(&self.state)
+            .datasets
+            .get(ds)
+            .and_then(|v| v.iter().find(|x| x.info.name == name))
+            .map(|x| x.props.clone())
+            .unwrap_or_default()
+    }
+
     /// The hold tags of `dataset@snap`.
     pub fn holds_of(&self, full: &str) -> Vec<String> {
         let s = lock(&self.state);
@@ -216,7 +233,13 @@ impl Pool for FakePool {
             .ok_or_else(|| PoolError::NotFound(format!("{dataset}: dataset does not exist")))
     }
 
-    async fn snapshot(&self, root: &str, short: &str, recursive: bool) -> Result<(), PoolError> {
+    async fn snapshot(
+        &self,
+        root: &str,
+        short: &str,
+        recursive: bool,
+        props: &[(String, String)],
+    ) -> Result<(), PoolError> {
         if self.take_fault(|f| *f == PoolFault::Snapshot) {
             return Err(PoolError::Failed(format!(
                 "cannot create snapshot {root}@{short}: out of space"
@@ -251,6 +274,7 @@ impl Pool for FakePool {
                         creation: clock,
                     },
                     holds: BTreeSet::new(),
+                    props: props.to_vec(),
                 });
             }
         }
@@ -445,6 +469,8 @@ struct DrState {
     next_guid: u64,
     faults: Vec<DrFault>,
     transfers: Vec<Transfer>,
+    /// Promoted roots and the DR node's refusal for them.
+    promoted: BTreeMap<String, String>,
 }
 
 /// The DR node, in memory: `zfs recv`'s rules, a permissive policy.
@@ -535,6 +561,28 @@ impl FakeDrNode {
         }
     }
 
+    /// Promotes `root` on the DR node (failover): from now on every
+    /// request for it or its children is refused with `message`.
+    pub fn promote(&self, root: &str, message: &str) {
+        lock(&self.state)
+            .promoted
+            .insert(root.into(), message.into());
+    }
+
+    /// The fence: a promoted target (or a child of one) refuses.
+    fn fenced(&self, target: &str) -> Result<(), DrError> {
+        let s = lock(&self.state);
+        match s.promoted.iter().find(|(root, _)| {
+            target == root.as_str()
+                || target
+                    .strip_prefix(root.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) {
+            Some((_, message)) => Err(DrError::Promoted(message.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Every transfer attempted, in order.
     pub fn transfers(&self) -> Vec<Transfer> {
         lock(&self.state).transfers.clone()
@@ -557,6 +605,7 @@ fn refused(msg: impl Into<String>) -> DrError {
 impl DrNode for FakeDrNode {
     async fn target_state(&self, target: &str) -> Result<TargetState, DrError> {
         self.unreachable()?;
+        self.fenced(target)?;
         let s = lock(&self.state);
         Ok(match s.targets.get(target) {
             None => TargetState::default(),
@@ -571,6 +620,7 @@ impl DrNode for FakeDrNode {
 
     async fn abort_resume(&self, target: &str) -> Result<(), DrError> {
         self.unreachable()?;
+        self.fenced(target)?;
         let mut s = lock(&self.state);
         let t = s
             .targets
@@ -588,6 +638,7 @@ impl DrNode for FakeDrNode {
 
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
         self.unreachable()?;
+        self.fenced(target)?;
         let mut s = lock(&self.state);
         if take(&mut s.faults, |f| *f == DrFault::RefuseDestroy) {
             return Err(refused(
@@ -614,6 +665,7 @@ impl DrNode for FakeDrNode {
     ) -> Result<TransferStats, DrError> {
         self.unreachable()?;
         lock(&self.state).transfers.push(transfer.clone());
+        self.fenced(&transfer.target)?;
         let mut bytes = Vec::new();
         stream
             .read_to_end(&mut bytes)

@@ -133,18 +133,68 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             return report;
         }
     };
+    let mut post_error = None;
     if !ctx.options.dry_run {
-        let short = snapname::format_snapshot_name(&job.snapshot_prefix, ctx.options.now_unix);
-        if let Err(e) = ctx.pool.snapshot(&job.source, &short, job.recursive).await {
-            report.error = Some(snapshot_error(&job.source, &short, &e));
-            return report;
+        let (taken, post) = snapshot_with_hooks(ctx).await;
+        post_error = post;
+        match taken {
+            Ok(short) => report.snapshot = Some(short),
+            Err(e) => {
+                report.error = Some(match post_error {
+                    Some(p) => format!("{e}; and {p}"),
+                    None => e,
+                });
+                return report;
+            }
         }
-        tracing::info!(snapshot = %short, "snapshot taken");
-        report.snapshot = Some(short);
     }
     let reports = replicate_tree(ctx.clone(), datasets).await;
     summarize(&mut report, reports, ctx.options.dry_run);
+    if let Some(p) = post_error {
+        // The snapshot and its replication stand; the job still fails, as
+        // the application may be left frozen or locked.
+        if matches!(report.result, JobResult::Ok) {
+            report.result = JobResult::Failed;
+        }
+        report.error = Some(match report.error.take() {
+            Some(e) => format!("{e}; {p}"),
+            None => p,
+        });
+    }
     report
+}
+
+/// The pre-snapshot hooks, the snapshot with what they recorded, and the
+/// post-snapshot hooks (whenever the pre step ran). Returns the snapshot
+/// taken (or why none was) and the post step's failure, if any.
+async fn snapshot_with_hooks<P: Pool, D: DrNode>(
+    ctx: &JobContext<P, D>,
+) -> (Result<String, String>, Option<String>) {
+    let job = &ctx.job;
+    let short = snapname::format_snapshot_name(&job.snapshot_prefix, ctx.options.now_unix);
+    let taken = match ctx.hooks.pre_snapshot(&job.name).await {
+        Err(e) => Err(format!(
+            "the pre-snapshot hook failed, so no snapshot was taken: {e}"
+        )),
+        Ok(props) => match ctx
+            .pool
+            .snapshot(&job.source, &short, job.recursive, &props)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(snapshot = %short, ?props, "snapshot taken");
+                Ok(short)
+            }
+            Err(e) => Err(snapshot_error(&job.source, &short, &e)),
+        },
+    };
+    let post = ctx
+        .hooks
+        .post_snapshot(&job.name, taken.as_deref().ok())
+        .await
+        .err()
+        .map(|e| format!("the post-snapshot hook failed: {e}"));
+    (taken, post)
 }
 
 fn snapshot_error(source: &str, short: &str, e: &PoolError) -> String {
@@ -155,6 +205,7 @@ fn snapshot_error(source: &str, short: &str, e: &PoolError) -> String {
 fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool) {
     report.datasets = datasets.len();
     let mut diverged = false;
+    let mut promoted = false;
     let mut errors = Vec::new();
     for d in &datasets {
         report.bytes += d.bytes;
@@ -170,11 +221,16 @@ fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool
                 report.failed += 1;
                 errors.push(d.source.clone());
             }
+            DatasetResult::Promoted => {
+                promoted = true;
+                report.failed += 1;
+            }
             // Counted, but its parent's error says why.
             DatasetResult::Skipped => report.failed += 1,
         }
     }
     report.result = match (report.failed, diverged, dry_run) {
+        _ if promoted => JobResult::Promoted,
         (0, _, true) => JobResult::DryRun,
         (0, _, false) => JobResult::Ok,
         (_, true, _) if errors.is_empty() => JobResult::Diverged,
@@ -323,7 +379,7 @@ fn record<P: Pool, D: DrNode>(
         last_result: match report.result {
             JobResult::Ok | JobResult::DryRun => status::result::OK,
             JobResult::Diverged => status::result::DIVERGED,
-            JobResult::Locked | JobResult::Failed => status::result::FAILED,
+            JobResult::Locked | JobResult::Failed | JobResult::Promoted => status::result::FAILED,
         }
         .to_string(),
         last_error: report.error.clone(),
@@ -361,6 +417,9 @@ pub enum Verdict {
     Locked,
     /// A job failed or found its target diverged.
     Failed,
+    /// A job's target was promoted on the DR node: this primary is fenced
+    /// off (failover happened; fail back before pushing again).
+    Promoted,
     /// Local state (lock file, status, metrics) could not be kept: the
     /// next run and monitoring cannot see what happened.
     StateLost,
@@ -378,6 +437,7 @@ pub fn verdict<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> Verdic
                 JobResult::Ok | JobResult::DryRun => Verdict::Ok,
                 JobResult::Locked => Verdict::Locked,
                 JobResult::Diverged | JobResult::Failed => Verdict::Failed,
+                JobResult::Promoted => Verdict::Promoted,
             }
         })
         .max()

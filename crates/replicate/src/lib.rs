@@ -20,6 +20,7 @@ pub mod dataset;
 pub mod dr_node;
 pub mod edge;
 pub mod fake;
+pub mod hooks;
 pub mod job;
 pub mod lock;
 pub mod metrics;
@@ -30,6 +31,7 @@ pub mod status;
 
 pub use dataset::DatasetError;
 pub use dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};
+pub use hooks::{HookError, Hooks, NoHooks};
 pub use job::{run_job, verdict, JobOutcome, StateError, StateFiles, Verdict};
 pub use lock::{JobLock, LockError};
 pub use plan::{Plan, PlanError, Planned, TargetState};
@@ -62,6 +64,8 @@ pub struct JobContext<P, D> {
     pub job: Job,
     /// This run's options.
     pub options: RunOptions,
+    /// What runs around the snapshot ([`NoHooks`] for none).
+    pub hooks: std::sync::Arc<dyn Hooks>,
 }
 
 impl<P, D> JobContext<P, D> {

@@ -58,12 +58,14 @@ pub trait Pool: Send + Sync {
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>, PoolError>> + Send;
 
     /// Takes `root@short` (and the same name on every child, atomically,
-    /// if `recursive`).
+    /// if `recursive`), with the user properties `props` on it (what the
+    /// hooks recorded, e.g. `fjord:wal_lsn`).
     fn snapshot(
         &self,
         root: &str,
         short: &str,
         recursive: bool,
+        props: &[(String, String)],
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
 
     /// The hold tags on `snapshot`.
@@ -112,8 +114,9 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
         root: &str,
         short: &str,
         recursive: bool,
+        props: &[(String, String)],
     ) -> impl Future<Output = Result<(), PoolError>> + Send {
-        (**self).snapshot(root, short, recursive)
+        (**self).snapshot(root, short, recursive, props)
     }
     fn holds(&self, snapshot: &str) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send {
         (**self).holds(snapshot)

@@ -21,6 +21,9 @@ pub enum DatasetResult {
     Diverged,
     /// Failed; `error` says why.
     Failed,
+    /// Refused: the target was promoted on the DR node (failover); `error`
+    /// is the DR node's message (when, and how to fail back).
+    Promoted,
     /// Not tried: its parent dataset failed.
     Skipped,
 }
@@ -185,7 +188,10 @@ impl DatasetReport {
                 self.source,
                 self.replicated.as_deref().unwrap_or("?")
             )),
-            DatasetResult::Skipped | DatasetResult::Failed | DatasetResult::Diverged => {
+            DatasetResult::Skipped
+            | DatasetResult::Failed
+            | DatasetResult::Diverged
+            | DatasetResult::Promoted => {
                 if let Some(e) = &self.error {
                     out.push(format!("{}: {e}", self.source));
                 }
@@ -225,6 +231,9 @@ pub enum JobResult {
     Diverged,
     /// At least one dataset failed, or the job could not start.
     Failed,
+    /// A target was promoted on the DR node: this primary is fenced off
+    /// until the operator fails back.
+    Promoted,
 }
 
 /// What happened to one job.

@@ -82,9 +82,14 @@ async fn run(ops: Vec<Op>, intermediates: bool) -> Result<(), TestCaseError> {
             Op::ForeignSourceSnapshot => {
                 w.clock += 60;
                 w.pool.set_clock(w.clock);
-                let _ =
-                    fjord_replicate::Pool::snapshot(&*w.pool, SOURCE, &format!("manual{i}"), false)
-                        .await;
+                let _ = fjord_replicate::Pool::snapshot(
+                    &*w.pool,
+                    SOURCE,
+                    &format!("manual{i}"),
+                    false,
+                    &[],
+                )
+                .await;
                 None
             }
             Op::OperatorPrunes(k) => {

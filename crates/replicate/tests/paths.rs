@@ -44,9 +44,15 @@ async fn minus_i_sends_only_the_newest_and_minus_capital_i_every_snapshot_betwee
         w.push().await;
         // Two snapshots taken by someone else, then a push.
         w.pool.set_clock(w.clock + 60);
-        fjord_replicate::Pool::snapshot(&*w.pool, "tank/home", "fjord_2026-02-01T011000Z", false)
-            .await
-            .unwrap();
+        fjord_replicate::Pool::snapshot(
+            &*w.pool,
+            "tank/home",
+            "fjord_2026-02-01T011000Z",
+            false,
+            &[],
+        )
+        .await
+        .unwrap();
         let o = w.push().await;
         assert_eq!(o.report.result, JobResult::Ok);
         assert_eq!(
@@ -78,7 +84,7 @@ async fn an_up_to_date_target_is_reported_as_such_by_a_dry_run() {
 #[tokio::test]
 async fn a_dry_run_plans_without_snapshot_lock_or_status() {
     let mut w = World::new("");
-    fjord_replicate::Pool::snapshot(&*w.pool, "tank/home", "manual", false)
+    fjord_replicate::Pool::snapshot(&*w.pool, "tank/home", "manual", false, &[])
         .await
         .unwrap();
     let state = StateFiles {
@@ -108,7 +114,7 @@ async fn a_transfer_cut_short_resumes_then_catches_up() {
         w2.pool.set_clock(w2.clock + 60);
         w2.clock += 600;
         let name = fjord_zfs::snapname::format_snapshot_name("fjord", w2.clock);
-        fjord_replicate::Pool::snapshot(&*w2.pool, "tank/home", &name, false)
+        fjord_replicate::Pool::snapshot(&*w2.pool, "tank/home", &name, false, &[])
             .await
             .unwrap();
     }

@@ -187,6 +187,7 @@ async fn run_one(
             dry_run: args.dry_run,
             now_unix: now_unix(),
         },
+        hooks: Arc::new(fjord_replicate::edge::CommandHooks::new(&job.hooks)),
     });
     let drawing = progress.spawn(!args.dry_run && !args.json);
     let outcome = run_job(ctx, state).await;
@@ -253,6 +254,10 @@ fn conclude(outcomes: &[JobOutcome]) -> Result<(), Failure> {
         Verdict::Failed => Err(Failure::job_failed(anyhow!(
             "jobs failed: {}",
             names(&|o| matches!(o.report.result, JobResult::Failed | JobResult::Diverged))
+        ))),
+        Verdict::Promoted => Err(Failure::promoted(anyhow!(
+            "the DR node refuses pushes of: {} (a target was promoted there: failover happened; see the errors above for when and how to fail back)",
+            names(&|o| o.report.result == JobResult::Promoted)
         ))),
         Verdict::StateLost => Err(Failure::state(anyhow!(
             "could not keep the local state (lock, status or metrics) of: {}; see the errors above",

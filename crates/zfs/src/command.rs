@@ -54,6 +54,9 @@ pub struct SendSpec {
     pub large_blocks: bool,
     /// `-e`: send embedded (tiny, inline) blocks as such.
     pub embedded: bool,
+    /// `-p`: the dataset's properties and its snapshots' user properties
+    /// (e.g. `fjord:wal_lsn`) travel with the stream.
+    pub properties: bool,
 }
 
 impl SendSpec {
@@ -150,7 +153,7 @@ impl RecvSpec {
 
 /// Property names: native ones are lower-case words, user properties have a
 /// ':' (`com.example:tag`).
-fn validate_property_name(prop: &str) -> Result<(), ZfsError> {
+pub(crate) fn validate_property_name(prop: &str) -> Result<(), ZfsError> {
     let ok = prop.starts_with(|c: char| c.is_ascii_alphabetic())
         && prop
             .chars()
@@ -322,6 +325,7 @@ fn push_send_args(argv: &mut Vec<String>, spec: &SendSpec) {
         (spec.compressed, "-c"),
         (spec.large_blocks, "-L"),
         (spec.embedded, "-e"),
+        (spec.properties, "-p"),
     ] {
         if on {
             argv.push(flag.into());
@@ -380,8 +384,8 @@ impl Default for Zfs {
 }
 
 /// What a finished command printed.
-struct Output {
-    stdout: String,
+pub(crate) struct Output {
+    pub(crate) stdout: String,
 }
 
 impl Zfs {
@@ -447,7 +451,7 @@ impl Zfs {
         [("LC_ALL".into(), "C".into())]
     }
 
-    async fn run(&self, args: Vec<String>) -> Result<Output, ZfsError> {
+    pub(crate) async fn run(&self, args: Vec<String>) -> Result<Output, ZfsError> {
         let output = tokio::process::Command::new(&self.binary)
             .args(&args)
             .envs(Self::locale_env())
@@ -469,7 +473,10 @@ impl Zfs {
     }
 
     /// Runs, mapping "dataset does not exist" to `Ok(None)`.
-    async fn run_if_exists(&self, args: Vec<String>) -> Result<Option<Output>, ZfsError> {
+    pub(crate) async fn run_if_exists(
+        &self,
+        args: Vec<String>,
+    ) -> Result<Option<Output>, ZfsError> {
         match self.run(args).await {
             Ok(out) => Ok(Some(out)),
             Err(e) if e.stderr().is_some_and(says_does_not_exist) => Ok(None),
@@ -652,6 +659,7 @@ mod tests {
             compressed: true,
             large_blocks: true,
             embedded: false,
+            properties: false,
         }
     }
 
@@ -722,6 +730,12 @@ mod tests {
             intermediates: true,
         });
         assert_eq!(send_argv(&s).join(" "), "send -c -L -I tank/a@s1 tank/a@s2");
+        s.properties = true;
+        assert_eq!(
+            send_argv(&s).join(" "),
+            "send -c -L -p -I tank/a@s1 tank/a@s2"
+        );
+        s.properties = false;
         s.kind = SendKind::Incremental {
             from: "tank/a#s1".into(),
             to: "tank/a@s2".into(),
@@ -739,6 +753,7 @@ mod tests {
         let s = SendSpec {
             raw: true,
             embedded: true,
+            properties: false,
             ..spec(SendKind::Resume {
                 token: "1-abc-d0-789c".into(),
             })

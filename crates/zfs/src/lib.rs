@@ -24,6 +24,7 @@ pub mod command;
 pub mod error;
 pub mod names;
 pub mod process;
+pub mod props;
 pub mod snapname;
 pub mod snapshot;
 

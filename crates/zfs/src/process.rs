@@ -275,6 +275,7 @@ mod tests {
             compressed: true,
             large_blocks: false,
             embedded: false,
+            properties: false,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::plan::TargetState;
 use crate::pool::SendStream;
 use fjord_pack::{PackOptions, ReceiverHoldings};
 use fjord_proto::message::offer_flags;
-use fjord_proto::{Offer, PublicKey, Request, Response, SessionError, Snapshot};
+use fjord_proto::{Offer, PublicKey, RefuseCode, Request, Response, SessionError, Snapshot};
 use fjord_transport::client::{Counters, Link, LinkOptions, SendError, TransferOptions};
 use fjord_transport::source::{PackSource, StreamSource};
 use fjord_transport::{Identity, LinkConfig};
@@ -51,6 +51,10 @@ pub struct QuicDrNode {
 /// logic's.
 fn typed(e: SendError) -> DrError {
     match e {
+        SendError::Session(SessionError::Refused {
+            code: RefuseCode::Promoted,
+            reason,
+        }) => DrError::Promoted(reason),
         SendError::Session(SessionError::Refused { code, reason }) => {
             DrError::Refused(format!("{reason} ({code})"))
         }
@@ -140,6 +144,10 @@ impl QuicDrNode {
             .map_err(typed)?;
         match responses.pop() {
             None => Err(DrError::Protocol("no answer to a request".into())),
+            Some(Response::Failed {
+                code: RefuseCode::Promoted,
+                message,
+            }) => Err(DrError::Promoted(message)),
             Some(Response::Failed { code, message }) => {
                 Err(DrError::Refused(format!("{message} ({code})")))
             }

@@ -56,9 +56,15 @@ impl Pool for ZfsPool {
         self.zfs.snapshots(dataset).await.map_err(typed)
     }
 
-    async fn snapshot(&self, root: &str, short: &str, recursive: bool) -> Result<(), PoolError> {
+    async fn snapshot(
+        &self,
+        root: &str,
+        short: &str,
+        recursive: bool,
+        props: &[(String, String)],
+    ) -> Result<(), PoolError> {
         self.zfs
-            .snapshot_recursive(root, short, recursive)
+            .snapshot_with_props(root, short, recursive, props)
             .await
             .map_err(typed)
     }

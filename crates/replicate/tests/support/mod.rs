@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use fjord_config::{Job, SendConfig};
-use fjord_replicate::fake::{FakeDrNode, FakePool};
+use fjord_replicate::fake::{FakeDrNode, FakeHooks, FakePool};
 use fjord_replicate::{run_job, JobContext, JobOutcome, RunOptions, StateFiles};
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ pub const T0: i64 = 1_769_904_000;
 pub struct World {
     pub pool: Arc<FakePool>,
     pub dr: Arc<FakeDrNode>,
+    pub hooks: Arc<FakeHooks>,
     pub state: tempfile::TempDir,
     pub job: Job,
     pub clock: i64,
@@ -36,6 +37,7 @@ impl World {
         World {
             pool,
             dr: Arc::new(FakeDrNode::new(&["backup"])),
+            hooks: Arc::new(FakeHooks::default()),
             state: tempfile::tempdir().expect("tempdir"),
             job: job(extra),
             clock: T0,
@@ -62,6 +64,7 @@ impl World {
                 dry_run,
                 now_unix: self.clock,
             },
+            hooks: self.hooks.clone(),
         });
         run_job(ctx, &state).await
     }
