@@ -152,7 +152,7 @@ serve_start() {
     # shellcheck disable=SC2086 # $as is a command prefix (words)
     FJORD_LOG=info ip netns exec dr $as "$bin" serve --config "$work/recv-$cfg.toml" >>"$R/serve.log" 2>&1 </dev/null &
     echo $! >"$work/serve.pid"
-    lab_wait_udp dr 7450 30
+    lab_wait_udp dr 7450 90
 }
 # serve_wait_exit SECONDS: until the receiver process is gone
 serve_wait_exit() {
