@@ -55,3 +55,59 @@ impl TargetSnapshot {
         }
     }
 }
+
+/// A target's snapshots as the DR node sees them, from `zfs list` and
+/// `zfs holds` (`(full snapshot name, tag)` pairs): each snapshot with its
+/// foreign holds, and the short names of those the DR node holds.
+pub fn target_snapshots(
+    infos: &[fjord_zfs::SnapshotInfo],
+    holds: Vec<(String, String)>,
+) -> (Vec<TargetSnapshot>, Vec<String>) {
+    let mut dr_held = Vec::new();
+    let mut foreign: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (snap, tag) in holds {
+        let short = snap.rsplit('@').next().unwrap_or_default().to_string();
+        if tag == DR_HOLD_TAG {
+            dr_held.push(short);
+        } else {
+            foreign.entry(short).or_default().push(tag);
+        }
+    }
+    let snapshots = infos
+        .iter()
+        .map(|s| {
+            let mut t = TargetSnapshot::from_info(s);
+            t.foreign_holds = foreign.remove(&s.name).unwrap_or_default();
+            t
+        })
+        .collect();
+    (snapshots, dr_held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_split_into_the_dr_nodes_and_foreign_ones_per_snapshot() {
+        let info = |name: &str, guid| fjord_zfs::SnapshotInfo {
+            name: name.into(),
+            guid,
+            createtxg: guid,
+            creation: 0,
+        };
+        let holds = vec![
+            ("backup/fs@a".to_string(), DR_HOLD_TAG.to_string()),
+            ("backup/fs@a".to_string(), "legal".to_string()),
+            ("backup/fs@b".to_string(), "keep".to_string()),
+        ];
+        let (snaps, dr_held) = target_snapshots(&[info("a", 1), info("b", 2), info("c", 3)], holds);
+        assert_eq!(dr_held, ["a"]);
+        let foreign: Vec<&[String]> = snaps.iter().map(|s| &s.foreign_holds[..]).collect();
+        assert_eq!(
+            foreign,
+            [&["legal".to_string()][..], &["keep".to_string()], &[]]
+        );
+        assert_eq!(snaps[2].guid, 3);
+    }
+}

@@ -12,7 +12,6 @@ use fjord_dr::DR_HOLD_TAG;
 use fjord_zfs::props::PropSource;
 use fjord_zfs::Zfs;
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// Make a DR copy the primary (failover), and fence it.
 ///
@@ -333,24 +332,7 @@ async fn read_copy(zfs: &Zfs, dataset: &str) -> anyhow::Result<CopyState> {
     } else {
         zfs.holds_of(&full).await?
     };
-    let mut dr_held = Vec::new();
-    let mut foreign: HashMap<String, Vec<String>> = HashMap::new();
-    for (snap, tag) in holds {
-        let short = snap.rsplit('@').next().unwrap_or_default().to_string();
-        if tag == DR_HOLD_TAG {
-            dr_held.push(short);
-        } else {
-            foreign.entry(short).or_default().push(tag);
-        }
-    }
-    let snapshots = infos
-        .iter()
-        .map(|s| {
-            let mut t = fjord_dr::TargetSnapshot::from_info(s);
-            t.foreign_holds = foreign.remove(&s.name).unwrap_or_default();
-            t
-        })
-        .collect();
+    let (snapshots, dr_held) = fjord_dr::target_snapshots(&infos, holds);
     let mut wanted: Vec<&str> = RESTORED_PROPS.to_vec();
     wanted.push("mounted");
     let props = zfs.properties(dataset, &wanted).await?;

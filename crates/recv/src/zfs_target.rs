@@ -202,24 +202,8 @@ impl ZfsTarget {
         let infos = self.zfs.snapshots(dataset).await.map_err(zfs_failure)?;
         let full: Vec<String> = infos.iter().map(|s| s.full_name(dataset)).collect();
         let holds = self.zfs.holds_of(&full).await.map_err(zfs_failure)?;
-        let mut dr_held = HashSet::new();
-        let mut foreign: HashMap<String, Vec<String>> = HashMap::new();
-        for (snap, tag) in holds {
-            let short = snap.rsplit('@').next().unwrap_or_default().to_string();
-            if tag == DR_HOLD_TAG {
-                dr_held.insert(short);
-            } else {
-                foreign.entry(short).or_default().push(tag);
-            }
-        }
-        let snapshots = infos
-            .iter()
-            .map(|s| {
-                let mut t = fjord_dr::TargetSnapshot::from_info(s);
-                t.foreign_holds = foreign.remove(&s.name).unwrap_or_default();
-                t
-            })
-            .collect();
+        let (snapshots, dr_held) = fjord_dr::target_snapshots(&infos, holds);
+        let dr_held = dr_held.into_iter().collect();
         Ok(Listing { snapshots, dr_held })
     }
 
