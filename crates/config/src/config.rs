@@ -254,6 +254,15 @@ pub const INERT_PROPS: &[(&str, &str)] = &[
 /// `mountpoint_root` confines it.)
 pub const EXCLUDED_PROPS: &[&str] = &["reservation", "refreservation", "quota", "refquota"];
 
+/// fjord's role markers, never taken from a stream whatever the config
+/// says: they record what the operator did on *this* node (a promotion
+/// fences a copy, a demotion stops its pushes), and a sender that could
+/// carry them (`zfs send -p` of a dataset promoted or demoted on its own
+/// side) would fence or demote the DR node's copy.
+pub const ROLE_PROPS: &[&str] = &["fjord:promoted", DEMOTED_PROP_NAME, "fjord:kept_from"];
+
+const DEMOTED_PROP_NAME: &str = crate::DEMOTED_PROP;
+
 impl RecvOptions {
     /// The `zfs recv` to run for `target` with these flags and the forced
     /// inert set; `force` adds `-F` (a rollback the policy allowed).
@@ -270,6 +279,7 @@ impl RecvOptions {
             .filter(|p| !unforced(p) && !self.set_props.contains_key(**p))
             .map(|p| p.to_string())
             .collect();
+        exclude_props.extend(ROLE_PROPS.iter().map(|p| p.to_string()));
         match &self.mountpoint_root {
             Some(root) if !self.set_props.contains_key("mountpoint") => set_props.push((
                 "mountpoint".into(),
@@ -829,6 +839,7 @@ mod tests {
             "-o setuid=off",
             "-x mountpoint",
             "-x quota",
+            "-x fjord:promoted",
         ] {
             assert!(argv.contains(forced), "{argv}");
         }
@@ -1062,7 +1073,8 @@ target_dataset = "backup/oslo/home/mail"
         let spec = c.recv_spec("backup/oslo/home", true);
         assert_eq!(
             fjord_zfs::command::recv_argv(&spec).join(" "),
-            "recv -F -s -u -x reservation -x refreservation -x quota -x refquota -x mountpoint \
+            "recv -F -s -u -x reservation -x refreservation -x quota -x refquota \
+             -x fjord:promoted -x fjord:demoted -x fjord:kept_from -x mountpoint \
              -o canmount=noauto -o setuid=off -o devices=off -o sharenfs=off -o sharesmb=off \
              -o readonly=on backup/oslo/home"
         );

@@ -85,6 +85,12 @@
 //! the tests load them.
 #![warn(missing_docs)]
 
+/// The user property `fjord-recv demote` sets on a former primary's
+/// dataset (`TIME @BASE`): it receives from the promoted copy now, and
+/// `fjord-send push` refuses to snapshot or send it. Here because both
+/// sides read it.
+pub const DEMOTED_PROP: &str = "fjord:demoted";
+
 pub mod config;
 pub mod hooks;
 pub mod retention;

@@ -10,6 +10,8 @@
 //!   target back? By default no; the operator grants pruning and rollback
 //!   per client, and even then nothing younger than `min_age`, nothing
 //!   another tag holds, and never the newest snapshot goes.
+//! - [`demote`]: failback's first step: the old primary keeps its
+//!   diverged writes aside and becomes a receive target again.
 //! - [`promote`]: failover: the plan that makes a copy the primary, and
 //!   the fence that refuses pushes into a promoted copy.
 //! - [`retention`]: the DR node's own pruning plan, by its own counts.
@@ -17,6 +19,7 @@
 //!   (report, Prometheus textfile, Nagios-style check).
 #![warn(missing_docs)]
 
+pub mod demote;
 pub mod policy;
 pub mod promote;
 pub mod retention;

@@ -158,6 +158,10 @@ pub struct CopyState {
 pub struct TreeState {
     /// The root's [`PROMOTED_PROP`] set on the root itself, if any.
     pub marker: Option<String>,
+    /// The root's `fjord:demoted` ([`crate::demote`]) set on the root
+    /// itself: a former primary that received the failback, promoted
+    /// back.
+    pub demoted: Option<String>,
     /// The datasets.
     pub copies: Vec<CopyState>,
 }
@@ -187,6 +191,11 @@ pub enum Action {
         dataset: String,
         /// The marker's value.
         value: String,
+    },
+    /// `zfs inherit fjord:demoted DATASET`: its pushes may run again.
+    LiftDemoted {
+        /// The root.
+        dataset: String,
     },
     /// `zfs recv -A DATASET`.
     AbortPartialReceive {
@@ -236,6 +245,10 @@ impl Action {
         match self {
             Action::Fence { dataset, value } => format!(
                 "fence {dataset}: set {PROMOTED_PROP}={value} (pushes into it are refused from now on)"
+            ),
+            Action::LiftDemoted { dataset } => format!(
+                "lift {dataset}'s demotion (zfs inherit {}): its push job may snapshot and send it again",
+                crate::demote::DEMOTED_PROP
             ),
             Action::AbortPartialReceive { dataset } => {
                 format!("abort the unfinished receive into {dataset} (zfs recv -A)")
@@ -414,6 +427,11 @@ pub fn plan(tree: &TreeState, req: &Request) -> Result<Plan, PromoteError> {
                 snapshot: chosen.clone(),
             }
             .render(),
+        });
+    }
+    if tree.demoted.is_some() {
+        out.actions.push(Action::LiftDemoted {
+            dataset: root.dataset.clone(),
         });
     }
     let root_creation = root

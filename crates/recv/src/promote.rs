@@ -272,6 +272,9 @@ async fn carry_out(
 async fn run_action(zfs: &Zfs, a: &Action) -> anyhow::Result<Option<String>> {
     match a {
         Action::Fence { dataset, value } => zfs.set_property(dataset, PROMOTED_PROP, value).await?,
+        Action::LiftDemoted { dataset } => {
+            zfs.inherit(dataset, fjord_dr::demote::DEMOTED_PROP).await?
+        }
         Action::AbortPartialReceive { dataset } => zfs.recv_abort(dataset).await?,
         Action::ReleaseHold { snapshot } => match zfs.release(DR_HOLD_TAG, snapshot).await {
             Err(e) if e.is_no_such_hold() => return Ok(Some("no such hold".into())),
@@ -311,17 +314,26 @@ async fn read_tree(zfs: &Zfs, root: &str) -> anyhow::Result<TreeState> {
     if !zfs.dataset_exists(root).await? {
         anyhow::bail!("{root} does not exist on this node (`zfs list -r` shows the copies)");
     }
-    let marker = zfs
-        .properties(root, &[PROMOTED_PROP])
-        .await?
-        .into_iter()
-        .find(|p| p.source == PropSource::Local)
-        .map(|p| p.value);
+    let local = |props: Vec<fjord_zfs::props::Property>| {
+        props
+            .into_iter()
+            .find(|p| p.source == PropSource::Local)
+            .map(|p| p.value)
+    };
+    let marker = local(zfs.properties(root, &[PROMOTED_PROP]).await?);
+    let demoted = local(
+        zfs.properties(root, &[fjord_dr::demote::DEMOTED_PROP])
+            .await?,
+    );
     let mut copies = Vec::new();
     for dataset in zfs.children(root).await? {
         copies.push(read_copy(zfs, &dataset).await?);
     }
-    Ok(TreeState { marker, copies })
+    Ok(TreeState {
+        marker,
+        demoted,
+        copies,
+    })
 }
 
 async fn read_copy(zfs: &Zfs, dataset: &str) -> anyhow::Result<CopyState> {

@@ -63,6 +63,8 @@ struct FakeSnapshot {
 #[derive(Default)]
 struct PoolState {
     datasets: BTreeMap<String, Vec<FakeSnapshot>>,
+    /// (dataset, property) -> value.
+    props: BTreeMap<(String, String), String>,
     next_guid: u64,
     txg: u64,
     clock: i64,
@@ -126,6 +128,13 @@ impl FakePool {
             .datasets
             .entry(dataset.into())
             .or_default();
+    }
+
+    /// Sets a property of a dataset (`zfs set`).
+    pub fn set_property(&self, dataset: &str, prop: &str, value: &str) {
+        lock(&self.state)
+            .props
+            .insert((dataset.into(), prop.into()), value.into());
     }
 
     /// Sets the clock: the creation time of the next snapshots.
@@ -210,6 +219,13 @@ fn destroy(s: &mut PoolState, full: &str) -> Result<(), PoolError> {
 }
 
 impl Pool for FakePool {
+    async fn property(&self, dataset: &str, prop: &str) -> Result<Option<String>, PoolError> {
+        Ok(lock(&self.state)
+            .props
+            .get(&(dataset.to_string(), prop.to_string()))
+            .cloned())
+    }
+
     async fn datasets(&self, root: &str, recursive: bool) -> Result<Vec<String>, PoolError> {
         let s = lock(&self.state);
         Ok(s.datasets

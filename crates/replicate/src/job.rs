@@ -133,6 +133,10 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             return report;
         }
     };
+    if let Some(why) = demoted(ctx).await {
+        report.error = Some(why);
+        return report;
+    }
     let mut post_error = None;
     if !ctx.options.dry_run {
         let (taken, post) = snapshot_with_hooks(ctx).await;
@@ -162,6 +166,22 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
         });
     }
     report
+}
+
+/// Why this job must not snapshot or send its source: it was demoted
+/// (`fjord-recv demote`, failback) and receives from the promoted copy now.
+/// A failure to read the property is no reason to stop: the snapshot
+/// step reports a broken pool itself.
+async fn demoted<P: Pool, D: DrNode>(ctx: &JobContext<P, D>) -> Option<String> {
+    use fjord_config::DEMOTED_PROP;
+    let source = &ctx.job.source;
+    let value = ctx.pool.property(source, DEMOTED_PROP).await.ok()??;
+    let value = value.trim();
+    (!value.is_empty() && value != "-").then(|| {
+        format!(
+            "{source} was demoted ({DEMOTED_PROP}={value}): it receives from the promoted copy now and is not snapshotted or sent; `fjord-recv promote {source}` makes it the primary again (README, \"Game day\")"
+        )
+    })
 }
 
 /// The pre-snapshot hooks, the snapshot with what they recorded, and the

@@ -57,6 +57,14 @@ pub trait Pool: Send + Sync {
         dataset: &str,
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>, PoolError>> + Send;
 
+    /// The value of the property `prop` of `dataset` (`None` when unset,
+    /// `-`, or the dataset does not exist).
+    fn property(
+        &self,
+        dataset: &str,
+        prop: &str,
+    ) -> impl Future<Output = Result<Option<String>, PoolError>> + Send;
+
     /// Takes `root@short` (and the same name on every child, atomically,
     /// if `recursive`), with the user properties `props` on it (what the
     /// hooks recorded, e.g. `fjord:wal_lsn`).
@@ -108,6 +116,13 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
         dataset: &str,
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>, PoolError>> + Send {
         (**self).snapshots(dataset)
+    }
+    fn property(
+        &self,
+        dataset: &str,
+        prop: &str,
+    ) -> impl Future<Output = Result<Option<String>, PoolError>> + Send {
+        (**self).property(dataset, prop)
     }
     fn snapshot(
         &self,

@@ -152,3 +152,29 @@ async fn a_failing_post_hook_fails_the_job_but_the_snapshot_is_replicated() {
     let snap = o.report.snapshot.clone().unwrap();
     assert_eq!(w.target_names("backup/home"), [snap]);
 }
+
+#[tokio::test]
+async fn a_demoted_source_is_neither_snapshotted_nor_sent_and_the_error_says_how_to_undo_it() {
+    let mut w = World::new("");
+    assert_eq!(w.push().await.report.result, JobResult::Ok);
+    let before_source = w.source_names("tank/home");
+    let before_target = w.target_names("backup/home");
+    w.pool.set_property(
+        "tank/home",
+        fjord_config::DEMOTED_PROP,
+        "2026-02-01T05:00:00Z @fjord_x",
+    );
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Failed, "{:?}", o.report);
+    let e = o.report.error.clone().unwrap_or_default();
+    assert!(e.contains("tank/home was demoted"), "{e}");
+    assert!(e.contains("fjord-recv promote tank/home"), "{e}");
+    assert!(o.report.snapshot.is_none());
+    assert_eq!(w.source_names("tank/home"), before_source);
+    assert_eq!(w.target_names("backup/home"), before_target);
+    assert_eq!(verdict([&o]), Verdict::Failed);
+    // promoted again (the marker lifted): pushes go on
+    w.pool
+        .set_property("tank/home", fjord_config::DEMOTED_PROP, "-");
+    assert_eq!(w.push().await.report.result, JobResult::Ok);
+}

@@ -22,6 +22,7 @@
 
 pub mod command;
 pub mod error;
+pub mod lineage;
 pub mod names;
 pub mod process;
 pub mod props;

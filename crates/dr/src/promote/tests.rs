@@ -50,6 +50,7 @@ fn tree() -> TreeState {
     let s = [("a", 10, 3600), ("b", 20, 600)];
     TreeState {
         marker: None,
+        demoted: None,
         copies: vec![received("dst/data", &s), received("dst/data/child", &s)],
     }
 }
@@ -276,4 +277,23 @@ fn the_fence_refuses_with_when_and_how_to_fail_back() {
     }
     // A value fjord did not write fences too.
     assert!(fence("dst/data", Some("by hand"), "dst/data").is_err());
+}
+
+#[test]
+fn promoting_a_demoted_former_primary_lifts_its_demotion_after_the_fence() {
+    let mut t = tree();
+    t.demoted = Some("2026-12-03T15:00:00Z @b".into());
+    let p = plan(&t, &req()).unwrap();
+    assert!(matches!(p.actions[0], Action::Fence { .. }));
+    assert_eq!(
+        p.actions[1],
+        Action::LiftDemoted {
+            dataset: "dst/data".into()
+        }
+    );
+    assert!(!plan(&tree(), &req())
+        .unwrap()
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::LiftDemoted { .. })));
 }

@@ -35,6 +35,10 @@ fn typed(e: ZfsError) -> PoolError {
 }
 
 impl Pool for ZfsPool {
+    async fn property(&self, dataset: &str, prop: &str) -> Result<Option<String>, PoolError> {
+        self.zfs.property(dataset, prop).await.map_err(typed)
+    }
+
     async fn datasets(&self, root: &str, recursive: bool) -> Result<Vec<String>, PoolError> {
         if recursive {
             match self.zfs.children(root).await {
