@@ -135,6 +135,13 @@ pub enum Action {
         /// The clone.
         dataset: String,
     },
+    /// `zfs rollback SNAPSHOT` (its newest): a clone just promoted shows
+    /// a few bytes written (1024 on OpenZFS 2.3) that `zfs recv` would
+    /// refuse as a modified target.
+    Rollback {
+        /// `dataset@base`.
+        snapshot: String,
+    },
     /// `zfs inherit fjord:promoted DATASET`: the fence of a promotion.
     LiftFence {
         /// The dataset.
@@ -163,6 +170,9 @@ impl Action {
             }
             Action::Promote { dataset } => {
                 format!("zfs promote {dataset}: it owns the base and its history again")
+            }
+            Action::Rollback { snapshot } => {
+                format!("roll back to {snapshot} (nothing after it: a fresh clone's metadata)")
             }
             Action::LiftFence { dataset } => {
                 format!("lift the fence on {dataset} (zfs inherit {PROMOTED_PROP})")
@@ -445,6 +455,9 @@ fn clone_back(
             }
             Some(_) => {}
         }
+        actions.push(Action::Rollback {
+            snapshot: format!("{dataset}@{base}"),
+        });
         back.push(Copy {
             dataset,
             readonly: "on".into(),
@@ -525,6 +538,18 @@ fn finish_aside(state: &DemoteState, aside: &str, base: &str, copies: &[Copy], n
         &state.copies,
         &mut out.actions,
     );
+    // promoted back already (the aside dataset is the clone now): its
+    // fresh metadata may still need the rollback
+    let suffix = format!("@{base}");
+    for c in copies {
+        if let Some(origin) = c.origin.as_deref().filter(|o| o.ends_with(&suffix)) {
+            if origin.starts_with(&state.root) {
+                out.actions.push(Action::Rollback {
+                    snapshot: origin.to_string(),
+                });
+            }
+        }
+    }
     if state.promoted.is_some() {
         out.actions.push(Action::LiftFence {
             dataset: state.root.clone(),

@@ -89,7 +89,7 @@ impl Marker {
 
 /// A push refused because its target was promoted.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("{dataset} was promoted on the DR node at {when} (recovery point @{snapshot}{on}): it is a primary now and takes no pushes. To fail back, replicate it back to this primary, then lift the fence on the DR node with `zfs inherit {prop} {root}` (README, \"Game day\")", when = format_time(marker.at), snapshot = marker.snapshot, on = if root == dataset { String::new() } else { format!(", promoted as part of {root}") }, prop = PROMOTED_PROP)]
+#[error("{dataset} was promoted on the DR node at {when} (recovery point @{snapshot}{on}): it is a primary now and takes no pushes. To fail back: `fjord-recv demote` this primary's dataset (its own writes are kept aside), push the copy back from the DR node, then `fjord-recv promote` it here and `fjord-recv demote {root}` on the DR node (README, \"Game day\")", when = format_time(marker.at), snapshot = marker.snapshot, on = if root == dataset { String::new() } else { format!(", promoted as part of {root}") })]
 pub struct Fenced {
     /// The dataset the push was for.
     pub dataset: String,

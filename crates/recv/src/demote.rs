@@ -215,6 +215,7 @@ async fn run_action(zfs: &Zfs, a: &Action) -> anyhow::Result<()> {
             zfs.clone_snapshot(snapshot, dataset, INERT_PROPS).await?
         }
         Action::Promote { dataset } => zfs.promote(dataset).await?,
+        Action::Rollback { snapshot } => zfs.rollback(snapshot, false).await?,
         Action::LiftFence { dataset } => zfs.inherit(dataset, PROMOTED_PROP).await?,
     }
     Ok(())
@@ -330,9 +331,13 @@ async fn read_aside(
                 .iter()
                 .any(|c| c.dataset == format!("{}{}", state.root, &a.dataset[aside.len()..]))
     });
+    // promoted back but not yet marked: the aside root is the clone now
+    let swapped = copies
+        .first()
+        .is_some_and(|a| a.origin.as_deref() == Some(kept_from.as_str()));
     let unfinished = state.copies.is_empty()
         || state.copies.iter().any(|c| in_aside(&c.origin))
-        || (missing && state.demoted.is_none());
+        || ((missing || swapped) && state.demoted.is_none());
     Ok(unfinished.then_some((aside, base, copies)))
 }
 

@@ -41,9 +41,11 @@ use serde::Serialize;
 /// message says what to add) or a step failed (the steps done are
 /// printed; run it again); 3 zfs could not be run or read.
 ///
-/// To fail back by hand for now (README, "Game day"): replicate DATASET
-/// back to the old primary, then on this node `zfs inherit
-/// fjord:promoted DATASET` lifts the fence.
+/// To fail back (README, "Game day"): `fjord-recv demote` on the old
+/// primary keeps its own writes aside, this node pushes DATASET back to
+/// it, then `fjord-recv promote` there and `fjord-recv demote DATASET`
+/// here (which lifts the fence). Promoting a demoted former primary
+/// lifts its fjord:demoted marker, so that its pushes run again.
 ///
 /// Examples:
 ///   fjord-recv promote backup/oslo/data --dry-run
@@ -200,7 +202,7 @@ fn print_tail(args: &Args, report: &Report<'_>, ok: bool) {
             }
         );
         println!(
-            "to fail back: replicate it back to the old primary, then `zfs inherit {PROMOTED_PROP} {}` here lifts the fence (README, \"Game day\")",
+            "to fail back: `fjord-recv demote` on the old primary, push {} back to it, then promote it there and `fjord-recv demote` it here (README, \"Game day\")",
             args.dataset
         );
     }

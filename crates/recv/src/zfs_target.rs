@@ -915,7 +915,7 @@ esac
         for want in [
             "backup/oslo/fs/child was promoted on the DR node at 2026-12-03T14:30:00Z",
             "@fjord_2026-12-03T142000Z",
-            "zfs inherit fjord:promoted backup/oslo/fs",
+            "fjord-recv demote backup/oslo/fs",
         ] {
             assert!(s.contains(want), "{want}: {s}");
         }

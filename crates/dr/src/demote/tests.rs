@@ -36,6 +36,7 @@ fn kinds(p: &Plan) -> Vec<String> {
             Action::RenameAside { from, to } => format!("rename {from} {to}"),
             Action::Clone { snapshot, dataset } => format!("clone {snapshot} {dataset}"),
             Action::Promote { dataset } => format!("promote {dataset}"),
+            Action::Rollback { snapshot } => format!("rollback {snapshot}"),
             Action::LiftFence { dataset } => format!("lift {dataset}"),
         })
         .collect()
@@ -93,6 +94,9 @@ fn diverged_writes_are_kept_aside_and_the_base_comes_back_by_clone_and_promote()
     // parents first: the root's clone and promote come before the child's clone
     let pos = |s: &str| k.iter().position(|x| x == s).unwrap();
     assert!(pos("promote src/data") < pos(&format!("clone {a}/child@b src/data/child")));
+    // a fresh clone's few bytes of metadata are rolled back, or zfs recv refuses the target
+    assert!(pos("promote src/data") < pos("rollback src/data@b"));
+    assert!(k.contains(&"rollback src/data/child@b".to_string()));
     let kept = p.kept.unwrap();
     assert_eq!(kept.dataset, a);
     assert!(kept.snapshots.contains(&(a.clone(), "c".into())));
@@ -124,10 +128,12 @@ fn an_interrupted_demotion_finishes_from_the_aside_tree() {
     let p = plan(&state, &req()).unwrap();
     let k = kinds(&p);
     assert_eq!(k[0], "promote src/data");
-    assert_eq!(k[1], format!("clone {a}/child@b src/data/child"));
-    assert_eq!(k[2], "promote src/data/child");
-    assert!(k[3].starts_with("set src/data fjord:demoted="));
-    assert_eq!(k.len(), 4);
+    assert_eq!(k[1], "rollback src/data@b");
+    assert_eq!(k[2], format!("clone {a}/child@b src/data/child"));
+    assert_eq!(k[3], "promote src/data/child");
+    assert_eq!(k[4], "rollback src/data/child@b");
+    assert!(k[5].starts_with("set src/data fjord:demoted="));
+    assert_eq!(k.len(), 6);
     assert!(p.kept.unwrap().snapshots.contains(&(a, "c".into())));
 }
 
@@ -202,4 +208,32 @@ fn refusals_name_what_is_wrong() {
         plan(&pool, &req()),
         Err(DemoteError::PoolRoot { .. })
     ));
+}
+
+#[test]
+fn a_run_cut_after_the_root_was_promoted_back_rolls_back_and_marks() {
+    let a = aside();
+    let mut aside_root = copy(&a, &["c"], &[], None);
+    aside_root.origin = Some("src/data@b".into());
+    let mut root = copy("src/data", &["a", "b"], &["b"], None);
+    root.mounted = false;
+    root.readonly = "on".into();
+    root.canmount = "noauto".into();
+    let state = DemoteState {
+        root: "src/data".into(),
+        copies: vec![root],
+        aside: Some((a, "b".into(), vec![aside_root])),
+        ..Default::default()
+    };
+    let k = kinds(&plan(&state, &req()).unwrap());
+    assert!(
+        !k.iter()
+            .any(|x| x.starts_with("clone") || x.starts_with("promote") || x.starts_with("rename")),
+        "{k:?}"
+    );
+    assert!(k.contains(&"rollback src/data@b".to_string()), "{k:?}");
+    assert!(
+        k.last().unwrap().starts_with("set src/data fjord:demoted="),
+        "{k:?}"
+    );
 }

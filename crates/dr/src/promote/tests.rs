@@ -271,7 +271,7 @@ fn the_fence_refuses_with_when_and_how_to_fail_back() {
         "at 2026-12-03T12:13:20Z",
         "@fjord_2026-12-03T142000Z",
         "as part of dst/data",
-        "zfs inherit fjord:promoted dst/data",
+        "fjord-recv demote dst/data",
     ] {
         assert!(s.contains(want), "{want}: {s}");
     }
