@@ -51,7 +51,14 @@ impl MysqlLock {
         if let Some(f) = &self.defaults_file {
             argv.push(format!("--defaults-extra-file={f}"));
         }
-        argv.extend(["--batch".into(), "--skip-column-names".into()]);
+        // --unbuffered: the client flushes after each statement; without it the
+        // "locked" line waits in its buffer until the connection ends (seen
+        // against MariaDB 10.11)
+        argv.extend([
+            "--batch".into(),
+            "--skip-column-names".into(),
+            "--unbuffered".into(),
+        ]);
         argv
     }
 
