@@ -46,7 +46,20 @@ async fn chunk_inventory(shared: &Shared, key: &PublicKey, session: SessionId) -
     let Some(caches) = &shared.caches else {
         return Response::ChunkInventory { hashes: Vec::new() };
     };
-    match tokio::task::block_in_place(|| caches.inventory(key, session)) {
+    // The inventory reads the cache's index from disk: on the blocking
+    // pool, not on a runtime worker.
+    let (caches, key) = (caches.clone(), *key);
+    let listed = tokio::task::spawn_blocking(move || caches.inventory(&key, session)).await;
+    let listed = match listed {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::Failed {
+                code: RefuseCode::SinkFailed,
+                message: format!("the chunk cache's inventory task failed: {e}"),
+            }
+        }
+    };
+    match listed {
         Ok(hashes) => {
             info!(%session, chunks = hashes.len(), "chunk inventory promised");
             Response::ChunkInventory {

@@ -189,8 +189,10 @@ impl Server {
             // A sender asks for the inventory just before its offer; the
             // lease waits as long as a lost session would.
             caches: opts.chunk_cache.clone().map(|c| {
-                ChunkCaches::new(c, opts.grace.max(Duration::from_secs(600)))
-                    .with_lease_limit(opts.limits.per_client_leases, counters.clone())
+                Arc::new(
+                    ChunkCaches::new(c, opts.grace.max(Duration::from_secs(600)))
+                        .with_lease_limit(opts.limits.per_client_leases, counters.clone()),
+                )
             }),
             grace: opts.grace,
             admission: Admission::new(

@@ -188,7 +188,7 @@ pub(crate) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) factory: Arc<dyn SinkFactory>,
     pub(crate) control: Arc<dyn Control>,
-    pub(crate) caches: Option<ChunkCaches>,
+    pub(crate) caches: Option<std::sync::Arc<ChunkCaches>>,
     pub(super) grace: Duration,
     pub(crate) admission: Admission,
     pub(crate) counters: Arc<ServerCounters>,
