@@ -398,6 +398,12 @@ pub struct Client {
     /// Default false.
     #[serde(default)]
     pub allow_rollback: bool,
+    /// Let its `fjord-send switchover` promote its targets (a planned
+    /// switchover: the primary stops writing, pushes a final snapshot and
+    /// asks this node to take over). Default false: a stolen key must not
+    /// be able to fence the real primary off.
+    #[serde(default)]
+    pub allow_promote: bool,
     /// The DR node's retention for this client's datasets, instead of the
     /// top-level `[retention]`.
     #[serde(default)]

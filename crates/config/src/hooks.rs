@@ -32,6 +32,12 @@ pub struct HooksConfig {
     /// then is killed and counts as failed.
     #[serde(default, deserialize_with = "de_timeout")]
     pub timeout: Option<Duration>,
+    /// `fjord-send switchover` only: stops the application's writes (argv)
+    /// before the final snapshot, e.g. `["systemctl", "stop",
+    /// "postgresql"]`; if it fails, the switchover stops before anything
+    /// changed.
+    #[serde(default)]
+    pub stop_writes: Option<Vec<String>>,
     /// A built-in database hook.
     #[serde(default)]
     pub database: Option<Database>,
@@ -82,6 +88,7 @@ impl HooksConfig {
         for (key, argv) in [
             ("pre_snapshot", &self.pre_snapshot),
             ("post_snapshot", &self.post_snapshot),
+            ("stop_writes", &self.stop_writes),
         ] {
             if argv
                 .as_ref()

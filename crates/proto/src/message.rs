@@ -149,6 +149,17 @@ pub enum Request {
         /// Short snapshot names.
         snapshots: Vec<String>,
     },
+    /// Promote the target to `snapshot` (a planned switchover: the primary
+    /// has stopped writing and pushed its final snapshot). The DR node's
+    /// policy must grant it to this client (`allow_promote`); promoting a
+    /// target already promoted to the same snapshot is done again
+    /// harmlessly.
+    Promote {
+        /// The target dataset.
+        dataset: String,
+        /// The recovery point's short name: the primary's final snapshot.
+        snapshot: String,
+    },
     /// Which chunks does the receiver's chunk cache promise to hold for the
     /// packed transfer `session` (sent next)? Answered by the transport
     /// itself, not by the receiver's control service.
@@ -165,7 +176,8 @@ impl Request {
         match self {
             Request::TargetState { dataset }
             | Request::AbortResume { dataset }
-            | Request::DestroySnapshots { dataset, .. } => dataset,
+            | Request::DestroySnapshots { dataset, .. }
+            | Request::Promote { dataset, .. } => dataset,
             Request::ChunkInventory { .. } => "",
         }
     }
@@ -454,6 +466,7 @@ mod tag {
     pub const RESP_FAILED: u8 = 17;
     pub const REQ_CHUNK_INVENTORY: u8 = 18;
     pub const RESP_CHUNK_INVENTORY: u8 = 19;
+    pub const REQ_PROMOTE: u8 = 20;
 }
 
 /// Why bytes are not a valid message.
@@ -634,6 +647,11 @@ impl Message {
                 for s in snapshots {
                     put_str(out, s);
                 }
+            }
+            Message::Request(Request::Promote { dataset, snapshot }) => {
+                out.put_u8(tag::REQ_PROMOTE);
+                put_str(out, dataset);
+                put_str(out, snapshot);
             }
             Message::Response(Response::TargetState(t)) => {
                 out.put_u8(tag::RESP_TARGET_STATE);
@@ -831,6 +849,10 @@ impl Message {
                 }
                 Message::Request(Request::DestroySnapshots { dataset, snapshots })
             }
+            tag::REQ_PROMOTE => Message::Request(Request::Promote {
+                dataset: r.string("dataset")?,
+                snapshot: r.string("snapshot")?,
+            }),
             tag::RESP_TARGET_STATE => {
                 let dataset = r.string("dataset")?;
                 let exists = r.bool("exists")?;
@@ -1083,6 +1105,10 @@ mod tests {
             Message::Request(Request::DestroySnapshots {
                 dataset: "backup/fs".into(),
                 snapshots: vec![],
+            }),
+            Message::Request(Request::Promote {
+                dataset: "backup/fs".into(),
+                snapshot: "fjord_2026-12-03T170000Z".into(),
             }),
             Message::Response(Response::TargetState(TargetState {
                 dataset: "backup/fs".into(),

@@ -311,6 +311,46 @@ async fn run_action(zfs: &Zfs, a: &Action) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
+/// Why a promotion asked for over the network did not happen.
+pub(crate) enum RemotePromoteError {
+    /// The plan refuses (another recovery point, no such snapshot, ...).
+    Refused(promote::PromoteError),
+    /// Reading the copy or a step failed.
+    Failed(anyhow::Error),
+}
+
+/// A promotion of `dataset` to `snapshot` asked by a sender's
+/// `fjord-send switchover` (the receiver checked its grant): the same plan
+/// and steps as the command, logged instead of printed. Returns what it
+/// did, in one line.
+pub(crate) async fn promote_for_switchover(
+    zfs: &Zfs,
+    dataset: &str,
+    snapshot: &str,
+) -> Result<String, RemotePromoteError> {
+    let tree = read_tree(zfs, dataset)
+        .await
+        .map_err(RemotePromoteError::Failed)?;
+    let req = Request {
+        snapshot: Some(snapshot.to_string()),
+        mountpoint: None,
+        destroy_newer: false,
+        now: now(),
+    };
+    let plan = promote::plan(&tree, &req).map_err(RemotePromoteError::Refused)?;
+    let mut done = Vec::new();
+    carry_out(zfs, &plan, &mut done, true)
+        .await
+        .map_err(RemotePromoteError::Failed)?;
+    for d in &done {
+        tracing::info!(dataset, step = %d.describe, done = d.done, "switchover: promote step");
+    }
+    Ok(format!(
+        "{dataset} promoted to @{snapshot} on the DR node ({} step(s)); pushes into it are refused from now on",
+        done.iter().filter(|d| d.done).count()
+    ))
+}
+
 /// The tree's state, parents first.
 async fn read_tree(zfs: &Zfs, root: &str) -> anyhow::Result<TreeState> {
     if !zfs.dataset_exists(root).await? {

@@ -103,6 +103,50 @@ impl ZfsTarget {
     /// existing ancestor) carries `fjord:promoted`, set on itself or
     /// inherited from the promoted root: refused with
     /// [`RefuseCode::Promoted`].
+    /// A sender's planned switchover: promote `dataset` to `snapshot`, if
+    /// the client is granted it and nothing is being received into it.
+    async fn promote(
+        &self,
+        client: &Client,
+        dataset: &str,
+        snapshot: &str,
+    ) -> Result<String, SinkError> {
+        if !client.allow_promote {
+            return Err(SinkError::refused(
+                RefuseCode::Policy,
+                format!(
+                    "refused by the DR node's policy: client {} may not promote {dataset} (fjord-send switchover); to allow it, set allow_promote = true in its [[client]] of recv.toml, or run fjord-recv promote on the DR node",
+                    client.name
+                ),
+            ));
+        }
+        names::validate_snapshot_short_name(snapshot)
+            .map_err(|e| SinkError::refused(RefuseCode::BadDataset, e.to_string()))?;
+        if self.receiving().contains(dataset) {
+            return Err(SinkError::Busy(format!(
+                "a stream into {dataset} is being received; promote it once the push has ended"
+            )));
+        }
+        use crate::promote::{promote_for_switchover, RemotePromoteError};
+        match promote_for_switchover(&self.zfs, dataset, snapshot).await {
+            Ok(done) => {
+                tracing::warn!(client = %client.name, dataset, snapshot, "promoted at the client's request (switchover)");
+                Ok(done)
+            }
+            Err(RemotePromoteError::Refused(e)) => {
+                let code = match e {
+                    fjord_dr::promote::PromoteError::AlreadyPromoted { .. } => RefuseCode::Promoted,
+                    _ => RefuseCode::Other,
+                };
+                Err(SinkError::refused(code, e.to_string()))
+            }
+            Err(RemotePromoteError::Failed(e)) => Err(SinkError::Internal(format!(
+                "promoting {dataset} to @{snapshot}: {}",
+                fjord_cli::render(&e)
+            ))),
+        }
+    }
+
     async fn fence(&self, client: &Client, dataset: &str) -> Result<(), SinkError> {
         let mut probe = dataset.to_string();
         loop {
@@ -561,7 +605,9 @@ impl Control for SharedTarget {
                 }
             };
             let fenced = match &request {
-                Request::ChunkInventory { .. } => Ok(()),
+                // a promotion decides about an earlier one itself (the same
+                // recovery point again finishes it; another is refused)
+                Request::ChunkInventory { .. } | Request::Promote { .. } => Ok(()),
                 other => t.fence(client, other.dataset()).await,
             };
             if let Err(e) = fenced {
@@ -580,6 +626,10 @@ impl Control for SharedTarget {
                     .map(|message| Response::Done { message }),
                 Request::DestroySnapshots { dataset, snapshots } => t
                     .destroy(client, &dataset, &snapshots)
+                    .await
+                    .map(|message| Response::Done { message }),
+                Request::Promote { dataset, snapshot } => t
+                    .promote(client, &dataset, &snapshot)
                     .await
                     .map(|message| Response::Done { message }),
                 // The server answers these from its chunk cache.
@@ -1119,6 +1169,10 @@ esac
                 dataset: "backup".into(),
                 snapshots: vec!["x".into()],
             },
+            Request::Promote {
+                dataset: "tank/secret".into(),
+                snapshot: "x".into(),
+            },
         ] {
             match rt.block_on(t.handle(&key, req.clone())) {
                 Response::Failed {
@@ -1139,6 +1193,28 @@ esac
                 code: RefuseCode::SinkFailed,
                 message,
             } => assert!(message.contains("/nonexistent/zfs"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_promote_request_without_the_grant_is_a_policy_refusal_before_zfs_runs() {
+        let key = Identity::generate().expect("keygen").public_key();
+        let t = target(key);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        match rt.block_on(t.handle(
+            &key,
+            Request::Promote {
+                dataset: "backup/oslo/fs".into(),
+                snapshot: "fjord_x".into(),
+            },
+        )) {
+            Response::Failed {
+                code: RefuseCode::Policy,
+                message,
+            } => assert!(message.contains("allow_promote = true"), "{message}"),
             other => panic!("{other:?}"),
         }
     }

@@ -94,6 +94,16 @@ pub trait DrNode: Send + Sync {
         snapshots: &[String],
     ) -> impl Future<Output = Result<(), DrError>> + Send;
 
+    /// Asks the DR node to promote `target` to `snapshot` (a planned
+    /// switchover); its policy must grant it. Promoting again to the same
+    /// snapshot finishes an interrupted promotion; to another is refused
+    /// as [`DrError::Promoted`]. Returns what the DR node did.
+    fn promote(
+        &self,
+        target: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<String, DrError>> + Send;
+
     /// Carries `stream` into `transfer.target`, surviving link flaps
     /// within the grace; returns when the DR node has committed it.
     fn transfer(
@@ -119,6 +129,13 @@ impl<T: DrNode> DrNode for std::sync::Arc<T> {
         snapshots: &[String],
     ) -> impl Future<Output = Result<(), DrError>> + Send {
         (**self).destroy_snapshots(target, snapshots)
+    }
+    fn promote(
+        &self,
+        target: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<String, DrError>> + Send {
+        (**self).promote(target, snapshot)
     }
     fn transfer(
         &self,

@@ -137,6 +137,15 @@ impl FakePool {
             .insert((dataset.into(), prop.into()), value.into());
     }
 
+    /// A property set on a dataset (by [`FakePool::set_property`] or a
+    /// demotion), if any.
+    pub fn property_of(&self, dataset: &str, prop: &str) -> Option<String> {
+        lock(&self.state)
+            .props
+            .get(&(dataset.to_string(), prop.to_string()))
+            .cloned()
+    }
+
     /// Sets the clock: the creation time of the next snapshots.
     pub fn set_clock(&self, unix: i64) {
         lock(&self.state).clock = unix;
@@ -219,6 +228,29 @@ fn destroy(s: &mut PoolState, full: &str) -> Result<(), PoolError> {
 }
 
 impl Pool for FakePool {
+    async fn demote(
+        &self,
+        root: &str,
+        _recursive: bool,
+        base: &str,
+        marker: &str,
+    ) -> Result<(), PoolError> {
+        let mut s = lock(&self.state);
+        let has_base = s
+            .datasets
+            .get(root)
+            .is_some_and(|v| v.iter().any(|x| x.info.name == base));
+        if !has_base {
+            return Err(PoolError::NotFound(format!("{root}@{base} does not exist")));
+        }
+        for (prop, value) in [("readonly", "on"), (fjord_config::DEMOTED_PROP, marker)] {
+            s.props.insert((root.into(), prop.into()), value.into());
+        }
+        s.props
+            .remove(&(root.to_string(), "fjord:promoted".to_string()));
+        Ok(())
+    }
+
     async fn property(&self, dataset: &str, prop: &str) -> Result<Option<String>, PoolError> {
         Ok(lock(&self.state)
             .props
@@ -487,6 +519,10 @@ struct DrState {
     transfers: Vec<Transfer>,
     /// Promoted roots and the DR node's refusal for them.
     promoted: BTreeMap<String, String>,
+    /// Roots promoted by [`DrNode::promote`], and to which snapshot.
+    promoted_to: BTreeMap<String, String>,
+    /// The next promote request is refused by the DR node's policy.
+    refuse_promote: bool,
 }
 
 /// The DR node, in memory: `zfs recv`'s rules, a permissive policy.
@@ -618,7 +654,53 @@ fn refused(msg: impl Into<String>) -> DrError {
     DrError::Refused(msg.into())
 }
 
+impl FakeDrNode {
+    /// The snapshot a switchover promoted `root` to, if it did.
+    pub fn promoted_to(&self, root: &str) -> Option<String> {
+        lock(&self.state).promoted_to.get(root).cloned()
+    }
+
+    /// The next promote request is refused (no `allow_promote`).
+    pub fn refuse_next_promote(&self) {
+        lock(&self.state).refuse_promote = true;
+    }
+}
+
 impl DrNode for FakeDrNode {
+    async fn promote(&self, target: &str, snapshot: &str) -> Result<String, DrError> {
+        self.unreachable()?;
+        let mut s = lock(&self.state);
+        if std::mem::take(&mut s.refuse_promote) {
+            return Err(DrError::Refused(format!(
+                "client may not promote {target}; set allow_promote = true"
+            )));
+        }
+        if let Some(earlier) = s.promoted_to.get(target) {
+            return if earlier == snapshot {
+                Ok(format!("{target} already promoted to @{snapshot}"))
+            } else {
+                Err(DrError::Promoted(format!(
+                    "{target} was promoted to @{earlier}"
+                )))
+            };
+        }
+        let has = s
+            .targets
+            .get(target)
+            .is_some_and(|t| t.snapshots.iter().any(|x| x.name == snapshot));
+        if !has {
+            return Err(DrError::Refused(format!(
+                "{target} has no snapshot @{snapshot}"
+            )));
+        }
+        s.promoted_to.insert(target.into(), snapshot.into());
+        s.promoted.insert(
+            target.into(),
+            format!("{target} was promoted on the DR node (recovery point @{snapshot})"),
+        );
+        Ok(format!("{target} promoted to @{snapshot}"))
+    }
+
     async fn target_state(&self, target: &str) -> Result<TargetState, DrError> {
         self.unreachable()?;
         self.fenced(target)?;

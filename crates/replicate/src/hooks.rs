@@ -64,6 +64,11 @@ pub trait Hooks: Send + Sync {
     /// After the snapshot (`snapshot`: its short name if it was taken),
     /// whenever `pre_snapshot` ran.
     fn post_snapshot<'a>(&'a self, job: &'a str, snapshot: Option<&'a str>) -> HookFuture<'a, ()>;
+    /// Before a switchover's final snapshot: stop the application's
+    /// writes. None configured: nothing runs.
+    fn stop_writes<'a>(&'a self, _job: &'a str) -> HookFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// No hooks: nothing runs, nothing is recorded.

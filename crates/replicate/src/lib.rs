@@ -28,6 +28,7 @@ pub mod plan;
 pub mod pool;
 pub mod report;
 pub mod status;
+pub mod switchover;
 
 pub use dataset::DatasetError;
 pub use dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};

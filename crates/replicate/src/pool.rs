@@ -65,6 +65,19 @@ pub trait Pool: Send + Sync {
         prop: &str,
     ) -> impl Future<Output = Result<Option<String>, PoolError>> + Send;
 
+    /// After a switchover's final push: makes `root` (and, if
+    /// `recursive`, its children) a replication target. Refuses if anything
+    /// was written after `base` (writes did not stop); then unmounts it,
+    /// sets `readonly=on` and `canmount=noauto`, lifts a promotion's fence
+    /// (`fjord:promoted` set on `root`) and sets `fjord:demoted=marker`.
+    fn demote(
+        &self,
+        root: &str,
+        recursive: bool,
+        base: &str,
+        marker: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send;
+
     /// Takes `root@short` (and the same name on every child, atomically,
     /// if `recursive`), with the user properties `props` on it (what the
     /// hooks recorded, e.g. `fjord:wal_lsn`).
@@ -132,6 +145,15 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
         props: &[(String, String)],
     ) -> impl Future<Output = Result<(), PoolError>> + Send {
         (**self).snapshot(root, short, recursive, props)
+    }
+    fn demote(
+        &self,
+        root: &str,
+        recursive: bool,
+        base: &str,
+        marker: &str,
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
+        (**self).demote(root, recursive, base, marker)
     }
     fn holds(&self, snapshot: &str) -> impl Future<Output = Result<Vec<String>, PoolError>> + Send {
         (**self).holds(snapshot)

@@ -178,3 +178,117 @@ async fn a_demoted_source_is_neither_snapshotted_nor_sent_and_the_error_says_how
         .set_property("tank/home", fjord_config::DEMOTED_PROP, "-");
     assert_eq!(w.push().await.report.result, JobResult::Ok);
 }
+
+mod switchover {
+    use super::support::World;
+    use fjord_replicate::switchover::{switchover, Step, SwitchResult};
+    use fjord_replicate::{JobContext, RunOptions};
+    use std::sync::Arc;
+
+    async fn run(w: &mut World, dry_run: bool) -> fjord_replicate::switchover::SwitchoverReport {
+        w.clock += 3600;
+        w.pool.set_clock(w.clock);
+        let ctx = Arc::new(JobContext {
+            pool: w.pool.clone(),
+            dr: w.dr.clone(),
+            job: w.job.clone(),
+            options: RunOptions {
+                force: false,
+                dry_run,
+                now_unix: w.clock,
+            },
+            hooks: w.hooks.clone(),
+        });
+        switchover(ctx, &w.state()).await
+    }
+
+    fn steps(r: &fjord_replicate::switchover::SwitchoverReport) -> Vec<(Step, bool)> {
+        r.steps.iter().map(|s| (s.step, s.done)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_switchover_pushes_a_final_snapshot_promotes_exactly_it_and_demotes_the_source() {
+        let mut w = World::new("");
+        w.push().await;
+        let dry = run(&mut w, true).await;
+        assert_eq!(dry.result, SwitchResult::DryRun);
+        assert_eq!(w.dr.promoted_to("backup/home"), None);
+        let before = w.source_names("tank/home").len();
+        assert_eq!(
+            w.source_names("tank/home").len(),
+            before,
+            "a dry run takes no snapshot"
+        );
+
+        let r = run(&mut w, false).await;
+        assert_eq!(r.result, SwitchResult::Ok, "{r:?}");
+        assert_eq!(
+            steps(&r),
+            [
+                (Step::StopWrites, true),
+                (Step::FinalPush, true),
+                (Step::PromoteTarget, true),
+                (Step::DemoteSource, true)
+            ]
+        );
+        let last = w.source_names("tank/home").pop();
+        assert_eq!(r.final_snapshot, last);
+        assert_eq!(w.dr.promoted_to("backup/home"), last);
+        assert_eq!(w.target_names("backup/home"), w.source_names("tank/home"));
+        // the old primary's pushes stop, and a second switchover says it is done
+        let o = w.push().await;
+        assert_eq!(o.report.result, fjord_replicate::JobResult::Failed);
+        assert_eq!(run(&mut w, false).await.result, SwitchResult::AlreadyDone);
+    }
+
+    #[tokio::test]
+    async fn a_refused_promotion_leaves_the_source_a_primary_and_a_rerun_finishes() {
+        let mut w = World::new("");
+        w.push().await;
+        w.dr.refuse_next_promote();
+        let r = run(&mut w, false).await;
+        assert_eq!(r.result, SwitchResult::Failed);
+        assert_eq!(r.steps.last().map(|s| s.step), Some(Step::PromoteTarget));
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("run switchover again"),
+            "{r:?}"
+        );
+        assert_eq!(
+            w.pool.property_of("tank/home", fjord_config::DEMOTED_PROP),
+            None
+        );
+        let final_snapshot = r.final_snapshot.clone();
+        // the grant is given: the rerun pushes (nothing new since) and promotes
+        let again = run(&mut w, false).await;
+        assert_eq!(again.result, SwitchResult::Ok, "{again:?}");
+        assert!(w
+            .pool
+            .property_of("tank/home", fjord_config::DEMOTED_PROP)
+            .is_some());
+        assert!(again.final_snapshot >= final_snapshot);
+    }
+
+    #[tokio::test]
+    async fn a_run_cut_after_the_promotion_skips_the_push_and_demotes_to_the_promoted_snapshot() {
+        let mut w = World::new("");
+        w.push().await;
+        let held = w.held("tank/home").pop().expect("the base is held");
+        // an earlier run got as far as the promotion
+        fjord_replicate::DrNode::promote(&*w.dr, "backup/home", &held)
+            .await
+            .expect("promoted");
+        let snaps_before = w.source_names("tank/home");
+        let r = run(&mut w, false).await;
+        assert_eq!(r.result, SwitchResult::Ok, "{r:?}");
+        assert_eq!(steps(&r)[1], (Step::FinalPush, false));
+        assert_eq!(r.final_snapshot.as_deref(), Some(held.as_str()));
+        assert_eq!(w.source_names("tank/home"), snaps_before, "no new snapshot");
+        assert!(w
+            .pool
+            .property_of("tank/home", fjord_config::DEMOTED_PROP)
+            .is_some_and(|v| v.ends_with(&format!("@{held}"))));
+    }
+}

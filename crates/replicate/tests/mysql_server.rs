@@ -174,6 +174,15 @@ impl Pool for ProbingPool {
             .push(probe);
         self.inner.snapshot(root, short, recursive, props).await
     }
+    async fn demote(
+        &self,
+        root: &str,
+        recursive: bool,
+        base: &str,
+        marker: &str,
+    ) -> Result<(), PoolError> {
+        self.inner.demote(root, recursive, base, marker).await
+    }
     async fn holds(&self, snapshot: &str) -> Result<Vec<String>, PoolError> {
         self.inner.holds(snapshot).await
     }

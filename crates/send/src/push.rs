@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     conclude(&outcomes)
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -153,26 +153,8 @@ async fn run_one(
     job: &Job,
     server_key: PublicKey,
 ) -> JobOutcome {
-    let mut link = LinkConfig {
-        rate_limit: job.bwlimit,
-        congestion: match job.congestion {
-            CongestionChoice::Cubic => Congestion::Cubic,
-            CongestionChoice::Bbr => Congestion::Bbr,
-        },
-        ..LinkConfig::default()
-    };
-    if let Some(t) = job.idle_timeout {
-        link = link.with_idle_timeout(t);
-    }
     let progress = Progress::default();
-    let mut dr = QuicDrNode::new(
-        identity.clone(),
-        job.target_host.clone(),
-        server_key,
-        link,
-        job.grace.unwrap_or(Duration::from_secs(300)),
-        job.pack,
-    );
+    let mut dr = dr_node(identity, job, server_key);
     let shown = progress.clone();
     let watch: WatchTransfer = Arc::new(move |name, counters, estimate| {
         Box::new(shown.add(name.to_string(), counters, estimate))
@@ -193,6 +175,29 @@ async fn run_one(
     let outcome = run_job(ctx, state).await;
     Progress::clear(drawing);
     outcome
+}
+
+/// The job's DR node over QUIC, with the job's link settings.
+pub(crate) fn dr_node(identity: &Arc<Identity>, job: &Job, server_key: PublicKey) -> QuicDrNode {
+    let mut link = LinkConfig {
+        rate_limit: job.bwlimit,
+        congestion: match job.congestion {
+            CongestionChoice::Cubic => Congestion::Cubic,
+            CongestionChoice::Bbr => Congestion::Bbr,
+        },
+        ..LinkConfig::default()
+    };
+    if let Some(t) = job.idle_timeout {
+        link = link.with_idle_timeout(t);
+    }
+    QuicDrNode::new(
+        identity.clone(),
+        job.target_host.clone(),
+        server_key,
+        link,
+        job.grace.unwrap_or(Duration::from_secs(300)),
+        job.pack,
+    )
 }
 
 /// Prints a job's report: JSON lines, or text when talking; failures

@@ -17,6 +17,7 @@ use std::time::Duration;
 pub struct CommandHooks {
     pre: Option<Vec<String>>,
     post: Option<Vec<String>>,
+    stop_writes: Option<Vec<String>>,
     timeout: Duration,
     postgres: Option<Postgres>,
     mysql: Option<MysqlLock>,
@@ -34,6 +35,7 @@ impl CommandHooks {
         CommandHooks {
             pre: config.pre_snapshot.clone(),
             post: config.post_snapshot.clone(),
+            stop_writes: config.stop_writes.clone(),
             timeout: config.timeout(),
             postgres: (config.database == Some(Database::Postgresql)).then(|| Postgres {
                 psql: config.psql.clone().unwrap_or_else(|| "psql".into()),
@@ -77,6 +79,16 @@ impl CommandHooks {
 }
 
 impl Hooks for CommandHooks {
+    fn stop_writes<'a>(&'a self, job: &'a str) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(argv) = &self.stop_writes {
+                run_command(argv, self.timeout, &[("FJORD_JOB", job)]).await?;
+                tracing::info!(job, "switchover: the application's writes are stopped");
+            }
+            Ok(())
+        })
+    }
+
     fn pre_snapshot<'a>(&'a self, job: &'a str) -> HookFuture<'a, SnapshotProps> {
         Box::pin(async move {
             if let Some(argv) = &self.pre {

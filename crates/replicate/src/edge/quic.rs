@@ -193,6 +193,21 @@ impl DrNode for QuicDrNode {
         .map(drop)
     }
 
+    async fn promote(&self, target: &str, snapshot: &str) -> Result<String, DrError> {
+        match self
+            .ask(Request::Promote {
+                dataset: target.to_string(),
+                snapshot: snapshot.to_string(),
+            })
+            .await?
+        {
+            Response::Done { message } => Ok(message),
+            other => Err(DrError::Protocol(format!(
+                "a promote request was answered with {other:?}"
+            ))),
+        }
+    }
+
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
         self.ask(Request::DestroySnapshots {
             dataset: target.to_string(),

@@ -35,6 +35,75 @@ fn typed(e: ZfsError) -> PoolError {
 }
 
 impl Pool for ZfsPool {
+    async fn demote(
+        &self,
+        root: &str,
+        recursive: bool,
+        base: &str,
+        marker: &str,
+    ) -> Result<(), PoolError> {
+        let datasets = if recursive {
+            self.zfs.children(root).await.map_err(typed)?
+        } else {
+            vec![root.to_string()]
+        };
+        for ds in &datasets {
+            let has_base = self
+                .zfs
+                .snapshots(ds)
+                .await
+                .map_err(typed)?
+                .iter()
+                .any(|s| s.name == base);
+            if !has_base {
+                continue;
+            }
+            let written = self.zfs.written_since(ds, base).await.map_err(typed)?;
+            if written > 0 {
+                return Err(PoolError::Failed(format!(
+                    "{ds} has {written} bytes written after @{base}, the final snapshot: writes did not stop (check the stop_writes hook); nothing was changed"
+                )));
+            }
+        }
+        if self
+            .zfs
+            .property(root, "mounted")
+            .await
+            .map_err(typed)?
+            .as_deref()
+            == Some("yes")
+        {
+            self.zfs.unmount(root).await.map_err(typed)?;
+        }
+        self.zfs
+            .set_property(root, "readonly", "on")
+            .await
+            .map_err(typed)?;
+        for ds in &datasets {
+            self.zfs
+                .set_property(ds, "canmount", "noauto")
+                .await
+                .map_err(typed)?;
+        }
+        let fenced = self
+            .zfs
+            .properties(root, &["fjord:promoted"])
+            .await
+            .map_err(typed)?
+            .into_iter()
+            .any(|p| p.source == fjord_zfs::props::PropSource::Local);
+        if fenced {
+            self.zfs
+                .inherit(root, "fjord:promoted")
+                .await
+                .map_err(typed)?;
+        }
+        self.zfs
+            .set_property(root, fjord_config::DEMOTED_PROP, marker)
+            .await
+            .map_err(typed)
+    }
+
     async fn property(&self, dataset: &str, prop: &str) -> Result<Option<String>, PoolError> {
         self.zfs.property(dataset, prop).await.map_err(typed)
     }
