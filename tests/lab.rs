@@ -280,6 +280,8 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "recv-prune",
         "recv-as-fjord-user",
         "promote",
+        "failback",
+        "gameday-pg",
     ];
     let mut required = vec![
         // full
@@ -449,6 +451,47 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "promote-fenced-json",
         "promote-fenced-message",
         "promote-fenced-nothing-received",
+        // failback
+        "fb-demote-dry-plan",
+        "fb-demote-dry-unchanged",
+        "fb-demote-exit",
+        "fb-aside-exists",
+        "fb-base-only",
+        "fb-demoted-inert",
+        "fb-kept-snapshot",
+        "fb-kept-late",
+        "fb-kept-uncommitted",
+        "fb-old-push-exit",
+        "fb-old-push-no-snapshot",
+        "fb-back-exit",
+        "fb-back-incremental",
+        "fb-back-same-guid",
+        "fb-back-has-dr-write",
+        "fb-back-no-late",
+        "fb-repromote-undemoted",
+        "fb-dr-unfenced",
+        "fb-resume",
+        // game day with PostgreSQL under load
+        "gd-push3-exit",
+        "gd-promote-exit",
+        "gd-pg-starts-on-dr",
+        "gd-no-gaps",
+        "gd-all-replicated-rows",
+        "gd-fenced-exit",
+        "gd-fenced-message",
+        "gd-demote-exit",
+        "gd-demote-kept",
+        "gd-back-exit",
+        "gd-switch-exit",
+        "gd-switch-steps",
+        "gd-switch-same-final",
+        "gd-switch-dr-demoted",
+        "gd-switch-dr-unfenced",
+        "gd-switch-again",
+        "gd-switch-pg-starts",
+        "gd-switch-zero-loss",
+        "gd-switch-dr-rows",
+        "gd-after-switchover",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [
@@ -462,6 +505,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "retention",
         "overlap",
         "dedup",
+        "fb-resume-content",
     ];
     let names: Vec<String> = compared
         .iter()

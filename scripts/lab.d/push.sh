@@ -45,6 +45,13 @@
 #   promote          failover: fjord-recv promote --dry-run changes nothing; promote makes the
 #                    copy writable and mounted at its mountpoint, fenced (fjord:promoted); a
 #                    push from the old primary is refused with exit 8 and the promoted message
+#   gameday-pg       the game day with the host's PostgreSQL under a write load: pushes while
+#                    it writes, the primary killed, promote (RTO, RPO logged), the fenced old
+#                    push, demote, the push back, `fjord-send switchover` back with 0 rows lost
+#   failback         fjord-recv demote on the old primary keeps its diverged snapshot and
+#                    writes aside and stops its pushes; the promoted copy is pushed back
+#                    (roles and keys swapped); promote there, demote on the DR node, and the
+#                    old primary's push carries on incrementally
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -960,9 +967,152 @@ case_promote() {
     lab_assert_eq promote-fenced-json "promoted promoted" \
         "$(jjob promote-fenced result) $(jds promote-fenced src/data result)"
     lab_assert promote-fenced-message jsays promote-fenced "was promoted on the DR node at"
-    lab_assert promote-fenced-how grep -q "zfs inherit fjord:promoted dst/backup/data" "$R/promote-fenced.err"
+    lab_assert promote-fenced-how grep -q "fjord-recv demote dst/backup/data" "$R/promote-fenced.err"
     lab_assert_eq promote-fenced-nothing-received "$before_snaps" "$(snaps dst/backup/data)"
     lab_assert promote-fenced-logged grep -q "refused: promoted on this node" "$R/serve.log"
+}
+
+# failback and the way back, with the same binaries and keys: the DR copy is promoted and
+# written to; the old primary comes back with a snapshot and writes of its own the DR node
+# never saw. `fjord-recv demote` on the old primary keeps them aside (nothing destroyed),
+# leaves src/data at the base, inert, and stops its own pushes; the promoted copy is pushed
+# back (fjord-send on the DR node with its recv.key, fjord-recv serve on the old primary with
+# its send.key); then the roles return: promote on the old primary, demote on the DR node,
+# and the old primary's push carries on incrementally.
+# demote_run NAME ARGS...: fjord-recv demote; $R/NAME.out, .err, .rc
+demote_run() {
+    local name=$1 rc=0
+    shift
+    "$recv" demote "$@" >"$R/$name.out" 2>"$R/$name.err" || rc=$?
+    echo "$rc" >"$R/$name.rc"
+    lab_log "demote $name exit $rc"
+    sed 's/^/    /' "$R/$name.out" "$R/$name.err"
+    return "$rc"
+}
+# fb_configs: the old primary's receiver (its send.key, the DR node as its only client) and
+# the DR node's push job back to it (its recv.key)
+fb_configs() {
+    cat >"$work/fb-recv.toml" <<EOF
+listen = "$LAB_PRIMARY_WG_IP:7451"
+key = "$work/send.key"
+grace = "60s"
+idle_timeout = "3s"
+
+[recv]
+resumable = true
+unmounted = true
+
+[[client]]
+name = "dr-node"
+key = "$rpub"
+prefixes = ["src/data"]
+EOF
+    cat >"$work/fb-send.toml" <<EOF
+key = "$work/recv.key"
+state_dir = "$work/fb-state"
+
+[[job]]
+name = "back"
+source = "dst/backup/data"
+recursive = true
+target_host = "$LAB_PRIMARY_WG_IP:7451"
+target_key = "$spub"
+target_dataset = "src/data"
+grace = "60s"
+idle_timeout = "3s"
+EOF
+    rm -rf "$work/fb-state"
+    mkdir -p "$work/fb-state"
+}
+# in_mounted DATASET FILE: FILE exists in DATASET, mounted read-only for the look if need be
+in_mounted() {
+    local was rc=0
+    was=$(zfs get -H -o value mounted "$1")
+    [[ $was == yes ]] || zfs mount -o ro "$1"
+    [[ -e "$(lab_mountpoint "$1")/$2" ]] || rc=1
+    [[ $was == yes ]] || zfs unmount "$1"
+    return "$rc"
+}
+not_in_mounted() { ! in_mounted "$@"; }
+case_failback() {
+    # fresh, not golden: on a pool rewound to a checkpoint, a clone promoted back shows 1024
+    # bytes written even after `zfs rollback` (OpenZFS 2.3.2, seen only after the rewind; a
+    # fresh pool, with or without a checkpoint, shows 0), which zfs recv refuses
+    start_from fresh
+    serve_use default
+    local rc=0 base aside late fbpid dsnap
+    push fb-initial "$work/send.toml" || rc=$?
+    lab_assert_eq fb-initial-exit 0 "$rc"
+    base=$(newest src/data)
+    base=${base#*@}
+    # failover: the DR copy is promoted and written to
+    promote_run fb-promote dst/backup/data || rc=$?
+    lab_assert_eq fb-promote-exit 0 "$rc"
+    echo written-on-dr >"$(lab_mountpoint dst/backup/data)/dr.txt"
+    # the old primary comes back with a snapshot and writes the DR node never saw
+    echo late-on-primary >"$smnt/late.txt"
+    fjord_snapshot_now src/data
+    late=$(newest src/data)
+    late=${late#*@}
+    echo uncommitted-on-primary >"$smnt/uncommitted.txt"
+    # --dry-run: the plan, nothing changed
+    rc=0
+    demote_run fb-demote-dry src/data --dry-run --json || rc=$?
+    lab_assert_eq fb-demote-dry-exit 0 "$rc"
+    lab_assert_eq fb-demote-dry-plan "true $base" \
+        "$(jq -r '[.dry_run, .base] | map(tostring) | join(" ")' "$R/fb-demote-dry.out" 2>/dev/null)"
+    lab_assert fb-demote-dry-lists-late jq -e --arg s "$late" 'any(.kept.snapshots[]; .[1] == $s)' "$R/fb-demote-dry.out"
+    lab_assert_eq fb-demote-dry-unchanged "yes $late" "$(zfs get -H -o value mounted src/data) $(newest src/data | sed 's/.*@//')"
+    # demote for real: the diverged writes are kept aside, src/data is at the base, inert
+    rc=0
+    demote_run fb-demote src/data || rc=$?
+    lab_assert_eq fb-demote-exit 0 "$rc"
+    aside=$(zfs list -H -o name,fjord:kept_from -d 1 src | awk -F'\t' -v b="src/data@$base" '$2 == b { print $1 }' | tail -n1)
+    lab_assert fb-aside-exists test -n "$aside"
+    lab_assert fb-demote-lists-aside grep -q "keeping the writes made after @$base as $aside" "$R/fb-demote.out"
+    lab_assert_eq fb-base-only "$base" "$(snaps src/data | sed 's/ $//')"
+    lab_assert_eq fb-demoted-inert "on noauto no" "$(zfs get -H -o value readonly,canmount,mounted src/data | tr '\n' ' ' | sed 's/ $//')"
+    lab_assert fb-demoted-marker sh -c "zfs get -H -o value fjord:demoted src/data | grep -q ' @$base\$'"
+    lab_assert fb-kept-snapshot zfs list "$aside@$late"
+    lab_assert fb-kept-late in_mounted "$aside" late.txt
+    lab_assert fb-kept-uncommitted in_mounted "$aside" uncommitted.txt
+    lab_assert fb-kept-child zfs list "$aside/child"
+    # the old primary's own push timer, forgotten: refused, nothing snapshotted
+    rc=0
+    push fb-old-push "$work/send.toml" || rc=$?
+    lab_assert_eq fb-old-push-exit 4 "$rc"
+    lab_assert fb-old-push-says jsays fb-old-push "src/data was demoted"
+    lab_assert_eq fb-old-push-no-snapshot "$base" "$(snaps src/data | sed 's/ $//')"
+    # failback: the promoted copy flows back, same binaries, same keys
+    fb_configs
+    FJORD_LOG=info ip netns exec primary "$recv" serve --config "$work/fb-recv.toml" >>"$R/fb-serve.log" 2>&1 </dev/null &
+    fbpid=$!
+    lab_wait_udp primary 7451 90
+    rc=0
+    ip netns exec dr timeout 600 "$send" push --config "$work/fb-send.toml" --json >"$R/fb-back.json" 2>"$R/fb-back.err" || rc=$?
+    sed 's/^/    /' "$R/fb-back.json" "$R/fb-back.err"
+    lab_assert_eq fb-back-exit 0 "$rc"
+    lab_assert_eq fb-back-incremental "incremental" "$(jq -r 'select(.type == "dataset" and .source == "dst/backup/data") | [.steps[].action] | join(",")' "$R/fb-back.json" 2>/dev/null)"
+    dsnap=$(newest dst/backup/data)
+    lab_assert_eq fb-back-same-guid "$(lab_guid "$dsnap")" "$(lab_guid "src/data@${dsnap#*@}" 2>/dev/null)"
+    lab_assert fb-back-has-dr-write in_mounted src/data dr.txt
+    lab_assert fb-back-no-late not_in_mounted src/data late.txt
+    kill "$fbpid" 2>/dev/null || true
+    wait "$fbpid" 2>/dev/null || true
+    # the way back: the old primary becomes the primary again, the DR node a target again
+    rc=0
+    promote_run fb-repromote src/data || rc=$?
+    lab_assert_eq fb-repromote-exit 0 "$rc"
+    lab_assert_eq fb-repromote-undemoted "-" "$(zfs get -H -o value fjord:demoted src/data)"
+    rc=0
+    demote_run fb-dr-demote dst/backup/data || rc=$?
+    lab_assert_eq fb-dr-demote-exit 0 "$rc"
+    lab_assert_eq fb-dr-unfenced "-" "$(zfs get -H -o value fjord:promoted dst/backup/data)"
+    lab_mutate "$smnt" 61 128K >/dev/null
+    rc=0
+    push fb-resume "$work/send.toml" || rc=$?
+    lab_assert_eq fb-resume "0 incremental" "$rc $(jactions fb-resume src/data)"
+    compare_target fb-resume-content
 }
 
 # failover with a real PostgreSQL (the host's, through the shared root file system): its data
@@ -1026,12 +1176,145 @@ connection = 'host=$psock port=55432 user=postgres dbname=postgres'"
     pg_as "$PG_BIN/pg_ctl" -D "$ddir" -m fast -w stop >/dev/null || true
     ip -n primary link set veth-p up
 }
+
+# game day with a real PostgreSQL (the host's) under a steady write load: an insert loop
+# logs each committed id with its commit time; pushes with the PostgreSQL hook run while it
+# writes; the primary dies (database killed, link cut); promote on the DR node, PostgreSQL
+# starts there with every row of the newest replicated snapshot (RTO and RPO measured); the
+# fenced old primary's push is refused; it comes back: demote keeps its diverged writes, the
+# promoted copy flows back; a planned switchover (`fjord-send switchover` on the DR node: clean
+# stop of its database, final push back, promote there, demote here) returns the primary role
+# with 0 committed rows lost.
+# pg_writer SOCK PORT FROM LOG: inserts ids FROM, FROM+1, ... one at a time (each its own
+# transaction, with clock_timestamp()), appending "id epoch" to LOG after each commit
+pg_writer() {
+    local sock=$1 port=$2 id=$3 log=$4
+    while pg_sql "$sock" "$port" "insert into t values ($id, clock_timestamp())" 2>/dev/null; do
+        echo "$id $(date +%s.%N)" >>"$log"
+        id=$((id + 1))
+    done
+}
+# committed_before EPOCH LOG: the newest id committed before EPOCH (0 if none)
+committed_before() { awk -v t="$1" '$2 < t { id = $1 } END { print id + 0 }' "$2"; }
+# pg_stop DATADIR MODE
+pg_stop() { pg_as "$PG_BIN/pg_ctl" -D "$1" -m "$2" -w stop >/dev/null 2>&1 || true; }
+case_gameday_pg() {
+    [[ -x $PG_BIN/initdb ]] || { lab_fail gd-pg-installed "no PostgreSQL in $PG_BIN"; return 0; }
+    # fresh, not golden: see case_failback (the first push with the database is the full one)
+    start_from fresh
+    serve_use default
+    local rc=0 i t0 safe wpid t_fail t_query dmax dcount rpo pdir="$smnt/pg/data"
+    local psock="$work/gd-primary" dsock="$work/gd-dr" wlog="$work/gd-writer.log" ddir aside
+    rm -rf "$psock" "$dsock" "$wlog"
+    mkdir -p "$smnt/pg" "$psock" "$dsock"
+    chown postgres "$smnt/pg" "$psock" "$dsock"
+    pg_as "$PG_BIN/initdb" -D "$pdir" -A trust >"$R/gd-initdb.log" 2>&1
+    pg_start "$pdir" "$psock" 55442 >/dev/null
+    pg_sql "$psock" 55442 "create table t (id int primary key, at timestamptz not null)"
+    send_config "$work/gd.toml" "$work/send.key" "properties = true
+[job.hooks]
+timeout = '120s'
+database = 'postgresql'
+connection = 'host=$psock port=55442 user=postgres dbname=postgres'"
+    : >"$wlog"
+    pg_writer "$psock" 55442 1 "$wlog" &
+    wpid=$!
+    lab_wait 60 "the writer committed a row" test -s "$wlog"
+    # pushes every few seconds while it writes; every id committed before a push started is
+    # in that push's snapshot
+    safe=0
+    for i in 1 2 3; do
+        t0=$(date +%s.%N)
+        rc=0
+        push "gd-push$i" "$work/gd.toml" || rc=$?
+        lab_assert_eq "gd-push$i-exit" 0 "$rc"
+        ((rc != 0)) || safe=$(committed_before "$t0" "$wlog")
+        sleep 2
+    done
+    lab_log "writer at id $(tail -n1 "$wlog" | cut -d' ' -f1); ids up to $safe were committed before the last push began"
+    # the primary dies
+    t_fail=$(date +%s.%N)
+    pg_stop "$pdir" immediate
+    wait "$wpid" 2>/dev/null || true
+    ip -n primary link set veth-p down
+    rc=0
+    promote_run gd-promote dst/backup/data || rc=$?
+    lab_assert_eq gd-promote-exit 0 "$rc"
+    ddir="$(lab_mountpoint dst/backup/data)/pg/data"
+    rc=0
+    pg_start "$ddir" "$dsock" 55443 >/dev/null || rc=$?
+    lab_assert_eq gd-pg-starts-on-dr 0 "$rc"
+    dmax=$(pg_sql "$dsock" 55443 "select coalesce(max(id), 0) from t" 2>>"$R/gd-dr.err" || echo 0)
+    t_query=$(date +%s.%N)
+    dcount=$(pg_sql "$dsock" 55443 "select count(*) from t" 2>>"$R/gd-dr.err" || echo -1)
+    lab_assert_eq gd-no-gaps "$dmax" "$dcount"
+    lab_assert gd-all-replicated-rows test "$dmax" -ge "$safe"
+    # RPO: commit time of the newest row on the primary minus that of the newest on the DR node
+    rpo=$(echo "$(tail -n1 "$wlog" | cut -d' ' -f2) - $(awk -v id="$dmax" '$1 == id { print $2 }' "$wlog")" | bc)
+    lab_log "RTO (database killed to the first answered query on the DR node): $(echo "$t_query - $t_fail" | bc) s; RPO: $rpo s of committed writes ($(($(tail -n1 "$wlog" | cut -d' ' -f1) - dmax)) rows) lost; $dmax rows on the DR node"
+    echo "rto_seconds=$(echo "$t_query - $t_fail" | bc) rpo_seconds=$rpo rows_lost=$(($(tail -n1 "$wlog" | cut -d' ' -f1) - dmax))" >"$R/gd-rto-rpo"
+    # the DR node takes writes
+    pg_sql "$dsock" 55443 "insert into t select g, clock_timestamp() from generate_series(1000001, 1000100) g"
+    # the old primary comes back: its push (without the database hook: its database is
+    # down) is refused, fenced
+    ip -n primary link set veth-p up
+    rc=0
+    push gd-fenced "$work/send.toml" || rc=$?
+    lab_assert_eq gd-fenced-exit 8 "$rc"
+    lab_assert gd-fenced-message jsays gd-fenced "was promoted on the DR node at"
+    # failback: demote keeps what the old primary committed after the base
+    rc=0
+    demote_run gd-demote src/data || rc=$?
+    lab_assert_eq gd-demote-exit 0 "$rc"
+    aside=$(zfs list -H -o name,fjord:kept_from -d 1 src | awk -F'\t' '$2 ~ /^src\/data@/ { print $1 }' | tail -n1)
+    lab_assert gd-demote-kept test -n "$aside"
+    lab_assert gd-demote-listed grep -q "as $aside" "$R/gd-demote.out"
+    fb_configs
+    # the old primary's receiver lets the DR node's switchover promote src/data; the DR
+    # node's job stops its database cleanly before the final snapshot
+    echo "allow_promote = true" >>"$work/fb-recv.toml"
+    printf '[job.hooks]\nstop_writes = ["runuser", "-u", "postgres", "--", "%s/pg_ctl", "-D", "%s", "-m", "fast", "-w", "stop"]\ntimeout = "120s"\n' \
+        "$PG_BIN" "$(lab_mountpoint dst/backup/data)/pg/data" >>"$work/fb-send.toml"
+    FJORD_LOG=info ip netns exec primary "$recv" serve --config "$work/fb-recv.toml" >>"$R/gd-fb-serve.log" 2>&1 </dev/null &
+    local fbpid=$!
+    lab_wait_udp primary 7451 90
+    rc=0
+    ip netns exec dr timeout 600 "$send" push --config "$work/fb-send.toml" --json >"$R/gd-back.json" 2>"$R/gd-back.err" || rc=$?
+    lab_assert_eq gd-back-exit 0 "$rc"
+    # planned switchover, one command on the DR node: stop writes, final push back, promote
+    # on the old primary, demote here
+    local drows
+    drows=$(pg_sql "$dsock" 55443 "select count(*) from t")
+    rc=0
+    ip netns exec dr timeout 900 "$send" switchover --config "$work/fb-send.toml" --job back --json >"$R/gd-switch.json" 2>"$R/gd-switch.err" || rc=$?
+    sed 's/^/    /' "$R/gd-switch.json" "$R/gd-switch.err"
+    lab_assert_eq gd-switch-exit 0 "$rc"
+    lab_assert_eq gd-switch-steps "stop_writes final_push promote_target demote_source" \
+        "$(jq -r '[.steps[] | select(.done) | .step] | join(" ")' "$R/gd-switch.json" 2>/dev/null)"
+    lab_assert_eq gd-switch-same-final "$(jq -r .final_snapshot "$R/gd-switch.json" 2>/dev/null)" "$(newest src/data | sed 's/.*@//')"
+    lab_assert_eq gd-switch-dr-demoted "on no" "$(zfs get -H -o value readonly,mounted dst/backup/data | tr '\n' ' ' | sed 's/ $//')"
+    lab_assert_eq gd-switch-dr-unfenced "-" "$(zfs get -H -o value fjord:promoted dst/backup/data)"
+    rc=0
+    ip netns exec dr timeout 600 "$send" switchover --config "$work/fb-send.toml" --job back --json >"$R/gd-switch-again.json" 2>/dev/null || rc=$?
+    lab_assert_eq gd-switch-again "0 already_done" "$rc $(jq -r .result "$R/gd-switch-again.json" 2>/dev/null)"
+    kill "$fbpid" 2>/dev/null || true
+    wait "$fbpid" 2>/dev/null || true
+    rc=0
+    pg_start "$pdir" "$psock" 55442 >/dev/null || rc=$?
+    lab_assert_eq gd-switch-pg-starts 0 "$rc"
+    lab_assert_eq gd-switch-zero-loss "$drows" "$(pg_sql "$psock" 55442 "select count(*) from t" 2>>"$R/gd-primary.err" || echo none)"
+    lab_assert_eq gd-switch-dr-rows 100 "$(pg_sql "$psock" 55442 "select count(*) from t where id > 1000000" 2>/dev/null || echo none)"
+    rc=0
+    push gd-after "$work/gd.toml" || rc=$?
+    lab_assert_eq gd-after-switchover "0 incremental" "$rc $(jactions gd-after src/data)"
+    pg_stop "$pdir" fast
+}
 # _is_lsn VALUE: a PostgreSQL WAL position (hex/hex)
 _is_lsn() { [[ $1 =~ ^[0-9A-F]+/[0-9A-F]+$ ]]; }
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote)
+    recv-as-fjord-user promote failback gameday-pg)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
