@@ -89,6 +89,7 @@ pub mod config;
 pub mod hooks;
 pub mod retention;
 pub mod textfile;
+pub mod tripwire;
 pub mod units;
 
 pub use config::{ConfigError, Job, RecvConfig, SendConfig};
