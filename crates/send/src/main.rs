@@ -12,6 +12,7 @@ mod progress;
 mod push;
 mod send;
 mod status_cmd;
+mod tripwire_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ enum Command {
     Keygen(fjord_cli::keygen::Args),
     Pack(pack::Args),
     CheckConfig(check_config::Args),
+    Tripwire(tripwire_cmd::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
     /// Write the man pages and shell completions (used by scripts/deb).
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => fjord_cli::keygen::run(args),
         Command::Pack(args) => pack::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Tripwire(args) => tripwire_cmd::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
         Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
             .map(|_| ())
