@@ -139,3 +139,68 @@ async fn without_pause_pruning_a_trip_only_warns() {
     assert!(!d.tripwire.as_ref().unwrap().pruning_paused);
     assert!(!d.pruned_source.is_empty());
 }
+
+#[tokio::test]
+async fn each_dataset_is_judged_against_its_own_history() {
+    // Two datasets with different habits: the media one is always mostly
+    // incompressible and cannot trip on that share; the documents one trips.
+    let mut w =
+        World::new("recursive = true\n[job.tripwire]\nmin_history = 2\nmin_bytes = \"1M\"\n");
+    w.pool.create("tank/home/media");
+    w.pool.set_stream_figures("tank/home", figures(8, 0, 1));
+    w.pool
+        .set_stream_figures("tank/home/media", figures(8, 7, 0));
+    let first = push(&mut w).await;
+    assert!(first
+        .report
+        .dataset_reports
+        .iter()
+        .all(|d| d.tripwire.is_none()));
+    push(&mut w).await;
+    push(&mut w).await;
+    w.pool.set_stream_figures("tank/home", figures(8, 8, 8));
+    w.pool
+        .set_stream_figures("tank/home/media", figures(8, 8, 8));
+    let o = push(&mut w).await;
+    let by = |s: &str| {
+        o.report
+            .dataset_reports
+            .iter()
+            .find(|d| d.source == s)
+            .and_then(|d| d.tripwire.as_ref())
+            .map(|t| (t.judgement.verdict.clone(), t.judgement.reason.clone()))
+            .expect("judged")
+    };
+    let (home, why) = by("tank/home");
+    assert_eq!(home, Verdict::Tripped, "{why}");
+    assert!(
+        why.contains("incompressible 100% (usually 0%)")
+            && why.contains("rewritten 100% (usually 12%)"),
+        "{why}"
+    );
+    let (media, why) = by("tank/home/media");
+    // Incompressible 100% is under 3 x 88%; rewritten 100% against 0% trips.
+    assert_eq!(media, Verdict::Tripped, "{why}");
+    assert!(
+        why.contains("rewritten") && !why.contains("incompressible"),
+        "{why}"
+    );
+    let book = Book::load(w.state.path(), "home").unwrap();
+    assert!(book.alarm("tank/home").is_some() && book.alarm("tank/home/media").is_some());
+    // Acknowledging one dataset leaves the other's alarm.
+    let state = with_metrics(&w);
+    assert_eq!(
+        tripwire::acknowledge(&state, "home", Some("tank/home/media"), support::T0).unwrap(),
+        ["tank/home/media"]
+    );
+    let book = Book::load(w.state.path(), "home").unwrap();
+    assert!(book.alarm("tank/home").is_some() && book.alarm("tank/home/media").is_none());
+    // A dry run measures nothing.
+    let state = with_metrics(&w);
+    let dry = w.push_with(false, true, state).await;
+    assert!(dry
+        .report
+        .dataset_reports
+        .iter()
+        .all(|d| d.tripwire.is_none()));
+}
