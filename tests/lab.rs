@@ -282,6 +282,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "promote",
         "failback",
         "gameday-pg",
+        "tripwire",
     ];
     let mut required = vec![
         // full
@@ -492,6 +493,21 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "gd-switch-zero-loss",
         "gd-switch-dr-rows",
         "gd-after-switchover",
+        // tripwire
+        "tripwire-learning-2",
+        "tripwire-tripped-json",
+        "tripwire-tripped-shares",
+        "tripwire-paused-json",
+        "tripwire-status-exit",
+        "tripwire-status-json",
+        "tripwire-metrics",
+        "tripwire-after-not-tripped",
+        "tripwire-after-paused",
+        "tripwire-ack-exit",
+        "tripwire-ack-metrics",
+        "tripwire-status-clear",
+        "tripwire-final-not-tripped",
+        "tripwire-pruning-resumed",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [

@@ -52,6 +52,9 @@
 #                    writes aside and stops its pushes; the promoted copy is pushed back
 #                    (roles and keys swapped); promote there, demote on the DR node, and the
 #                    old primary's push carries on incrementally
+#   tripwire         normal pushes build the ransomware tripwire's history; files overwritten
+#                    with random data trip it (push --json, status, metrics, pruning paused);
+#                    a normal push after does not trip; tripwire ack resumes pruning
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -766,6 +769,77 @@ case_status_metrics() {
     lab_assert metrics-lag grep -q '^fjord_job_replication_lag_seconds{job="data"}' "$work/metrics/fjord.prom"
 }
 
+# the ransomware tripwire (tripwire.toml: min_history = 2, min_bytes = 256K, pause_pruning):
+# two normal pushes (new text files) build the history; every file of src/data overwritten in
+# place with random data trips it (push --json, status --json and exit 4, metrics) and pauses
+# the source's pruning; the next normal push does not trip but stays paused until
+# `fjord-send tripwire ack`, after which pruning resumes
+jtw() {
+    jq -r --arg f "$2" 'select(.type == "dataset" and .source == "src/data") | .tripwire | .[$f] | tostring' \
+        "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+tw_text() {
+    mkdir -p "$smnt/tw"
+    _lab_text "$1" 12000 csv >"$smnt/tw/table-$1.csv"
+    sync
+}
+case_tripwire() {
+    start_from golden
+    serve_use default
+    local cfg=$work/tripwire.toml rc=0 i f
+    for i in 1 2; do
+        tw_text "$((700 + i))"
+        rc=0
+        push "tw-normal-$i" "$cfg" || rc=$?
+        lab_assert_eq "tripwire-normal-$i-exit" 0 "$rc"
+        lab_assert_eq "tripwire-learning-$i" learning "$(jtw "tw-normal-$i" verdict)"
+    done
+    # mass encryption: every file's bytes replaced in place by random ones
+    while IFS= read -r -d '' f; do
+        head -c "$(stat -c %s "$f")" /dev/urandom | dd of="$f" conv=notrunc status=none
+    done < <(find "$smnt" -xdev -type f -print0)
+    sync
+    rc=0
+    push tw-attack "$cfg" || rc=$?
+    lab_assert_eq tripwire-attack-exit 0 "$rc"
+    lab_assert_eq tripwire-tripped-json tripped "$(jtw tw-attack verdict)"
+    # shares of logical block bytes: the zero-padded tail of each file's last 128K block is
+    # compressible, so all-random files measure about 80% incompressible here, not 100%
+    lab_assert tripwire-tripped-shares jq -e -s \
+        'any(.[]; .type == "dataset" and .source == "src/data" and .tripwire.sample.incompressible > 0.7 and .tripwire.sample.rewritten > 0.9)' \
+        "$R/tw-attack.json"
+    lab_assert_eq tripwire-paused-json true "$(jtw tw-attack pruning_paused)"
+    rc=0
+    ip netns exec primary "$send" status --config "$cfg" --json >"$R/tw-status.json" 2>"$R/tw-status.err" || rc=$?
+    lab_assert_eq tripwire-status-exit 4 "$rc"
+    lab_assert_eq tripwire-status-json src/data \
+        "$(jq -r '.[0].tripwire_alarms[0].dataset' "$R/tw-status.json" 2>/dev/null || true)"
+    cp "$work/metrics/fjord.prom" "$R/tw-attack.prom" 2>/dev/null || true
+    lab_assert tripwire-metrics grep -q '^fjord_tripwire_tripped{job="data",dataset="src/data"} 1$' "$work/metrics/fjord.prom"
+    lab_assert tripwire-metrics-share grep -q '^fjord_tripwire_incompressible_ratio{job="data",dataset="src/data"} ' "$work/metrics/fjord.prom"
+    # a normal push: not tripped, the alarm and the pause stay until acknowledged
+    tw_text 703
+    rc=0
+    push tw-after "$cfg" || rc=$?
+    lab_assert_eq tripwire-after-exit 0 "$rc"
+    lab_assert_eq tripwire-after-not-tripped normal "$(jtw tw-after verdict)"
+    lab_assert_eq tripwire-after-paused "true " "$(jtw tw-after pruning_paused) $(jds tw-after src/data pruned_source)"
+    rc=0
+    ip netns exec primary "$send" tripwire ack --config "$cfg" data >"$R/tw-ack.out" 2>&1 || rc=$?
+    lab_assert_eq tripwire-ack-exit 0 "$rc"
+    lab_assert tripwire-ack-says grep -q 'src/data: tripwire alarm acknowledged' "$R/tw-ack.out"
+    lab_assert tripwire-ack-metrics grep -q '^fjord_tripwire_tripped{job="data",dataset="src/data"} 0$' "$work/metrics/fjord.prom"
+    rc=0
+    ip netns exec primary "$send" status --config "$cfg" --json >"$R/tw-status-acked.json" 2>/dev/null || rc=$?
+    lab_assert_eq tripwire-status-clear "0 0" "$rc $(jq -r '.[0].tripwire_alarms | length' "$R/tw-status-acked.json" 2>/dev/null || true)"
+    tw_text 704
+    rc=0
+    push tw-final "$cfg" || rc=$?
+    lab_assert_eq tripwire-final-exit 0 "$rc"
+    lab_assert_eq tripwire-final-not-tripped normal "$(jtw tw-final verdict)"
+    lab_assert tripwire-pruning-resumed test -n "$(jds tw-final src/data pruned_source)"
+}
+
 # the DR node's own status (fjord-recv status, from zfs on the DR node): the copies are
 # fresh after a push; when pushes stop, the thresholds say so as a check (Nagios codes) and
 # as metrics. A warning or critical age of 0s makes any copy stale without waiting.
@@ -1314,7 +1388,7 @@ _is_lsn() { [[ $1 =~ ^[0-9A-F]+/[0-9A-F]+$ ]]; }
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote failback gameday-pg)
+    recv-as-fjord-user promote tripwire failback gameday-pg)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
@@ -1379,6 +1453,10 @@ send_config "$work/send.toml" "$work/send.key" ""
 send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
 send_config "$work/stranger.toml" "$work/stranger.key" ""
 send_config "$work/other.toml" "$work/other.key" ""
+send_config "$work/tripwire.toml" "$work/send.key" "[job.tripwire]
+min_history = 2
+min_bytes = '256K'
+pause_pruning = true"
 # hooks.toml: the job with hooks (a stand-in psql that prints a WAL position) and zfs send -p
 printf '#!/bin/sh\necho "$*" >>"%s"\necho 0/16B3F40\n' "$work/psql.args" >"$work/fake-psql"
 chmod 755 "$work/fake-psql"

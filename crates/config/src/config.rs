@@ -172,6 +172,9 @@ pub struct Job {
     /// Commands and database hooks around the snapshot (`[job.hooks]`).
     #[serde(default)]
     pub hooks: crate::hooks::HooksConfig,
+    /// The ransomware tripwire (`[job.tripwire]`).
+    #[serde(default)]
+    pub tripwire: crate::tripwire::TripwireConfig,
 }
 
 impl Job {
@@ -660,6 +663,9 @@ impl SendConfig {
             job.hooks
                 .check()
                 .map_err(|(k, why)| check.fail(key(&format!("hooks.{k}")), why))?;
+            job.tripwire
+                .check()
+                .map_err(|(k, why)| check.fail(key(&format!("tripwire.{k}")), why))?;
             if job.hooks.database.is_some() && !job.properties {
                 return Err(check.fail(
                     key("properties"),

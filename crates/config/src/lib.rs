@@ -54,6 +54,13 @@
 //! hourly = 48
 //! daily = 30
 //! weekly = 12
+//!
+//! [job.tripwire]                          # the ransomware tripwire (defaults shown)
+//! factor = 3.0                            # trips at 3 x the dataset's median share ...
+//! floor = 0.5                             # ... and at least this share
+//! min_history = 5                         # pushes kept before it can trip
+//! min_bytes = "4M"                        # smaller pushes are not judged
+//! pause_pruning = false                   # stop source pruning until `tripwire ack`
 //! ```
 //!
 //! ## The receiver's config
@@ -95,6 +102,7 @@ pub mod config;
 pub mod hooks;
 pub mod retention;
 pub mod textfile;
+pub mod tripwire;
 pub mod units;
 
 pub use config::{ConfigError, Job, RecvConfig, SendConfig};

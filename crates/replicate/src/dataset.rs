@@ -8,7 +8,7 @@ use crate::dr_node::{DrError, DrNode, SnapshotRef, Transfer};
 use crate::plan::{plan, Plan, PlanError};
 use crate::pool::{Pool, PoolError};
 use crate::report::{Action, DatasetReport, DatasetResult, Step};
-use crate::JobContext;
+use crate::{tripwire, JobContext};
 use fjord_config::retention::plan_pruning;
 use fjord_zfs::{SendKind, SendSpec, SnapshotInfo};
 use std::time::Instant;
@@ -151,6 +151,7 @@ pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
     ctx: &JobContext<P, D>,
     source: &str,
     target: &str,
+    book: &tripwire::Book,
 ) -> DatasetReport {
     let started = Instant::now();
     let mut report = DatasetReport::new(&ctx.job.name, source, target);
@@ -158,13 +159,47 @@ pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
     match outcome {
         Ok(()) => {
             if !ctx.options.dry_run {
-                prune(ctx, source, target, &mut report).await;
+                let paused = judge_push(ctx, source, book, &mut report);
+                prune(ctx, source, target, &mut report, paused).await;
             }
         }
         Err(e) => fail(&mut report, &e),
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     report
+}
+
+/// The tripwire's verdict on this push (into the report, with a warning
+/// when it trips); returns whether source-side pruning is paused.
+fn judge_push<P, D>(
+    ctx: &JobContext<P, D>,
+    source: &str,
+    book: &tripwire::Book,
+    report: &mut DatasetReport,
+) -> bool {
+    let config = &ctx.job.tripwire;
+    let snapshot = report.replicated.clone().unwrap_or_default();
+    let now = ctx.options.now_unix;
+    report.tripwire = tripwire::assess(config, book, source, report.figures, now, &snapshot);
+    if let Some(t) = report.tripwire.as_ref() {
+        if t.judgement.verdict == tripwire::Verdict::Tripped {
+            report.warnings.push(format!(
+                "tripwire: {}; acknowledge with fjord-send tripwire ack {}",
+                t.judgement.reason, ctx.job.name
+            ));
+        }
+    }
+    let paused = report.tripwire.as_ref().map_or_else(
+        || tripwire::pruning_paused(config, book, source),
+        |t| t.pruning_paused,
+    );
+    if paused && ctx.job.retention.source.is_some() {
+        report.warnings.push(format!(
+            "source pruning paused by the tripwire until fjord-send tripwire ack {}",
+            ctx.job.name
+        ));
+    }
+    paused
 }
 
 /// Marks `report` as failed (or diverged) by `error`.
@@ -277,6 +312,11 @@ async fn carry_out<P: Pool, D: DrNode>(
         step.bytes_resent = stats.bytes_resent;
         step.reconnects = stats.reconnects;
         step.done = true;
+        if step.action == Action::Incremental {
+            if let Some(f) = &stats.figures {
+                report.figures.get_or_insert_with(Default::default).add(f);
+            }
+        }
         report.bytes += stats.bytes;
         report.bytes_resent += stats.bytes_resent;
         report.reconnects += stats.reconnects;
@@ -331,6 +371,7 @@ fn prepare<P: Pool, D: DrNode>(
         rollback,
         resume,
         size_estimate: None,
+        base_txg: from.map(|f| f.createtxg),
     };
     Ok(match planned {
         Plan::Full { to } => {
@@ -487,6 +528,7 @@ async fn prune<P: Pool, D: DrNode>(
     source: &str,
     target: &str,
     report: &mut DatasetReport,
+    pause_source: bool,
 ) {
     let keep = &ctx.job.retention;
     if keep.source.is_none() && keep.target.is_none() {
@@ -515,7 +557,7 @@ async fn prune<P: Pool, D: DrNode>(
     };
     let protected = [base];
     let prefix = &ctx.job.snapshot_prefix;
-    if let Some(policy) = &keep.source {
+    if let Some(policy) = keep.source.as_ref().filter(|_| !pause_source) {
         for s in plan_pruning(&src, prefix, policy, &protected) {
             let full = s.full_name(source);
             match ctx.pool.destroy_snapshot(&full).await {

@@ -37,11 +37,16 @@ pub struct Transfer {
     pub resume: bool,
     /// `zfs send -nP`'s estimate, for progress and the receiver's admission.
     pub size_estimate: Option<u64>,
+    /// The creation txg of the incremental base (the tripwire's meter
+    /// tells files that existed then from new ones).
+    pub base_txg: Option<u64>,
 }
 
 /// What a finished transfer cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransferStats {
+    /// What the tripwire's meter measured on the stream, if it could.
+    pub figures: Option<crate::tripwire::StreamFigures>,
     /// Stream bytes delivered (before packing).
     pub bytes: u64,
     /// Bytes sent again after reconnections.

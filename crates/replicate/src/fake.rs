@@ -9,6 +9,7 @@
 use crate::dr_node::{DrError, DrNode, Transfer, TransferStats};
 use crate::plan::TargetState;
 use crate::pool::{Pool, PoolError, SendStream};
+use crate::tripwire::StreamFigures;
 use fjord_stream::token::{self, ResumeToken};
 use fjord_zfs::{SendKind, SendSpec, SnapshotInfo};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,8 @@ struct PoolState {
     txg: u64,
     clock: i64,
     faults: Vec<PoolFault>,
+    /// The tripwire figures each dataset's incrementals carry.
+    figures: BTreeMap<String, StreamFigures>,
 }
 
 /// The primary's pool, in memory.
@@ -88,6 +91,9 @@ struct FakeStream {
     snapshots: Vec<(String, u64, i64)>,
     /// It resumes an interrupted receive.
     resume: bool,
+    /// What a meter on a real stream would have measured (incrementals only).
+    #[serde(default)]
+    figures: Option<StreamFigures>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,6 +155,12 @@ impl FakePool {
     /// Sets the clock: the creation time of the next snapshots.
     pub fn set_clock(&self, unix: i64) {
         lock(&self.state).clock = unix;
+    }
+
+    /// From now on, incremental streams of `dataset` carry `figures`
+    /// (what the tripwire's meter would measure on a real stream).
+    pub fn set_stream_figures(&self, dataset: &str, figures: StreamFigures) {
+        lock(&self.state).figures.insert(dataset.into(), figures);
     }
 
     /// Queues a fault.
@@ -399,7 +411,7 @@ impl Pool for FakePool {
                 .map(|x| (ds.to_string(), x.clone()))
                 .ok_or_else(|| PoolError::NotFound(format!("{full}: snapshot does not exist")))
         };
-        let stream = match &spec.kind {
+        let mut stream = match &spec.kind {
             SendKind::Full { snap } => {
                 let (dataset, to) = find(snap)?;
                 FakeStream {
@@ -407,6 +419,7 @@ impl Pool for FakePool {
                     from_guid: None,
                     snapshots: vec![tuple(&to.info)],
                     resume: false,
+                    figures: None,
                 }
             }
             SendKind::Incremental {
@@ -439,6 +452,7 @@ impl Pool for FakePool {
                     from_guid: Some(from.info.guid),
                     snapshots,
                     resume: false,
+                    figures: None,
                 }
             }
             SendKind::Resume { token } => {
@@ -470,9 +484,13 @@ impl Pool for FakePool {
                     from_guid: t.fromguid,
                     snapshots: vec![tuple(&to.info)],
                     resume: true,
+                    figures: None,
                 }
             }
         };
+        if stream.from_guid.is_some() && !stream.resume {
+            stream.figures = s.figures.get(&stream.dataset).copied();
+        }
         let bytes = serde_json::to_vec(&stream).map_err(|e| PoolError::Failed(e.to_string()))?;
         let fails = &stream.dataset;
         drop(s);
@@ -882,6 +900,7 @@ impl DrNode for FakeDrNode {
             bytes: bytes.len() as u64,
             bytes_resent: 0,
             reconnects: 0,
+            figures: fake.figures,
         })
     }
 }

@@ -7,7 +7,7 @@ use crate::lock::{JobLock, LockError};
 use crate::pool::{Pool, PoolError};
 use crate::report::{DatasetReport, DatasetResult, JobReport, JobResult};
 use crate::status::{self, JobStatus, StatusError};
-use crate::{metrics, JobContext};
+use crate::{metrics, tripwire, JobContext};
 use fjord_zfs::snapname;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -100,10 +100,11 @@ pub async fn run_job<P: Pool + 'static, D: DrNode + 'static>(
             }
         }
     };
-    let mut report = replicate_job(&ctx).await;
+    let book = Arc::new(load_book(state, &job));
+    let mut report = replicate_job(&ctx, book.clone()).await;
     report.duration_secs = started.elapsed().as_secs_f64();
     if !ctx.options.dry_run {
-        if let Err(e) = record(&ctx, state, &report) {
+        if let Err(e) = record(&ctx, state, &report, &book) {
             state_errors.push(e);
         }
     }
@@ -113,9 +114,22 @@ pub async fn run_job<P: Pool + 'static, D: DrNode + 'static>(
     }
 }
 
+/// The job's tripwire book; an unreadable one is logged and replaced (the
+/// history starts again, which delays the tripwire, never the push).
+fn load_book(state: &StateFiles, job: &str) -> tripwire::Book {
+    tripwire::Book::load(&state.state_dir, job).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the tripwire's history is unreadable; starting a new one");
+        tripwire::Book {
+            job: job.into(),
+            ..Default::default()
+        }
+    })
+}
+
 /// Lists, snapshots and replicates; the report without duration.
 async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
     ctx: &Arc<JobContext<P, D>>,
+    book: Arc<tripwire::Book>,
 ) -> JobReport {
     let job = &ctx.job;
     let mut report = JobReport::new(&job.name, JobResult::Failed);
@@ -152,7 +166,7 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             }
         }
     }
-    let reports = replicate_tree(ctx.clone(), datasets).await;
+    let reports = replicate_tree(ctx.clone(), datasets, book).await;
     summarize(&mut report, reports, ctx.options.dry_run);
     if let Some(p) = post_error {
         // The snapshot and its replication stand; the job still fails, as
@@ -281,6 +295,7 @@ fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool
 async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
     ctx: Arc<JobContext<P, D>>,
     datasets: Vec<String>,
+    book: Arc<tripwire::Book>,
 ) -> Vec<DatasetReport> {
     let root_depth = ctx.job.source.matches('/').count();
     let mut by_depth: Vec<Vec<String>> = Vec::new();
@@ -317,9 +332,10 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
             order.push(source.clone());
             let ctx = ctx.clone();
             let limit = limit.clone();
+            let book = book.clone();
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                replicate_dataset(&ctx, &source, &target).await
+                replicate_dataset(&ctx, &source, &target, &book).await
             });
         }
         let mut level_reports = Vec::new();
@@ -371,6 +387,7 @@ fn record<P: Pool, D: DrNode>(
     ctx: &JobContext<P, D>,
     state: &StateFiles,
     report: &JobReport,
+    book: &tripwire::Book,
 ) -> Result<(), StateError> {
     let job = &ctx.job.name;
     let attempt = ctx.options.now_unix;
@@ -410,19 +427,28 @@ fn record<P: Pool, D: DrNode>(
             .or(previous.and_then(|p| p.newest_replicated_snapshot_time)),
     };
     status::save(&state.state_dir, &st).map_err(status_error)?;
+    if report.dataset_reports.iter().any(|d| d.tripwire.is_some()) {
+        let mut book = book.clone();
+        book.record(&report.dataset_reports, ctx.job.tripwire.history);
+        book.save(&state.state_dir).map_err(status_error)?;
+    }
     if let Some(path) = &state.metrics_file {
         write_metrics(&state.state_dir, path, attempt)?;
     }
     Ok(())
 }
 
-fn write_metrics(state_dir: &Path, path: &Path, now: i64) -> Result<(), StateError> {
+/// Writes the metrics file from every status (and tripwire) file in
+/// `state_dir`.
+pub(crate) fn write_metrics(state_dir: &Path, path: &Path, now: i64) -> Result<(), StateError> {
     let all = status::load_all(state_dir).unwrap_or_default();
-    metrics::write_textfile(path, &metrics::render_prometheus(&all, now)).map_err(|cause| {
-        StateError::Metrics {
-            path: path.into(),
-            cause,
-        }
+    let mut text = metrics::render_prometheus(&all, now);
+    text.push_str(&tripwire::book::render_metrics(&tripwire::book::load_all(
+        state_dir,
+    )));
+    metrics::write_textfile(path, &text).map_err(|cause| StateError::Metrics {
+        path: path.into(),
+        cause,
     })
 }
 

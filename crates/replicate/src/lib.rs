@@ -14,6 +14,7 @@
 //! - [`job`]: a job's lock, snapshot, tree, status and metrics.
 //! - [`report`]: what happened, per dataset and per job (`--json`).
 //! - [`lock`], [`status`], [`metrics`]: the job's local state.
+//! - [`tripwire`]: the ransomware tripwire (stream meter, verdict, alarm).
 #![warn(missing_docs)]
 
 pub mod dataset;
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod report;
 pub mod status;
 pub mod switchover;
+pub mod tripwire;
 
 pub use dataset::DatasetError;
 pub use dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};

@@ -138,6 +138,12 @@ pub struct DatasetReport {
     pub warnings: Vec<String>,
     /// Why it failed or was skipped.
     pub error: Option<String>,
+    /// The ransomware tripwire's shares and verdict for this push
+    /// (`null` when nothing was measured: a full or resumed send, a dry run).
+    pub tripwire: Option<crate::tripwire::TripwireReport>,
+    /// What the tripwire's meter measured on this push's incrementals.
+    #[serde(skip)]
+    pub figures: Option<crate::tripwire::StreamFigures>,
 }
 
 impl DatasetReport {
@@ -158,6 +164,8 @@ impl DatasetReport {
             pruned_target: Vec::new(),
             warnings: Vec::new(),
             error: None,
+            tripwire: None,
+            figures: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod push;
 mod send;
 mod status_cmd;
 mod switchover;
+mod tripwire_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ enum Command {
     Pack(pack::Args),
     CheckConfig(check_config::Args),
     Switchover(switchover::Args),
+    Tripwire(tripwire_cmd::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
     /// Write the man pages and shell completions (used by scripts/deb).
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Pack(args) => pack::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Switchover(args) => switchover::run(args),
+        Command::Tripwire(args) => tripwire_cmd::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
         Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
             .map(|_| ())

@@ -17,9 +17,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// `never` in the table and, with --json, as
 /// {"job": NAME, "last_result": "never", ...}: it has no DR copy yet.
 ///
+/// A ransomware tripwire alarm that waits for `fjord-send tripwire ack`
+/// is printed under the table and listed in each job's
+/// "tripwire_alarms" with --json.
+///
 /// Exit status: 0 every configured job's last push succeeded; 4 a job's
-/// last push failed, its status file is unreadable, or it never ran
-/// (the table and --json alike); 5 the config is invalid.
+/// last push failed, its status file is unreadable, it never ran, or a
+/// tripwire alarm waits (the table and --json alike); 5 the config is
+/// invalid.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -31,6 +36,67 @@ pub struct Args {
     /// `"unreadable"` for one whose status file cannot be read).
     #[arg(long)]
     json: bool,
+}
+
+/// Each job's status as JSON with its waiting tripwire alarms
+/// (`"tripwire_alarms"`: an array; an unreadable tripwire file is an
+/// alarm with `"error"`).
+fn with_alarms(
+    all: &[JobStatus],
+    alarms: &[Result<Vec<crate::tripwire_cmd::ShownAlarm>, String>],
+) -> Result<Vec<serde_json::Value>, Failure> {
+    let io = |e: serde_json::Error| Failure::Io(anyhow!("writing the status as JSON: {e}"));
+    all.iter()
+        .zip(alarms)
+        .map(|(s, a)| {
+            let mut v = serde_json::to_value(s).map_err(io)?;
+            let shown = match a {
+                Ok(list) => serde_json::to_value(list).map_err(io)?,
+                Err(e) => serde_json::json!([{ "error": e }]),
+            };
+            if let Some(map) = v.as_object_mut() {
+                map.insert("tripwire_alarms".into(), shown);
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// One problem line per waiting tripwire alarm (printed under the table
+/// when `print`).
+fn tripwire_lines(
+    all: &[JobStatus],
+    alarms: &[Result<Vec<crate::tripwire_cmd::ShownAlarm>, String>],
+    print: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (s, a) in all.iter().zip(alarms) {
+        let lines = match a {
+            Ok(list) => list
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}: {}: TRIPWIRE at @{}: {}{}; acknowledge with fjord-send tripwire ack {} {}",
+                        s.job,
+                        a.dataset,
+                        a.alarm.snapshot,
+                        a.alarm.reason,
+                        if a.pruning_paused { "; source pruning paused" } else { "" },
+                        s.job,
+                        a.dataset
+                    )
+                })
+                .collect(),
+            Err(e) => vec![format!("{}: tripwire state unreadable: {e}", s.job)],
+        };
+        for l in lines {
+            if print {
+                println!("{l}");
+            }
+            out.push(l);
+        }
+    }
+    out
 }
 
 fn age(now: i64, t: Option<i64>) -> String {
@@ -85,7 +151,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .iter()
         .map(|job| job_status(&config.state_dir, &job.name))
         .collect();
+    let alarms: Vec<_> = config
+        .jobs
+        .iter()
+        .map(|job| crate::tripwire_cmd::alarms(&config.state_dir, &config, &job.name))
+        .collect();
     if args.json {
+        let all = with_alarms(&all, &alarms)?;
         let json = serde_json::to_string_pretty(&all)
             .map_err(|e| Failure::Io(anyhow!("writing the status as JSON: {e}")))?;
         println!("{json}");
@@ -113,7 +185,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             );
         }
     }
-    let unhealthy: Vec<String> = all
+    let mut unhealthy: Vec<String> = all
         .iter()
         .filter(|s| s.last_result != status::result::OK)
         .map(|s| match s.last_result.as_str() {
@@ -122,6 +194,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             r => format!("{}: last push {r}", s.job),
         })
         .collect();
+    unhealthy.extend(tripwire_lines(&all, &alarms, !args.json));
     if unhealthy.is_empty() {
         Ok(())
     } else {

@@ -9,6 +9,7 @@
 use crate::dr_node::{DrError, DrNode, SnapshotRef, Transfer, TransferStats};
 use crate::plan::TargetState;
 use crate::pool::SendStream;
+use crate::tripwire::MeteredStream;
 use fjord_pack::{PackOptions, ReceiverHoldings};
 use fjord_proto::message::offer_flags;
 use fjord_proto::{Offer, PublicKey, RefuseCode, Request, Response, SessionError, Snapshot};
@@ -242,6 +243,8 @@ impl DrNode for QuicDrNode {
             size_estimate: transfer.size_estimate,
         };
         let link = self.link().await?;
+        let (metered, figures) = MeteredStream::new(stream, transfer.base_txg);
+        let stream: SendStream = Box::new(metered);
         let stream: Box<dyn StreamSource> = if self.pack {
             // The pack consults the DR node's chunk inventory from its first frame.
             let holdings: Box<dyn ReceiverHoldings + Send> = Box::new(
@@ -266,10 +269,12 @@ impl DrNode for QuicDrNode {
             .map(|w| w(&transfer.source, counters.clone(), transfer.size_estimate));
         let out = link.send(opts, stream, counters).await.map_err(typed)?;
         tracing::debug!(receiver = %out.report.message, "the DR node committed");
+        let figures = *figures.lock().unwrap_or_else(|p| p.into_inner());
         Ok(TransferStats {
             bytes: out.length,
             bytes_resent: out.stats.bytes_resent,
             reconnects: out.stats.reconnects,
+            figures,
         })
     }
 }
