@@ -86,6 +86,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod drill;
 pub mod hooks;
 pub mod retention;
 pub mod textfile;
