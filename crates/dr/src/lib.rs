@@ -17,6 +17,7 @@
 //!   (report, Prometheus textfile, Nagios-style check).
 #![warn(missing_docs)]
 
+pub mod drill;
 pub mod policy;
 pub mod promote;
 pub mod retention;
