@@ -6,6 +6,7 @@
 //! becomes an exit code (the table is `fjord_cli::exit`).
 
 mod check_config;
+mod drill;
 mod promote;
 mod prune;
 mod serve;
@@ -40,6 +41,7 @@ enum Command {
     Status(status::Args),
     CheckConfig(check_config::Args),
     Promote(promote::Args),
+    Drill(drill::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
     /// Write the man pages and shell completions (used by scripts/deb).
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::CheckConfig(args) => check_config::run(args),
         Command::Promote(args) => promote::run(args),
+        Command::Drill(args) => drill::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
         Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
             .map(|_| ())
