@@ -320,3 +320,107 @@ fn another_running_drill_is_exit_6_and_no_drill_table_is_exit_5() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [drill] table"));
 }
+
+/// The first PostgreSQL installation's `bin` directory (Debian's layout).
+fn postgresql_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+/// The built-in PostgreSQL check against a real server (the host's): it
+/// starts on the "clone" as the data directory's owner, answers the
+/// query, and is stopped; a failing query fails the drill and the server
+/// is stopped all the same. Needs root (to start it as that user) and a
+/// PostgreSQL installation; skipped without them.
+#[test]
+fn the_postgresql_check_starts_queries_and_stops_a_real_server() {
+    let root = euid() == 0;
+    let (Some(bin), true) = (postgresql_bin(), root) else {
+        eprintln!("SKIP: needs root and PostgreSQL in /usr/lib/postgresql/*/bin");
+        return;
+    };
+    let postgres_user = Command::new("id").args(["-u", "postgres"]).output().ok();
+    let Some(uid) = postgres_user.filter(|o| o.status.success()).and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<u32>()
+            .ok()
+    }) else {
+        eprintln!("SKIP: no postgres user");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pg = dir.path().join("mnt/pg");
+    std::fs::create_dir_all(&pg).unwrap();
+    std::os::unix::fs::chown(&pg, Some(uid), None).unwrap();
+    let data = pg.join("data");
+    let initdb = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("initdb"))
+        .args(["-A", "trust", "-D"])
+        .arg(&data)
+        .output()
+        .expect("initdb runs");
+    assert!(
+        initdb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&initdb.stderr)
+    );
+    let check = format!(
+        "\"postgresql\"\ndata_dir = \"pg/data\"\nport = 55471\nquery = \"SELECT 6 * 7\"\npg_bin = \"{}\"",
+        bin.display()
+    );
+    let cfg = config(dir.path(), &check);
+    let cfg = cfg.to_str().unwrap();
+    let out = run(dir.path(), &["drill", "--config", cfg, "--json"]);
+    let j = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{j}");
+    assert!(j["output_tail"].as_str().unwrap().ends_with("42\n"), "{j}");
+    assert_eq!(
+        j["plan"]["actions"][1]["properties"]["readonly"], "off",
+        "the server writes"
+    );
+    assert!(
+        !data.join("postmaster.pid").exists(),
+        "the server was stopped"
+    );
+
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace("SELECT 6 * 7", "SELECT * FROM no_such_table");
+    std::fs::write(cfg, text).unwrap();
+    let out = run(dir.path(), &["drill", "--config", cfg, "--json"]);
+    let j = json(&out);
+    assert_eq!(out.status.code(), Some(4), "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("the query failed"),
+        "{j}"
+    );
+    assert!(
+        j["output_tail"].as_str().unwrap().contains("no_such_table"),
+        "{j}"
+    );
+    assert!(
+        !data.join("postmaster.pid").exists(),
+        "the server was stopped after the failure"
+    );
+    let clone = j["plan"]["clone"].as_str().unwrap();
+    assert!(zfs_log(dir.path())
+        .lines()
+        .any(|l| l == format!("destroy -r {clone}")));
+}
+
+/// This process's effective uid (`id -u`).
+fn euid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("id runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(u32::MAX)
+}
