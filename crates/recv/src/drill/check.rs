@@ -143,8 +143,8 @@ fn pg_program(target: &DrillTarget, name: &str) -> String {
 /// The user PostgreSQL runs as: the data directory's owner. As root, the
 /// server is started as that user (it refuses to run as root); as anyone
 /// else, only that user's own data directory works.
-fn server_user(data: &Path) -> anyhow::Result<Option<(u32, u32)>> {
-    let meta = std::fs::metadata(data).with_context(|| {
+async fn server_user(data: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+    let meta = tokio::fs::metadata(data).await.with_context(|| {
         format!(
             "PostgreSQL's data directory {} on the clone",
             data.display()
@@ -169,7 +169,7 @@ async fn postgresql(target: &DrillTarget, env: &Env<'_>) -> CheckOutcome {
     let data = env.mountpoint.join(&target.data_dir);
     let started = Instant::now();
     let mut output = String::new();
-    let result = match pg_prepare(&data, env.scratch_dir) {
+    let result = match pg_prepare(&data, env.scratch_dir).await {
         Err(e) => Err(e),
         Ok(run_as) => {
             let r = pg_start_and_query(target, env, &data, run_as, &mut output).await;
@@ -186,12 +186,12 @@ async fn postgresql(target: &DrillTarget, env: &Env<'_>) -> CheckOutcome {
             );
             let (_, stopped) = command(&stop, &[], run_as, left).await;
             if stopped.is_err() {
-                kill_postmaster(&data);
+                kill_postmaster(&data).await;
             }
             r
         }
     };
-    if let Ok(log) = std::fs::read_to_string(env.scratch_dir.join("postgresql.log")) {
+    if let Ok(log) = tokio::fs::read_to_string(env.scratch_dir.join("postgresql.log")).await {
         output = format!("{log}{output}");
     }
     CheckOutcome { output, result }
@@ -199,13 +199,16 @@ async fn postgresql(target: &DrillTarget, env: &Env<'_>) -> CheckOutcome {
 
 /// The socket directory, owned by the server's user; a stale
 /// `postmaster.pid` (the primary's, taken with the snapshot) removed.
-fn pg_prepare(data: &Path, sock: &Path) -> anyhow::Result<Option<(u32, u32)>> {
-    let run_as = server_user(data)?;
+async fn pg_prepare(data: &Path, sock: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+    let run_as = server_user(data).await?;
     if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(sock, Some(uid), Some(gid))
+        let dir = sock.to_path_buf();
+        tokio::task::spawn_blocking(move || std::os::unix::fs::chown(&dir, Some(uid), Some(gid)))
+            .await
+            .map_err(|e| anyhow!("chown {}: {e}", sock.display()))?
             .with_context(|| format!("chown {}", sock.display()))?;
     }
-    match std::fs::remove_file(data.join("postmaster.pid")) {
+    match tokio::fs::remove_file(data.join("postmaster.pid")).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(anyhow!("removing the snapshot's postmaster.pid: {e}"))
         }
@@ -270,8 +273,9 @@ async fn pg_start_and_query(
 
 /// The server of `data`, if `pg_ctl stop` could not stop it: SIGKILL to
 /// the pid in its `postmaster.pid` (so that the clone can be destroyed).
-fn kill_postmaster(data: &Path) {
-    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+async fn kill_postmaster(data: &Path) {
+    let pid = tokio::fs::read_to_string(data.join("postmaster.pid"))
+        .await
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
         .filter(|p| *p > 1);
@@ -285,11 +289,11 @@ fn kill_postmaster(data: &Path) {
 }
 
 /// A private directory for one drill's check (mode 0700).
-pub fn private_dir(path: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
+pub async fn private_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    tokio::fs::DirBuilder::new()
         .mode(0o700)
         .create(path)
+        .await
         .with_context(|| format!("creating {}", path.display()))?;
     Ok(path.to_path_buf())
 }

@@ -65,7 +65,11 @@ pub async fn drills(
     let _lock = if opts.dry_run {
         None
     } else {
-        match state::lock(&state_dir) {
+        let dir = state_dir.clone();
+        let locked = tokio::task::spawn_blocking(move || state::lock(&dir))
+            .await
+            .map_err(|e| Failure::state(anyhow!("locking: {e}")))?;
+        match locked {
             Ok(Some(f)) => Some(f),
             Ok(None) => {
                 return Err(Failure::locked(anyhow!(
@@ -166,7 +170,7 @@ async fn drill_one(
     .into();
     report.error = result.as_ref().err().map(fjord_cli::render);
     if !opts.dry_run {
-        record(drill, &mut report, at);
+        record(drill, &mut report, at).await;
     }
     if !opts.json {
         print_tail(&report);
@@ -175,7 +179,7 @@ async fn drill_one(
 }
 
 /// Writes the drill's record; on failure, the report's error says so.
-fn record(drill: &DrillConfig, report: &mut Report, at: i64) {
+async fn record(drill: &DrillConfig, report: &mut Report, at: i64) {
     let state_dir = drill.state_dir();
     let plan = report.plan.as_ref();
     let rec = DrillRecord {
@@ -203,8 +207,13 @@ fn record(drill: &DrillConfig, report: &mut Report, at: i64) {
         }),
         last_success_at: None,
     };
-    let previous = state::read(&state_dir, &report.dataset).ok().flatten();
-    match state::write(&state_dir, &rec.after(previous.as_ref())) {
+    let written = tokio::task::spawn_blocking(move || {
+        let previous = state::read(&state_dir, &rec.dataset).ok().flatten();
+        state::write(&state_dir, &rec.after(previous.as_ref()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(anyhow!("the recording task failed: {e}")));
+    match written {
         Ok(path) => report.record = Some(path),
         Err(e) => {
             let was = report
@@ -249,7 +258,7 @@ async fn carry_out(
                 properties,
             } => {
                 let props: Vec<(String, String)> = properties.clone().into_iter().collect();
-                match prepare_dirs(&drill.mount_dir(), &scratch_dir) {
+                match prepare_dirs(&drill.mount_dir(), &scratch_dir).await {
                     Err(e) => Err(e),
                     Ok(()) => zfs
                         .clone_snapshot(snapshot, clone, &props)
@@ -294,20 +303,20 @@ async fn carry_out(
             first_error.get_or_insert(e);
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch_dir);
-    let _ = std::fs::remove_dir(&mountpoint);
-    let _ = std::fs::remove_dir(&plan.mountpoint);
+    let _ = tokio::fs::remove_dir_all(&scratch_dir).await;
+    let _ = tokio::fs::remove_dir(&mountpoint).await;
+    let _ = tokio::fs::remove_dir(&plan.mountpoint).await;
     first_error.map_or(Ok(()), Err)
 }
 
-fn prepare_dirs(mount_dir: &Path, scratch_dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
+async fn prepare_dirs(mount_dir: &Path, scratch_dir: &Path) -> anyhow::Result<()> {
+    tokio::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(mount_dir)
+        .await
         .with_context(|| format!("creating {}", mount_dir.display()))?;
-    check::private_dir(scratch_dir).map(drop)
+    check::private_dir(scratch_dir).await.map(drop)
 }
 
 /// `zfs destroy -r`, again for a while when the clone is still busy (a
