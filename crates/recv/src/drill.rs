@@ -209,3 +209,18 @@ pub fn print_lines(drills: &[fjord_dr::drill::record::DrillStatus]) {
         );
     }
 }
+
+/// `check-config`'s line about the drills (the file was checked already).
+pub fn print_config(path: &std::path::Path) {
+    let Some(drill) = RecvConfig::load(path).ok().and_then(|c| c.drill) else {
+        return;
+    };
+    println!(
+        "{}: drills: {} target(s), clones under {} mounted in {}, results in {}",
+        path.display(),
+        drill.targets.len(),
+        drill.scratch,
+        drill.mount_dir().display(),
+        state::dir(&drill.state_dir()).display()
+    );
+}
