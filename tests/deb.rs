@@ -88,6 +88,8 @@ fn the_package_builds_installs_and_purges_cleanly() {
         "./lib/systemd/system/fjord-recv.service",
         "./lib/systemd/system/fjord-push.service",
         "./lib/systemd/system/fjord-push.timer",
+        "./lib/systemd/system/fjord-drill.service",
+        "./lib/systemd/system/fjord-drill.timer",
         "./usr/share/man/man1/fjord-send.1.gz",
         "./usr/share/man/man1/fjord-send-push.1.gz",
         "./usr/share/man/man1/fjord-recv-serve.1.gz",
@@ -99,6 +101,8 @@ fn the_package_builds_installs_and_purges_cleanly() {
         "./usr/share/doc/fjord/examples/recv.toml",
         "./usr/share/doc/fjord/examples/send.toml",
         "./usr/share/doc/fjord/examples/fjord-push.cron",
+        "./usr/share/doc/fjord/examples/fjord-drill.cron",
+        "./usr/share/man/man1/fjord-recv-drill.1.gz",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(path)),

@@ -283,6 +283,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "failback",
         "gameday-pg",
         "tripwire",
+        "drill",
     ];
     let mut required = vec![
         // full
@@ -508,6 +509,21 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "tripwire-status-clear",
         "tripwire-final-not-tripped",
         "tripwire-pruning-resumed",
+        // drill
+        "drill-dry-exit",
+        "drill-dry-nothing-done",
+        "drill-ok-exit",
+        "drill-ok-steps",
+        "drill-ok-compared",
+        "drill-ok-clone-gone",
+        "drill-status-check-ok",
+        "drill-fail-exit",
+        "drill-fail-says-why",
+        "drill-fail-clone-gone",
+        "drill-status-json",
+        "drill-status-check-warning",
+        "drill-metrics",
+        "drill-copy-untouched",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [

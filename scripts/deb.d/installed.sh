@@ -87,7 +87,8 @@ check mode-etc-after-reinstall mode_is /etc/fjord "root:fjord 750"
 
 # ---------------------------------------------------------------- units
 units=(/lib/systemd/system/fjord-recv.service /lib/systemd/system/fjord-push.service
-    /lib/systemd/system/fjord-push.timer)
+    /lib/systemd/system/fjord-push.timer /lib/systemd/system/fjord-drill.service
+    /lib/systemd/system/fjord-drill.timer)
 check units-installed ls "${units[@]}"
 if command -v systemd-analyze >/dev/null; then
     # verify prints problems but may still exit 0 for some: any output naming our units fails too

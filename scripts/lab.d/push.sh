@@ -55,6 +55,13 @@
 #   tripwire         normal pushes build the ransomware tripwire's history; files overwritten
 #                    with random data trip it (push --json, status, metrics, pruning paused);
 #                    a normal push after does not trip; tripwire ack resumes pruning
+#   drill-pg         restore drill with a real PostgreSQL (the host's): the built-in check starts
+#                    a server on the drill clone of the pushed copy and counts the rows committed
+#                    before the snapshot (not in CASES: run it with LAB_CASES="full drill-pg")
+#   drill            restore drill: fjord-recv drill clones the newest snapshot into the scratch
+#                    dataset, a check compares the file hashes with the source's and passes; a
+#                    leftover of an interrupted drill goes first; a failing check is recorded
+#                    failed and its clone destroyed all the same; status shows the last drill
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -1386,9 +1393,128 @@ connection = 'host=$psock port=55442 user=postgres dbname=postgres'"
 # _is_lsn VALUE: a PostgreSQL WAL position (hex/hex)
 _is_lsn() { [[ $1 =~ ^[0-9A-F]+/[0-9A-F]+$ ]]; }
 
+# a restore drill with a real PostgreSQL (the host's): its data directory on src/data, 1000
+# rows, a push with the PostgreSQL hook, 1000 more rows that never reach the DR node; on the DR
+# node fjord-recv drill with check = "postgresql" starts a server on the drill clone (as
+# postgres, its own port and socket directory), counts the rows (exactly the snapshot's
+# 1000), stops it, destroys the clone; the copy itself is untouched and the record has the WAL
+# position
+case_drill_pg() {
+    [[ -x $PG_BIN/initdb ]] || { lab_fail drill-pg-installed "no PostgreSQL in $PG_BIN"; return 0; }
+    start_from golden
+    serve_use default
+    local rc=0 snap lsn pgdir="$smnt/pg" psock="$work/pg-primary" before t0
+    rm -rf "$psock"
+    mkdir -p "$pgdir" "$psock"
+    chown postgres "$pgdir" "$psock"
+    pg_as "$PG_BIN/initdb" -D "$pgdir/data" -A trust >"$R/drill-pg-initdb.log" 2>&1
+    pg_start "$pgdir/data" "$psock" 55432 >/dev/null
+    pg_sql "$psock" 55432 "create table t (id int primary key); insert into t select generate_series(1, 1000)"
+    send_config "$work/pg.toml" "$work/send.key" "properties = true
+[job.hooks]
+timeout = '120s'
+database = 'postgresql'
+connection = 'host=$psock port=55432 user=postgres dbname=postgres'"
+    push drill-pg-push "$work/pg.toml" || rc=$?
+    lab_assert_eq drill-pg-push-exit 0 "$rc"
+    snap=$(jjob drill-pg-push snapshot)
+    lsn=$(zfs get -H -o value fjord:wal_lsn "dst/backup/data@$snap")
+    pg_sql "$psock" 55432 "insert into t select generate_series(1001, 2000)"
+    zfs create -o canmount=off -o mountpoint=none dst/drill
+    before=$(snaps dst/backup/data)
+    t0=$(date +%s.%N)
+    rc=0
+    "$recv" drill --config "$work/recv-drill-pg.toml" --json >"$R/drill-pg.json" 2>"$R/drill-pg.err" || rc=$?
+    lab_log "drill with PostgreSQL took $(echo "$(date +%s.%N) - $t0" | bc) s"
+    sed 's/^/    /' "$R/drill-pg.json" "$R/drill-pg.err"
+    lab_assert_eq drill-pg-exit "0 ok $snap $lsn" \
+        "$rc $(jq -r '[.result, .plan.snapshot, .plan.log_position.value] | join(" ")' "$R/drill-pg.json" 2>/dev/null)"
+    lab_assert_eq drill-pg-rows-of-the-snapshot 1000 "$(jq -r '.output_tail' "$R/drill-pg.json" 2>/dev/null | grep -v '^$' | tail -n1)"
+    lab_assert_eq drill-pg-clone-gone "" "$(scratch_children)"
+    lab_assert_eq drill-pg-copy-untouched "$before" "$(snaps dst/backup/data)"
+    lab_assert drill-pg-copy-inert inert dst/backup/data
+    # ([p]: the pattern must not match the sh -c that runs pgrep)
+    lab_assert drill-pg-no-server-left sh -c "! pgrep -f '[p]ostgres.*-p 55433' >/dev/null"
+    pg_as "$PG_BIN/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null || true
+}
+
+# restore drills on the DR node (fjord-recv drill, recv-drill.toml): from golden, the scratch
+# dataset dst/drill; a leftover clone of an "interrupted" drill; --dry-run changes nothing; the
+# drill's check compares the clone's file hashes with the source's (sha256sum -c) and passes;
+# the clone is gone after it; a failing check is recorded failed, its clone destroyed too;
+# fjord-recv status --json / --check / --metrics-file show the last drill
+# drill_run NAME ARGS...: fjord-recv drill on the DR node; $R/NAME.json (stdout), .err, .rc
+drill_run() {
+    local name=$1 rc=0
+    shift
+    "$recv" drill --config "$work/recv-drill.toml" --json "$@" >"$R/$name.json" 2>"$R/$name.err" || rc=$?
+    echo "$rc" >"$R/$name.rc"
+    lab_log "drill $name exit $rc"
+    sed 's/^/    /' "$R/$name.json" "$R/$name.err"
+    return "$rc"
+}
+# jdrill NAME JQ: a value of the drill's JSON
+jdrill() { jq -r "$2 | tostring" "$R/$1.json" 2>/dev/null || true; }
+# scratch_children: the file systems under dst/drill (none when only the parent is there)
+scratch_children() { { zfs list -H -o name -r -t filesystem dst/drill 2>/dev/null || true; } | grep -v '^dst/drill$' | tr '\n' ' '; }
+case_drill() {
+    start_from golden
+    local rc=0 snap leftover before bad
+    zfs create -o canmount=off -o mountpoint=none dst/drill
+    # the hashes of the source's own files (not the child's), as the check compares them
+    (cd "$smnt" && find . -xdev -type f | sort | xargs sha256sum) >"$work/drill-sums"
+    lab_log "drill: $(wc -l <"$work/drill-sums") files to compare"
+    snap=$(newest dst/backup/data)
+    before=$(snaps dst/backup/data)
+    leftover=dst/drill/fjord-drill-dst_backup_data-20260101T000000Z
+    zfs clone -o canmount=noauto -o fjord:drill="$snap 2026-01-01T00:00:00Z" "$snap" "$leftover"
+    rc=0
+    "$recv" check-config --config "$work/recv-drill.toml" >"$R/drill-check-config.out" 2>&1 || rc=$?
+    lab_assert_eq drill-check-config 0 "$rc"
+    rc=0
+    drill_run drill-dry --dry-run || rc=$?
+    lab_assert_eq drill-dry-exit "0 planned ${snap#*@} $leftover" \
+        "$rc $(jdrill drill-dry .result) $(jdrill drill-dry .plan.snapshot) $(jdrill drill-dry '.plan.leftovers[0]')"
+    lab_assert_eq drill-dry-nothing-done "$leftover " "$(scratch_children)"
+    rc=0
+    drill_run drill-ok || rc=$?
+    lab_assert_eq drill-ok-exit "0 ok" "$rc $(jdrill drill-ok .result)"
+    lab_assert_eq drill-ok-steps "destroy_leftover clone mount check destroy" \
+        "$(jq -r '[.steps[] | select(.ok) | .action] | join(" ")' "$R/drill-ok.json" 2>/dev/null)"
+    lab_assert drill-ok-compared jq -e '.output_tail | test(": OK\n") and (test("FAILED") | not)' "$R/drill-ok.json"
+    lab_assert_eq drill-ok-clone-gone "" "$(scratch_children)"
+    lab_assert drill-ok-recorded grep -q '"result": "ok"' "$work/drill-state/drill/dst@backup@data.json"
+    rc=0
+    "$recv" status --config "$work/recv-drill.toml" --check --warn-age 1d --crit-age 2d >"$R/drill-status-ok.out" 2>/dev/null || rc=$?
+    lab_assert_eq drill-status-check-ok 0 "$rc"
+    lab_assert drill-status-check-ok-line grep -q '^FJORD-DR OK.*1 drills ok' "$R/drill-status-ok.out"
+    # a failing check: the clone's first file against a hash it does not have
+    bad=$(echo tampered | sha256sum | cut -c1-64)
+    sed "1s/^[0-9a-f]\{64\}/$bad/" "$work/drill-sums" >"$work/drill-sums-bad"
+    rc=0
+    drill_run drill-fail dst/backup/data --check "cd \"\$FJORD_DRILL_MOUNTPOINT\" && sha256sum -c $work/drill-sums-bad" || rc=$?
+    lab_assert_eq drill-fail-exit "4 failed" "$rc $(jdrill drill-fail .result)"
+    lab_assert drill-fail-says-why jq -e '.output_tail | test(": FAILED\n")' "$R/drill-fail.json"
+    lab_assert_eq drill-fail-clone-gone "" "$(scratch_children)"
+    lab_assert drill-fail-destroyed jq -e '[.steps[] | select(.action == "destroy" and .ok)] | length == 1' "$R/drill-fail.json"
+    rc=0
+    "$recv" status --config "$work/recv-drill.toml" --json >"$R/drill-status.json" 2>"$R/drill-status.err" || rc=$?
+    lab_assert_eq drill-status-json "0 failed warning true" \
+        "$rc $(jq -r '.[] | select(.dataset == "dst/backup/data") | [.drill.last.result, .drill.health, (.drill.last.last_success_at != null)] | map(tostring) | join(" ")' "$R/drill-status.json" 2>/dev/null)"
+    rc=0
+    "$recv" status --config "$work/recv-drill.toml" --check --warn-age 1d --crit-age 2d \
+        --metrics-file "$R/drill.prom" >"$R/drill-status-warn.out" 2>/dev/null || rc=$?
+    lab_assert_eq drill-status-check-warning 1 "$rc"
+    lab_assert drill-status-check-names grep -q 'drills: dst/backup/data: the last drill failed' "$R/drill-status-warn.out"
+    lab_assert drill-metrics grep -q '^fjord_recv_drill_last_result{dataset="dst/backup/data",result="failed"} 1' "$R/drill.prom"
+    lab_assert drill-metrics-success grep -q '^fjord_recv_drill_last_success_timestamp_seconds{dataset="dst/backup/data"} [0-9]' "$R/drill.prom"
+    lab_assert_eq drill-copy-untouched "$before" "$(snaps dst/backup/data)"
+    lab_assert drill-copy-inert inert dst/backup/data
+}
+
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote tripwire failback gameday-pg)
+    recv-as-fjord-user promote tripwire drill failback gameday-pg)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
@@ -1449,6 +1575,31 @@ allow_prune = true"
 recv_config dr-retention 'min_age = "0s"
 [retention]
 hourly = 2' ""
+# recv-drill.toml: the default receiver with restore drills of dst/backup/data into dst/drill;
+# the check compares the clone's files with the source's hashes ($work/drill-sums)
+recv_config drill "[drill]
+scratch = \"dst/drill\"
+mount_dir = \"$work/drill-mnt\"
+state_dir = \"$work/drill-state\"
+timeout = \"60s\"
+check = [\"/bin/sh\", \"-c\", 'cd \"\$FJORD_DRILL_MOUNTPOINT\" && sha256sum -c $work/drill-sums']
+
+[[drill.target]]
+dataset = \"dst/backup/data\"" ""
+# recv-drill-pg.toml: the drill of dst/backup/data with the built-in PostgreSQL check
+recv_config drill-pg "[drill]
+scratch = \"dst/drill\"
+mount_dir = \"$work/drill-mnt\"
+state_dir = \"$work/drill-state\"
+timeout = \"300s\"
+
+[[drill.target]]
+dataset = \"dst/backup/data\"
+check = \"postgresql\"
+data_dir = \"pg/data\"
+port = 55433
+query = \"select count(*) from t\"
+pg_bin = \"$PG_BIN\"" ""
 send_config "$work/send.toml" "$work/send.key" ""
 send_config "$work/slow.toml" "$work/send.key" 'bwlimit = "1M"'
 send_config "$work/stranger.toml" "$work/stranger.key" ""

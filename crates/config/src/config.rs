@@ -533,6 +533,9 @@ pub struct RecvConfig {
     /// Each client's share of the receiver.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Restore drills (`fjord-recv drill`); none when absent.
+    #[serde(default)]
+    pub drill: Option<crate::drill::DrillConfig>,
 }
 
 impl RecvConfig {
@@ -823,6 +826,16 @@ impl RecvConfig {
             if p.keep().keeps_nothing() {
                 return Err(check.fail(key("prefix"), KEEPS_NOTHING));
             }
+        }
+        if let Some(drill) = &self.drill {
+            let prefixes: Vec<&str> = self
+                .clients
+                .iter()
+                .flat_map(|c| c.prefixes.iter().map(String::as_str))
+                .collect();
+            drill
+                .check(&prefixes)
+                .map_err(|(k, why)| check.fail(format!("drill.{k}"), why))?;
         }
         Ok(())
     }

@@ -99,6 +99,7 @@
 pub const DEMOTED_PROP: &str = "fjord:demoted";
 
 pub mod config;
+pub mod drill;
 pub mod hooks;
 pub mod retention;
 pub mod textfile;

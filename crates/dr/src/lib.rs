@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod demote;
+pub mod drill;
 pub mod policy;
 pub mod promote;
 pub mod retention;

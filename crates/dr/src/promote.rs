@@ -281,7 +281,7 @@ impl Action {
 }
 
 /// The application's log position recorded with a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LogPosition {
     /// The property (`fjord:wal_lsn`, ...).
     pub property: String,

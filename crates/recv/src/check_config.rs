@@ -61,5 +61,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
         setup.identity.public_key(),
         setup.what
     );
+    crate::drill::print_config(&args.config);
     Ok(())
 }

@@ -212,7 +212,11 @@ async fn run_action(zfs: &Zfs, a: &Action) -> anyhow::Result<()> {
         }
         Action::RenameAside { from, to } => zfs.rename(from, to).await?,
         Action::Clone { snapshot, dataset } => {
-            zfs.clone_snapshot(snapshot, dataset, INERT_PROPS).await?
+            let props: Vec<(String, String)> = INERT_PROPS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            zfs.clone_snapshot(snapshot, dataset, &props).await?
         }
         Action::Promote { dataset } => zfs.promote(dataset).await?,
         Action::Rollback { snapshot } => zfs.rollback(snapshot, false).await?,
@@ -309,6 +313,7 @@ async fn read_aside(
         .children_with_prop(parent, KEPT_FROM_PROP)
         .await?
         .into_iter()
+        .filter_map(|(name, v)| Some((name, v?)))
         .filter(|(_, v)| v.starts_with(&prefix))
         .max_by(|a, b| a.0.cmp(&b.0));
     let Some((aside, kept_from)) = found else {

@@ -7,6 +7,7 @@
 
 mod check_config;
 mod demote;
+mod drill;
 mod promote;
 mod prune;
 mod serve;
@@ -42,6 +43,7 @@ enum Command {
     CheckConfig(check_config::Args),
     Promote(promote::Args),
     Demote(demote::Args),
+    Drill(drill::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
     /// Write the man pages and shell completions (used by scripts/deb).
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Promote(args) => promote::run(args),
         Command::Demote(args) => demote::run(args),
+        Command::Drill(args) => drill::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
         Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
             .map(|_| ())

@@ -22,6 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// older than --crit-age critical; a dataset without snapshots is a
 /// container (a prefix or a parent) and fine.
 ///
+/// With a [drill] table, each target's last restore drill too (`fjord-recv
+/// drill`): one that failed, never ran, or passed longer ago than
+/// --drill-warn-age is a warning (never critical).
+///
 /// Exit status: 0 when the copies could be listed (whatever their ages);
 /// 3 when `zfs` failed; 5 when the config is invalid. With --check, the
 /// Nagios plugin convention instead: one line on stdout, and 0 ok,
@@ -54,6 +58,10 @@ pub struct Args {
     /// (atomically), for node-exporter's textfile collector.
     #[arg(long, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    /// A restore drill target whose last good drill is older than this
+    /// (or whose last drill failed, or never ran) is a warning.
+    #[arg(long, value_name = "DURATION", default_value = "8d", value_parser = fjord_cli::parse_duration)]
+    drill_warn_age: Duration,
 }
 
 /// Runs the subcommand.
@@ -91,8 +99,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         Err(e) => return Err(Failure::io(e)),
     };
+    let drills = crate::drill::statuses(&config, args.drill_warn_age.as_secs() as i64, now);
     if let Some(path) = &args.metrics_file {
-        fjord_config::textfile::write_atomic(path, render_prometheus(&statuses, now).as_bytes())
+        let text = render_prometheus(&statuses, now)
+            + &fjord_dr::drill::record::render_prometheus(&drills);
+        fjord_config::textfile::write_atomic(path, text.as_bytes())
             .with_context(|| format!("writing the metrics file {}", path.display()))
             .map_err(|e| {
                 if args.check {
@@ -104,6 +115,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     if args.check {
         let (health, line) = check_line(&statuses);
+        let (health, line) = fjord_dr::drill::record::fold_check(health, line, &drills);
         println!("{line}");
         return match health {
             Health::Ok => Ok(()),
@@ -112,10 +124,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
         };
     }
     if args.json {
-        let json = serde_json::to_string_pretty(&statuses).map_err(Failure::io)?;
+        let json = crate::drill::with_drills(&statuses, &drills)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .map_err(Failure::io)?;
         println!("{json}");
     } else {
         print_table(&statuses);
+        crate::drill::print_lines(&drills);
     }
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! Everything that decides is a pure function; only the executor runs `zfs`.
 #![warn(missing_docs)]
 
+pub mod clone;
 pub mod command;
 pub mod error;
 pub mod lineage;
