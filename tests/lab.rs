@@ -475,6 +475,8 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "fb-resume",
         // game day with PostgreSQL under load
         "gd-push3-exit",
+        "gd-drill-during-replication",
+        "gd-drill-counted-rows",
         "gd-promote-exit",
         "gd-pg-starts-on-dr",
         "gd-no-gaps",

@@ -1071,13 +1071,18 @@ demote_run() {
     return "$rc"
 }
 # fb_configs: the old primary's receiver (its send.key, the DR node as its only client) and
-# the DR node's push job back to it (its recv.key)
+# the DR node's push job back to it (its recv.key). The first push back runs with --force and
+# the receiver grants allow_rollback: on these pools, rewound to a zpool checkpoint by
+# start_from golden, a clone promoted back by demote shows 1024 bytes written even after
+# `zfs rollback` (OpenZFS 2.3.2; a pool that was never rewound shows 0, checked by hand), so
+# the receiver must roll that back (nothing is destroyed: the base is the newest snapshot)
 fb_configs() {
     cat >"$work/fb-recv.toml" <<EOF
 listen = "$LAB_PRIMARY_WG_IP:7451"
 key = "$work/send.key"
 grace = "60s"
 idle_timeout = "3s"
+min_age = "0s"
 
 [recv]
 resumable = true
@@ -1087,6 +1092,7 @@ unmounted = true
 name = "dr-node"
 key = "$rpub"
 prefixes = ["src/data"]
+allow_rollback = true
 EOF
     cat >"$work/fb-send.toml" <<EOF
 key = "$work/recv.key"
@@ -1116,14 +1122,9 @@ in_mounted() {
 }
 not_in_mounted() { ! in_mounted "$@"; }
 case_failback() {
-    # fresh, not golden: on a pool rewound to a checkpoint, a clone promoted back shows 1024
-    # bytes written even after `zfs rollback` (OpenZFS 2.3.2, seen only after the rewind; a
-    # fresh pool, with or without a checkpoint, shows 0), which zfs recv refuses
-    start_from fresh
+    start_from golden
     serve_use default
     local rc=0 base aside late fbpid dsnap
-    push fb-initial "$work/send.toml" || rc=$?
-    lab_assert_eq fb-initial-exit 0 "$rc"
     base=$(newest src/data)
     base=${base#*@}
     # failover: the DR copy is promoted and written to
@@ -1170,7 +1171,7 @@ case_failback() {
     fbpid=$!
     lab_wait_udp primary 7451 90
     rc=0
-    ip netns exec dr timeout 600 "$send" push --config "$work/fb-send.toml" --json >"$R/fb-back.json" 2>"$R/fb-back.err" || rc=$?
+    ip netns exec dr timeout 600 "$send" push --config "$work/fb-send.toml" --json --force >"$R/fb-back.json" 2>"$R/fb-back.err" || rc=$?
     sed 's/^/    /' "$R/fb-back.json" "$R/fb-back.err"
     lab_assert_eq fb-back-exit 0 "$rc"
     lab_assert_eq fb-back-incremental "incremental" "$(jq -r 'select(.type == "dataset" and .source == "dst/backup/data") | [.steps[].action] | join(",")' "$R/fb-back.json" 2>/dev/null)"
@@ -1281,8 +1282,7 @@ committed_before() { awk -v t="$1" '$2 < t { id = $1 } END { print id + 0 }' "$2
 pg_stop() { pg_as "$PG_BIN/pg_ctl" -D "$1" -m "$2" -w stop >/dev/null 2>&1 || true; }
 case_gameday_pg() {
     [[ -x $PG_BIN/initdb ]] || { lab_fail gd-pg-installed "no PostgreSQL in $PG_BIN"; return 0; }
-    # fresh, not golden: see case_failback (the first push with the database is the full one)
-    start_from fresh
+    start_from golden
     serve_use default
     local rc=0 i t0 safe wpid t_fail t_query dmax dcount rpo pdir="$smnt/pg/data"
     local psock="$work/gd-primary" dsock="$work/gd-dr" wlog="$work/gd-writer.log" ddir aside
@@ -1304,14 +1304,27 @@ connection = 'host=$psock port=55442 user=postgres dbname=postgres'"
     # pushes every few seconds while it writes; every id committed before a push started is
     # in that push's snapshot
     safe=0
+    zfs list dst/drill >/dev/null 2>&1 || zfs create -o canmount=off -o mountpoint=none dst/drill
+    local dpid=""
     for i in 1 2 3; do
         t0=$(date +%s.%N)
+        # a restore drill of the DR copy (PostgreSQL started on a clone of its newest
+        # snapshot) while the second push runs into it
+        if ((i == 2)); then
+            "$recv" drill --config "$work/recv-drill-pg.toml" --json >"$R/gd-drill.json" 2>"$R/gd-drill.err" &
+            dpid=$!
+        fi
         rc=0
         push "gd-push$i" "$work/gd.toml" || rc=$?
         lab_assert_eq "gd-push$i-exit" 0 "$rc"
         ((rc != 0)) || safe=$(committed_before "$t0" "$wlog")
         sleep 2
     done
+    rc=0
+    wait "$dpid" || rc=$?
+    sed 's/^/    /' "$R/gd-drill.json" "$R/gd-drill.err"
+    lab_assert_eq gd-drill-during-replication "0 ok" "$rc $(jq -r .result "$R/gd-drill.json" 2>/dev/null)"
+    lab_assert gd-drill-counted-rows test "$(jq -r '.output_tail' "$R/gd-drill.json" 2>/dev/null | grep -v '^$' | tail -n1)" -gt 0
     lab_log "writer at id $(tail -n1 "$wlog" | cut -d' ' -f1); ids up to $safe were committed before the last push began"
     # the primary dies
     t_fail=$(date +%s.%N)
@@ -1360,7 +1373,7 @@ connection = 'host=$psock port=55442 user=postgres dbname=postgres'"
     local fbpid=$!
     lab_wait_udp primary 7451 90
     rc=0
-    ip netns exec dr timeout 600 "$send" push --config "$work/fb-send.toml" --json >"$R/gd-back.json" 2>"$R/gd-back.err" || rc=$?
+    ip netns exec dr timeout 600 "$send" push --config "$work/fb-send.toml" --json --force >"$R/gd-back.json" 2>"$R/gd-back.err" || rc=$?
     lab_assert_eq gd-back-exit 0 "$rc"
     # planned switchover, one command on the DR node: stop writes, final push back, promote
     # on the old primary, demote here
