@@ -8,6 +8,7 @@
 mod check_config;
 mod promote;
 mod prune;
+mod reload;
 mod serve;
 mod status;
 mod unpack;

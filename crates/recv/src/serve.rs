@@ -1,6 +1,7 @@
 //! `fjord-recv serve`: receive send streams from pinned senders over QUIC,
 //! verified, into `zfs recv` (`--config`) or as files (`--sink-dir`).
 
+use crate::reload::{decide, Policy, Reload};
 use crate::zfs_target::{SharedTarget, ZfsTarget};
 use anyhow::Context;
 use fjord_cli::Failure;
@@ -13,7 +14,6 @@ use fjord_transport::server::{ServeOptions, Server, ServerEvent};
 use fjord_transport::sink::{FileSinkFactory, SinkFactory};
 use fjord_transport::Identity;
 use fjord_zfs::Zfs;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +32,10 @@ use tokio::signal::unix::{signal, SignalKind};
 /// snapshots and resume token to plan, and may prune its own snapshots
 /// (never the newest one). SIGTERM stops accepting, ends every running
 /// `zfs recv -s` (keeping what it verified as a resumable partial
-/// receive) and exits 0.
+/// receive) and exits 0. SIGHUP (`systemctl reload`) reads the file
+/// again: its clients and policy apply to new connections and requests,
+/// running transfers go on; a file that fails to load is logged and the
+/// previous config stays in force.
 ///
 /// Without --config, streams from `fjord-send send` are stored as files:
 /// only senders whose public keys are given with --allow-key can connect;
@@ -120,6 +123,8 @@ pub(crate) struct Setup {
     pub(crate) what: String,
     /// The ZFS target, for its policy counts at shutdown.
     target: Option<Arc<ZfsTarget>>,
+    /// The config file, read again on SIGHUP.
+    config_path: Option<PathBuf>,
 }
 
 fn file_setup(args: &Args) -> anyhow::Result<Setup> {
@@ -153,6 +158,7 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
         control: Arc::new(NoControl),
         what: format!("storing streams in {}", sink_dir.display()),
         target: None,
+        config_path: None,
     })
 }
 
@@ -166,30 +172,16 @@ pub(crate) fn zfs_setup(
     max_held: u64,
 ) -> Result<Setup, Failure> {
     let config = RecvConfig::load(path).map_err(Failure::config)?;
-    let mut clients = HashMap::new();
-    for c in &config.clients {
-        let key: PublicKey = c.key.parse().map_err(|e| {
-            Failure::Config(anyhow::anyhow!(
-                "{}: client {}: key: {e}",
-                path.display(),
-                c.name
-            ))
-        })?;
-        clients.insert(key, c.clone());
-    }
+    let policy = Policy::from_config(config.clone(), path)
+        .map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
     let identity = Identity::load(&config.key)
         .with_context(|| format!("loading the receiver key {}", config.key.display()))
         .map_err(Failure::Io)?;
-    let allowed = clients.keys().copied().collect();
+    let allowed = policy.keys();
     // Checked now, not at the first push: a DR node without zfs receives nothing.
     let zfs = Zfs::new();
     zfs.locate().map_err(Failure::io)?;
-    let target = SharedTarget(Arc::new(ZfsTarget::new(
-        zfs,
-        clients,
-        Arc::new(config.clone()),
-        max_held,
-    )));
+    let target = SharedTarget(Arc::new(ZfsTarget::new(zfs, policy, max_held)));
     let mut link = base_link;
     if let Some(t) = config.idle_timeout {
         link = link.with_idle_timeout(t);
@@ -210,6 +202,7 @@ pub(crate) fn zfs_setup(
         },
         factory: Arc::new(target.clone()),
         target: Some(target.0.clone()),
+        config_path: Some(path.to_path_buf()),
         control: Arc::new(target),
         what: format!("receiving into zfs for {} client(s)", config.clients.len()),
     })
@@ -239,7 +232,7 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut server =
-            Server::bind_with_control(&setup.identity, setup.opts, setup.factory, setup.control)?;
+            Server::bind_with_control(&setup.identity, setup.opts.clone(), setup.factory.clone(), setup.control.clone())?;
         let addr = server.local_addr().context("reading the bound address")?;
         eprintln!(
             "fjord-recv: listening on {addr} (UDP) as {}; {}",
@@ -248,12 +241,17 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         );
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let _watchdog = systemd_ready(&format!("listening on {addr}; {}", setup.what));
         loop {
             let event = tokio::select! {
                 e = server.next_event() => e,
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = hup.recv() => {
+                    reload(&server, &setup).await;
+                    continue;
+                }
             };
             let Some(event) = event else { break };
             match event {
@@ -291,6 +289,38 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// SIGHUP: reads the config file again and, if it loads, puts its clients
+/// and policy in force for every new connection, offer and request
+/// (running transfers go on); if not, logs why (file and key) and keeps
+/// the old one. Tells systemd `RELOADING=1` first and `READY=1` after.
+async fn reload(server: &Server, setup: &Setup) {
+    let (Some(path), Some(target)) = (&setup.config_path, &setup.target) else {
+        tracing::warn!("SIGHUP ignored: without --config there is no file to reload");
+        return;
+    };
+    fjord_cli::systemd::reloading();
+    let read = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || RecvConfig::load(&read))
+        .await
+        .map_err(|e| format!("{}: reading the config: {e}", path.display()))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match decide(&target.policy(), loaded, path) {
+        Reload::Apply { policy, changes } => {
+            let keys = policy.keys();
+            // Keys first: a key added is pinned once its client is known.
+            target.replace_policy(policy);
+            server.set_allowed(keys);
+            tracing::info!(file = %path.display(), %changes, "config reloaded");
+            eprintln!("fjord-recv: reloaded {}: {changes}", path.display());
+        }
+        Reload::Reject { error } => {
+            tracing::error!(%error, "reload rejected; the previous config stays in force");
+            eprintln!("fjord-recv: reload rejected, the previous config stays in force: {error}");
+        }
+    }
+    fjord_cli::systemd::ready_again();
 }
 
 /// Under systemd (`Type=notify`): `READY=1` now, and `WATCHDOG=1` at half

@@ -23,7 +23,7 @@ mod table;
 use crate::chunk_cache::{ChunkCacheOptions, ChunkCaches};
 use crate::config::LinkConfig;
 use crate::control::{Control, NoControl};
-use crate::identity::{peer_key, Identity, IdentityError};
+use crate::identity::{peer_key, AllowedKeys, Identity, IdentityError};
 use crate::sink::SinkFactory;
 use fjord_proto::admission::{Admission, Limits, ServerCounters};
 use fjord_proto::message::{
@@ -162,7 +162,8 @@ impl Server {
         opts.limits
             .validate(opts.link.stream_window())
             .map_err(setup)?;
-        let tls = identity.server_tls(opts.allowed.clone())?;
+        let allowed = AllowedKeys::new(opts.allowed.clone());
+        let tls = identity.server_tls(allowed.clone())?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| setup(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -200,6 +201,7 @@ impl Server {
             ),
             counters,
             events: tx,
+            allowed,
         });
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         tokio::spawn(reaper(shared.clone()));
@@ -233,6 +235,13 @@ impl Server {
     /// The refusal and session-end counters, live (for status and metrics).
     pub fn counters(&self) -> Arc<ServerCounters> {
         self.shared.counters.clone()
+    }
+
+    /// Pins exactly `keys` from now on (a reload): a new connection must
+    /// present one of them, and a new stream of a connection whose key is
+    /// no longer pinned is refused. Running transfers go on.
+    pub fn set_allowed(&self, keys: Vec<PublicKey>) {
+        self.shared.allowed.replace(keys);
     }
 
     /// Stops accepting and closes every connection.
@@ -533,6 +542,12 @@ async fn serve_stream(
     let Handshake::AwaitOffer { version } = hs else {
         return;
     };
+    if !shared.allowed.contains(&key) {
+        let why = format!("key {key} is no longer a configured client of this receiver");
+        let (m, err) = *refuse(RefuseCode::Policy, why);
+        refuse_stream(conn, &mut send, shared, other, m, err).await;
+        return;
+    }
     let first = tokio::time::timeout_at(deadline, read_message(&mut recv, &mut reader)).await;
     let offer = match first {
         Ok(Ok(Message::Offer(o))) => o,

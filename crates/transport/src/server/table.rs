@@ -6,6 +6,7 @@
 use super::ServerEvent;
 use crate::chunk_cache::ChunkCaches;
 use crate::control::Control;
+use crate::identity::AllowedKeys;
 use crate::sink::SinkFactory;
 use crate::threaded::ThreadedSink;
 use fjord_proto::admission::{
@@ -193,6 +194,9 @@ pub(crate) struct Shared {
     pub(crate) admission: Admission,
     pub(crate) counters: Arc<ServerCounters>,
     pub(super) events: mpsc::UnboundedSender<ServerEvent>,
+    /// The pinned keys, shared with the TLS verifier; a key removed by a
+    /// reload is refused on every new stream of a connection it still has.
+    pub(super) allowed: AllowedKeys,
 }
 
 impl Shared {
