@@ -164,7 +164,7 @@ async fn run_one(
     if let Some(t) = job.idle_timeout {
         link = link.with_idle_timeout(t);
     }
-    let progress = Progress::default();
+    let progress = Progress::new(!args.dry_run && !args.json);
     let mut dr = QuicDrNode::new(
         identity.clone(),
         job.target_host.clone(),
@@ -189,9 +189,9 @@ async fn run_one(
         },
         hooks: Arc::new(fjord_replicate::edge::CommandHooks::new(&job.hooks)),
     });
-    let drawing = progress.spawn(!args.dry_run && !args.json);
+    let drawing = progress.spawn();
     let outcome = run_job(ctx, state).await;
-    Progress::clear(drawing);
+    progress.clear(drawing);
     outcome
 }
 
