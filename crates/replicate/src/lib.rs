@@ -16,6 +16,7 @@
 //! - [`lock`], [`status`], [`metrics`]: the job's local state.
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod dataset;
 pub mod dr_node;
 pub mod edge;
