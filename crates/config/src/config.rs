@@ -514,6 +514,11 @@ pub struct RecvConfig {
     /// Each client's share of the receiver.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where `serve` writes its own Prometheus metrics (refusals by code
+    /// and client, policy counts, the chunk cache), atomically, every 15
+    /// seconds and at shutdown; none: not written.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl RecvConfig {

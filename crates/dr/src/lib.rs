@@ -20,6 +20,7 @@
 pub mod policy;
 pub mod promote;
 pub mod retention;
+pub mod serve_metrics;
 pub mod status;
 
 /// The hold tag the DR node places on every snapshot it receives; only the

@@ -6,6 +6,7 @@
 //! becomes an exit code (the table is `fjord_cli::exit`).
 
 mod check_config;
+mod metrics;
 mod promote;
 mod prune;
 mod reload;

@@ -1,6 +1,7 @@
 //! `fjord-recv serve`: receive send streams from pinned senders over QUIC,
 //! verified, into `zfs recv` (`--config`) or as files (`--sink-dir`).
 
+use crate::metrics::{self, Tally};
 use crate::reload::{decide, Policy, Reload};
 use crate::zfs_target::{SharedTarget, ZfsTarget};
 use anyhow::Context;
@@ -231,8 +232,12 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mut server =
-            Server::bind_with_control(&setup.identity, setup.opts.clone(), setup.factory.clone(), setup.control.clone())?;
+        let mut server = Server::bind_with_control(
+            &setup.identity,
+            setup.opts.clone(),
+            setup.factory.clone(),
+            setup.control.clone(),
+        )?;
         let addr = server.local_addr().context("reading the bound address")?;
         eprintln!(
             "fjord-recv: listening on {addr} (UDP) as {}; {}",
@@ -243,62 +248,90 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let _watchdog = systemd_ready(&format!("listening on {addr}; {}", setup.what));
+        let mut tally = Tally::new(metrics::now());
+        let mut every = tokio::time::interval(METRICS_EVERY);
         loop {
             let event = tokio::select! {
                 e = server.next_event() => e,
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    reload(&server, &setup).await;
+                    match reload(&server, &setup).await {
+                        Some(true) => tally.reloads_applied += 1,
+                        Some(false) => tally.reloads_rejected += 1,
+                        None => {}
+                    }
+                    continue;
+                }
+                _ = every.tick() => {
+                    if let Some(t) = &setup.target {
+                        metrics::write(&server, t, &tally).await;
+                    }
                     continue;
                 }
             };
             let Some(event) = event else { break };
-            match event {
-                ServerEvent::Completed {
-                    session,
-                    message,
-                    stats,
-                } => eprintln!(
-                    "fjord-recv: session {session}: {message} (resumed {} times, {} duplicate bytes dropped)",
-                    stats.resumes, stats.bytes_duplicate
-                ),
-                ServerEvent::Failed { session, error } => {
-                    eprintln!("fjord-recv: session {session} failed: {error}")
-                }
-                ServerEvent::Refused { remote, reason } => {
-                    eprintln!("fjord-recv: refused {remote}: {reason}")
-                }
-            }
+            tally.event(&event);
+            log_event(event);
         }
         fjord_cli::systemd::stopping();
         let stopped = server.shutdown("fjord-recv is shutting down").await;
         eprintln!("fjord-recv: shut down; {stopped} transfer(s) stopped (resumable where zfs recv -s was used)");
         if let Some(t) = &setup.target {
-            use std::sync::atomic::Ordering::Relaxed;
-            let c = t.counts();
-            eprintln!(
-                "fjord-recv: policy: refused {} destroy request(s), {} rollback(s) and {} push(es) or request(s) into promoted datasets; pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
-                c.refused_destroys.load(Relaxed),
-                c.refused_rollbacks.load(Relaxed),
-                c.refused_promoted.load(Relaxed),
-                c.client_pruned.load(Relaxed),
-                c.retention_pruned.load(Relaxed),
-                c.hold_failures.load(Relaxed)
-            );
+            metrics::write(&server, t, &tally).await;
+            log_policy_counts(t);
         }
         anyhow::Ok(())
     })
+}
+
+/// How often `serve` rewrites its metrics file.
+const METRICS_EVERY: Duration = Duration::from_secs(15);
+
+/// One line on stderr per session end and refusal.
+fn log_event(event: ServerEvent) {
+    match event {
+        ServerEvent::Completed {
+            session,
+            message,
+            stats,
+        } => eprintln!(
+            "fjord-recv: session {session}: {message} (resumed {} times, {} duplicate bytes dropped)",
+            stats.resumes, stats.bytes_duplicate
+        ),
+        ServerEvent::Failed { session, error } => {
+            eprintln!("fjord-recv: session {session} failed: {error}")
+        }
+        ServerEvent::Refused { remote, reason } => {
+            eprintln!("fjord-recv: refused {remote}: {reason}")
+        }
+    }
+}
+
+/// The policy's counts, at shutdown.
+fn log_policy_counts(t: &ZfsTarget) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = t.counts();
+    eprintln!(
+        "fjord-recv: policy: refused {} destroy request(s), {} rollback(s) and {} push(es) or request(s) into promoted datasets; pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
+        c.refused_destroys.load(Relaxed),
+        c.refused_rollbacks.load(Relaxed),
+        c.refused_promoted.load(Relaxed),
+        c.client_pruned.load(Relaxed),
+        c.retention_pruned.load(Relaxed),
+        c.hold_failures.load(Relaxed)
+    );
 }
 
 /// SIGHUP: reads the config file again and, if it loads, puts its clients
 /// and policy in force for every new connection, offer and request
 /// (running transfers go on); if not, logs why (file and key) and keeps
 /// the old one. Tells systemd `RELOADING=1` first and `READY=1` after.
-async fn reload(server: &Server, setup: &Setup) {
+/// Whether the new config was applied; none without a config file.
+async fn reload(server: &Server, setup: &Setup) -> Option<bool> {
     let (Some(path), Some(target)) = (&setup.config_path, &setup.target) else {
         tracing::warn!("SIGHUP ignored: without --config there is no file to reload");
-        return;
+        return None;
     };
     fjord_cli::systemd::reloading();
     let read = path.clone();
@@ -306,21 +339,24 @@ async fn reload(server: &Server, setup: &Setup) {
         .await
         .map_err(|e| format!("{}: reading the config: {e}", path.display()))
         .and_then(|r| r.map_err(|e| e.to_string()));
-    match decide(&target.policy(), loaded, path) {
+    let applied = match decide(&target.policy(), loaded, path) {
         Reload::Apply { policy, changes } => {
             let keys = policy.keys();
-            // Keys first: a key added is pinned once its client is known.
+            // The policy first: a newly pinned key finds its client.
             target.replace_policy(policy);
             server.set_allowed(keys);
             tracing::info!(file = %path.display(), %changes, "config reloaded");
             eprintln!("fjord-recv: reloaded {}: {changes}", path.display());
+            true
         }
         Reload::Reject { error } => {
             tracing::error!(%error, "reload rejected; the previous config stays in force");
             eprintln!("fjord-recv: reload rejected, the previous config stays in force: {error}");
+            false
         }
-    }
+    };
     fjord_cli::systemd::ready_again();
+    Some(applied)
 }
 
 /// Under systemd (`Type=notify`): `READY=1` now, and `WATCHDOG=1` at half

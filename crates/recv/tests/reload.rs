@@ -4,7 +4,9 @@
 //! load is rejected (its file and key named) and the previous config
 //! stays; systemd hears `RELOADING=1` (with `MONOTONIC_USEC`) and
 //! `READY=1` around each reload. (That a transfer under way goes on
-//! across a reload is shown in fjord-transport's tests/reload.rs.)
+//! across a reload is shown in fjord-transport's tests/reload.rs.) The
+//! metrics file written at shutdown counts the refusals by code and by
+//! client name, and the reloads.
 
 use fjord_proto::{Request, Response};
 use fjord_transport::client::{request, RequestOptions, SendError};
@@ -60,7 +62,12 @@ fn fake_zfs(dir: &Path) {
 }
 
 fn config(key: &Path, clients: &[(&str, &str)]) -> String {
-    let mut text = format!("listen = \"127.0.0.1:0\"\nkey = \"{}\"\n", key.display());
+    let metrics = key.with_file_name("fjord-recv.prom");
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nkey = \"{}\"\nmetrics_file = \"{}\"\n",
+        key.display(),
+        metrics.display()
+    );
     for (name, pubkey) in clients {
         text.push_str(&format!(
             "[[client]]\nname = \"{name}\"\nkey = \"{pubkey}\"\nprefixes = [\"backup/{name}\"]\n"
@@ -69,8 +76,13 @@ fn config(key: &Path, clients: &[(&str, &str)]) -> String {
     text
 }
 
-/// Asks for the state of `backup/<client>/fs` as `id`.
-fn ask(id: &Identity, to: SocketAddr, server: &Identity, client: &str) -> Result<(), SendError> {
+/// Asks for the state of `dataset` as `id`.
+fn ask_for(
+    id: &Identity,
+    to: SocketAddr,
+    server: &Identity,
+    dataset: &str,
+) -> Result<Vec<Response>, SendError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,14 +93,19 @@ fn ask(id: &Identity, to: SocketAddr, server: &Identity, client: &str) -> Result
         link: LinkConfig::default(),
         patience: Duration::from_secs(5),
     };
-    let dataset = format!("backup/{client}/fs");
-    let answers = rt.block_on(request(
+    rt.block_on(request(
         id,
         &opts,
         &[Request::TargetState {
-            dataset: dataset.clone(),
+            dataset: dataset.to_string(),
         }],
-    ))?;
+    ))
+}
+
+/// Asks for the state of `backup/<client>/fs` as `id`.
+fn ask(id: &Identity, to: SocketAddr, server: &Identity, client: &str) -> Result<(), SendError> {
+    let dataset = format!("backup/{client}/fs");
+    let answers = ask_for(id, to, server, &dataset)?;
     assert!(
         matches!(answers.as_slice(), [Response::TargetState(t)] if t.dataset == dataset && !t.exists),
         "{answers:?}"
@@ -199,6 +216,12 @@ fn sighup_reloads_the_clients_and_rejects_a_bad_file() {
         "{text}"
     );
     ask(&new, addr, &server, "new").expect("the previous config is still in force");
+    // A request outside the client's prefixes: refused, counted for "new".
+    let answers = ask_for(&new, addr, &server, "backup/old/fs").expect("answered");
+    assert!(
+        matches!(answers.as_slice(), [Response::Failed { .. }]),
+        "{answers:?}"
+    );
 
     let term = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
@@ -208,4 +231,17 @@ fn sighup_reloads_the_clients_and_rejects_a_bad_file() {
     let mut child = child;
     let status = child.0.wait().expect("fjord-recv exits");
     assert!(status.success(), "{status:?}");
+
+    // The metrics file, written at shutdown.
+    let text = std::fs::read_to_string(dir.path().join("fjord-recv.prom")).expect("metrics file");
+    for line in [
+        // "new" before the reload, "old" after it: refused in the handshake.
+        "fjord_dr_refused_requests_total{code=\"not_pinned\",client=\"unknown\"} 2",
+        "fjord_dr_refused_requests_total{code=\"bad_dataset\",client=\"new\"} 1",
+        "fjord_dr_reloads_total{result=\"applied\"} 1",
+        "fjord_dr_reloads_total{result=\"rejected\"} 1",
+        "fjord_dr_policy_refusals_total{action=\"destroy\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 }

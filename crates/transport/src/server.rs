@@ -17,6 +17,7 @@
 //! replaces that key's detached session of the dataset (its sink aborted
 //! and dropped before the new one is opened).
 
+pub mod refusals;
 mod session;
 mod table;
 
@@ -202,6 +203,7 @@ impl Server {
             counters,
             events: tx,
             allowed,
+            refusals: Default::default(),
         });
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         tokio::spawn(reaper(shared.clone()));
@@ -235,6 +237,16 @@ impl Server {
     /// The refusal and session-end counters, live (for status and metrics).
     pub fn counters(&self) -> Arc<ServerCounters> {
         self.shared.counters.clone()
+    }
+
+    /// The chunk caches' size, hits and stores; none without a cache.
+    pub fn chunk_cache_stats(&self) -> Option<crate::chunk_cache::ChunkCacheStats> {
+        self.shared.caches.as_ref().map(|c| c.stats())
+    }
+
+    /// Every refusal so far, by code and key (for metrics).
+    pub fn refusals(&self) -> Vec<refusals::RefusalCount> {
+        self.shared.refusals.snapshot()
     }
 
     /// Pins exactly `keys` from now on (a reload): a new connection must
@@ -293,6 +305,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     Err(e) if is_tls_failure(&e) => {
                         warn!(error = %e, "handshake refused (key not pinned, or not fjord)");
                         ServerCounters::bump(&shared.counters.refused_other);
+                        shared.refusals.note(refusals::NOT_PINNED.into(), None);
                         let _ = shared.events.send(ServerEvent::Refused {
                             remote,
                             reason: e.to_string(),
@@ -426,6 +439,10 @@ pub(super) async fn refuse_stream(
 ) {
     let _ = write(send, &msg).await;
     let _ = send.finish();
+    if let SessionError::Refused { code, .. } = &err {
+        let key = peer_key(conn.peer_identity());
+        shared.refusals.note(refusals::label(*code), key);
+    }
     let reason = err.to_string();
     if let Some(counter) = counter {
         ServerCounters::bump(counter);

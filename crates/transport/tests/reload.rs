@@ -98,6 +98,20 @@ async fn a_reload_keeps_running_transfers_pins_added_keys_and_refuses_removed_on
         .await
         .expect_err("a removed key cannot connect");
     assert!(matches!(err, SendError::KeyRefused { .. }), "{err}");
+    // Both refusals are counted by code and key, for the metrics.
+    let refusals = rx.server.refusals();
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.code == "policy" && r.key == Some(old.public_key()) && r.count == 1),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.code == "not_pinned" && r.key.is_none() && r.count >= 1),
+        "{refusals:?}"
+    );
 
     // The transfer under way at the reload ends, whole.
     let out = tokio::time::timeout(GUARD, running)

@@ -197,6 +197,8 @@ pub(crate) struct Shared {
     /// The pinned keys, shared with the TLS verifier; a key removed by a
     /// reload is refused on every new stream of a connection it still has.
     pub(super) allowed: AllowedKeys,
+    /// Refusals by code and key.
+    pub(crate) refusals: super::refusals::Refusals,
 }
 
 impl Shared {
@@ -249,6 +251,10 @@ impl Shared {
             &self.counters.refused_busy
         };
         ServerCounters::bump(counter);
+        self.refusals.note(
+            super::refusals::label(fjord_proto::message::RefuseCode::Busy),
+            Some(*key),
+        );
         if busy.is_limit() {
             warn!(sender = %key, reason = %busy, "{what} answered busy: at a limit");
         } else {
