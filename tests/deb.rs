@@ -99,6 +99,8 @@ fn the_package_builds_installs_and_purges_cleanly() {
         "./usr/share/doc/fjord/examples/recv.toml",
         "./usr/share/doc/fjord/examples/send.toml",
         "./usr/share/doc/fjord/examples/fjord-push.cron",
+        "./usr/share/doc/fjord/examples/prometheus/fjord-alerts.yml",
+        "./usr/share/doc/fjord/examples/grafana/fjord.json",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(path)),
