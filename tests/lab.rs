@@ -280,6 +280,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "recv-prune",
         "recv-as-fjord-user",
         "promote",
+        "reload",
     ];
     let mut required = vec![
         // full
@@ -449,6 +450,13 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "promote-fenced-json",
         "promote-fenced-message",
         "promote-fenced-nothing-received",
+        // reload
+        "reload-added-accepted",
+        "reload-removed-refused",
+        "reload-removed-wrote-nothing",
+        "reload-broken-rejected",
+        "reload-primary-still-served",
+        "reload-metrics",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [
