@@ -103,6 +103,8 @@ fn the_package_builds_installs_and_purges_cleanly() {
         "./usr/share/doc/fjord/examples/fjord-push.cron",
         "./usr/share/doc/fjord/examples/fjord-drill.cron",
         "./usr/share/man/man1/fjord-recv-drill.1.gz",
+        "./usr/share/doc/fjord/examples/prometheus/fjord-alerts.yml",
+        "./usr/share/doc/fjord/examples/grafana/fjord.json",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(path)),

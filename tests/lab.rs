@@ -284,6 +284,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "gameday-pg",
         "tripwire",
         "drill",
+        "reload",
     ];
     let mut required = vec![
         // full
@@ -526,6 +527,13 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "drill-status-check-warning",
         "drill-metrics",
         "drill-copy-untouched",
+        // reload
+        "reload-added-accepted",
+        "reload-removed-refused",
+        "reload-removed-wrote-nothing",
+        "reload-broken-rejected",
+        "reload-primary-still-served",
+        "reload-metrics",
     ];
     // Every push's data is compared on both datasets (parent and child).
     let compared = [

@@ -39,6 +39,8 @@
 #   recv-as-fjord-user  the receiver as an unprivileged user (no capability, no new
 #                    privileges) with exactly the README's `zfs allow` set on dst/backup:
 #                    a full and an incremental push, held and inert; nothing more allowed
+#   reload           SIGHUP: a client added by a reload pushes, a removed one is refused, a
+#                    broken file is rejected and the receiver keeps serving; serve's metrics
 #   promote-pg       failover with a real PostgreSQL (the host's): rows committed before the
 #                    pushed snapshot are there after promote on the DR node; RTO logged
 #                    (not in CASES: run it with LAB_CASES="full promote-pg")
@@ -881,6 +883,51 @@ case_dr_status() {
     lab_assert drstatus-metrics-health grep -q '^fjord_dr_health{client="primary",dataset="dst/backup/data"} 2' "$R/dr.prom"
 }
 
+# SIGHUP reloads the receiver's clients: a reload that adds the stranger's key lets its push
+# in, one that removes it refuses it again, a broken file is rejected (the previous config
+# stays, the receiver keeps serving); serve's own metrics count the reloads and refusals
+case_reload() {
+    start_from golden
+    local cfg=$work/recv-reload.toml stpub rc=0 mark before_dst m=$work/metrics/fjord-recv.prom
+    stpub=$("$send" pubkey --key "$work/stranger.key")
+    recv_config reload "metrics_file = \"$m\"" ""
+    serve_use reload
+    push reload-before "$work/stranger.toml" || rc=$?
+    lab_assert reload-stranger-refused-before test "$rc" -ne 0
+    printf '\n[[client]]\nname = "stranger"\nkey = "%s"\nprefixes = ["dst/backup"]\n' "$stpub" >>"$cfg"
+    mark=$(serve_log_mark)
+    serve_kill HUP
+    lab_assert reload-added-logged lab_wait 30 "the reload" _logged_since "$mark" "reloaded .*clients added: stranger"
+    rc=0
+    push reload-added "$work/stranger.toml" || rc=$?
+    lab_assert_eq reload-added-accepted 0 "$rc"
+    lab_assert_eq reload-added-json-ok ok "$(jjob reload-added result)"
+    recv_config reload "metrics_file = \"$m\"" ""
+    mark=$(serve_log_mark)
+    serve_kill HUP
+    lab_assert reload-removed-logged lab_wait 30 "the reload" _logged_since "$mark" "reloaded .*removed: stranger"
+    before_dst=$(snaps dst/backup/data)
+    rc=0
+    push reload-removed "$work/stranger.toml" || rc=$?
+    lab_assert reload-removed-refused test "$rc" -ne 0
+    lab_assert_eq reload-removed-wrote-nothing "$before_dst" "$(snaps dst/backup/data)"
+    printf 'bogus_key = 1\n' >>"$cfg"
+    mark=$(serve_log_mark)
+    serve_kill HUP
+    lab_assert reload-broken-rejected lab_wait 30 "the rejection" _logged_since "$mark" "reload rejected.*recv-reload.toml"
+    lab_assert reload-serve-alive serve_alive
+    rc=0
+    push reload-primary "$work/send.toml" || rc=$?
+    lab_assert_eq reload-primary-still-served 0 "$rc"
+    lab_assert reload-metrics lab_wait 40 "the metrics file" grep -q '^fjord_dr_reloads_total{result="rejected"} 1' "$m"
+    lab_assert reload-metrics-applied grep -q '^fjord_dr_reloads_total{result="applied"} 2' "$m"
+    lab_assert reload-metrics-refused grep -q '^fjord_dr_refused_requests_total{code="not_pinned",client="unknown"}' "$m"
+    cp "$m" "$R/reload.prom" || true
+    serve_stop
+}
+# _logged_since MARK REGEX: serve.log after MARK matches REGEX
+_logged_since() { serve_log_since "$1" | grep -qE "$2"; }
+
 # the DR node's own retention: fjord-recv prune with hourly = 2
 case_recv_prune() {
     start_from golden
@@ -1527,7 +1574,7 @@ case_drill() {
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote tripwire drill failback gameday-pg)
+    recv-as-fjord-user promote reload tripwire drill failback gameday-pg)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others

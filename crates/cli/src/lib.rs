@@ -208,20 +208,31 @@ pub fn render(err: &anyhow::Error) -> String {
 }
 
 pub mod docs;
+pub mod journal;
 pub mod keygen;
 pub mod systemd;
 
 /// Logs to stderr through `tracing`, filtered by `FJORD_LOG`, else the
-/// usual `RUST_LOG`, else `warn`; colours only on a terminal, so journald
-/// and log files stay plain text.
+/// usual `RUST_LOG`, else `warn`; colours only on a terminal, so log
+/// files stay plain text. Under systemd with stderr going to the journal,
+/// each line carries its priority and no timestamp ([`journal`]).
 pub fn init_logging() {
     use std::io::IsTerminal;
+    let filter = log_filter(
+        std::env::var("FJORD_LOG").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    if journal::under_journal() {
+        tracing_subscriber::fmt()
+            .event_format(journal::JournalFormat::default())
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(log_filter(
-            std::env::var("FJORD_LOG").ok().as_deref(),
-            std::env::var("RUST_LOG").ok().as_deref(),
-        ))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 }

@@ -14,6 +14,23 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd a reload started (`Type=notify-reload` and `ExecReload=`
+/// units alike): `RELOADING=1` with the monotonic time systemd asks for.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the monotonic clock for RELOADING=1");
+            send(&[NotifyState::Reloading]);
+        }
+    }
+}
+
+/// Tells systemd a reload is over (`READY=1`), whatever its outcome.
+pub fn ready_again() {
+    send(&[NotifyState::Ready]);
+}
+
 /// Tells systemd the service is shutting down.
 pub fn stopping() {
     send(&[NotifyState::Stopping]);

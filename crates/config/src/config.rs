@@ -536,6 +536,11 @@ pub struct RecvConfig {
     /// Restore drills (`fjord-recv drill`); none when absent.
     #[serde(default)]
     pub drill: Option<crate::drill::DrillConfig>,
+    /// Where `serve` writes its own Prometheus metrics (refusals by code
+    /// and client, policy counts, the chunk cache), atomically, every 15
+    /// seconds and at shutdown; none: not written.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl RecvConfig {

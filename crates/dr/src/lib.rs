@@ -24,6 +24,7 @@ pub mod drill;
 pub mod policy;
 pub mod promote;
 pub mod retention;
+pub mod serve_metrics;
 pub mod status;
 
 /// The hold tag the DR node places on every snapshot it receives; only the

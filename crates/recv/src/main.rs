@@ -8,8 +8,10 @@
 mod check_config;
 mod demote;
 mod drill;
+mod metrics;
 mod promote;
 mod prune;
+mod reload;
 mod serve;
 mod status;
 mod unpack;

@@ -4,11 +4,8 @@ use crate::zfs_target::ZfsTarget;
 use anyhow::Context;
 use fjord_cli::Failure;
 use fjord_config::config::RecvConfig;
-use fjord_proto::PublicKey;
 use fjord_zfs::Zfs;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Apply the DR node's own retention to every client's datasets.
 ///
@@ -42,18 +39,9 @@ pub struct Args {
 /// [`Failure::Io`] when pruning fails.
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = RecvConfig::load(&args.config).map_err(Failure::config)?;
-    let mut clients = HashMap::new();
-    for c in &config.clients {
-        let key: PublicKey = c.key.parse().map_err(|e| {
-            Failure::Config(anyhow::anyhow!(
-                "{}: client {}: key: {e}",
-                args.config.display(),
-                c.name
-            ))
-        })?;
-        clients.insert(key, c.clone());
-    }
-    let target = ZfsTarget::new(Zfs::new(), clients, Arc::new(config), 0);
+    let policy = crate::reload::Policy::from_config(config, &args.config)
+        .map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
+    let target = ZfsTarget::new(Zfs::new(), policy, 0);
     prune(&args, target).map_err(Failure::Io)
 }
 

@@ -1,6 +1,8 @@
 //! `fjord-recv serve`: receive send streams from pinned senders over QUIC,
 //! verified, into `zfs recv` (`--config`) or as files (`--sink-dir`).
 
+use crate::metrics::{self, Tally};
+use crate::reload::{decide, Policy, Reload};
 use crate::zfs_target::{SharedTarget, ZfsTarget};
 use anyhow::Context;
 use fjord_cli::Failure;
@@ -13,7 +15,6 @@ use fjord_transport::server::{ServeOptions, Server, ServerEvent};
 use fjord_transport::sink::{FileSinkFactory, SinkFactory};
 use fjord_transport::Identity;
 use fjord_zfs::Zfs;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +33,10 @@ use tokio::signal::unix::{signal, SignalKind};
 /// snapshots and resume token to plan, and may prune its own snapshots
 /// (never the newest one). SIGTERM stops accepting, ends every running
 /// `zfs recv -s` (keeping what it verified as a resumable partial
-/// receive) and exits 0.
+/// receive) and exits 0. SIGHUP (`systemctl reload`) reads the file
+/// again: its clients and policy apply to new connections and requests,
+/// running transfers go on; a file that fails to load is logged and the
+/// previous config stays in force.
 ///
 /// Without --config, streams from `fjord-send send` are stored as files:
 /// only senders whose public keys are given with --allow-key can connect;
@@ -120,6 +124,8 @@ pub(crate) struct Setup {
     pub(crate) what: String,
     /// The ZFS target, for its policy counts at shutdown.
     target: Option<Arc<ZfsTarget>>,
+    /// The config file, read again on SIGHUP.
+    config_path: Option<PathBuf>,
 }
 
 fn file_setup(args: &Args) -> anyhow::Result<Setup> {
@@ -153,6 +159,7 @@ fn file_setup(args: &Args) -> anyhow::Result<Setup> {
         control: Arc::new(NoControl),
         what: format!("storing streams in {}", sink_dir.display()),
         target: None,
+        config_path: None,
     })
 }
 
@@ -166,30 +173,16 @@ pub(crate) fn zfs_setup(
     max_held: u64,
 ) -> Result<Setup, Failure> {
     let config = RecvConfig::load(path).map_err(Failure::config)?;
-    let mut clients = HashMap::new();
-    for c in &config.clients {
-        let key: PublicKey = c.key.parse().map_err(|e| {
-            Failure::Config(anyhow::anyhow!(
-                "{}: client {}: key: {e}",
-                path.display(),
-                c.name
-            ))
-        })?;
-        clients.insert(key, c.clone());
-    }
+    let policy = Policy::from_config(config.clone(), path)
+        .map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
     let identity = Identity::load(&config.key)
         .with_context(|| format!("loading the receiver key {}", config.key.display()))
         .map_err(Failure::Io)?;
-    let allowed = clients.keys().copied().collect();
+    let allowed = policy.keys();
     // Checked now, not at the first push: a DR node without zfs receives nothing.
     let zfs = Zfs::new();
     zfs.locate().map_err(Failure::io)?;
-    let target = SharedTarget(Arc::new(ZfsTarget::new(
-        zfs,
-        clients,
-        Arc::new(config.clone()),
-        max_held,
-    )));
+    let target = SharedTarget(Arc::new(ZfsTarget::new(zfs, policy, max_held)));
     let mut link = base_link;
     if let Some(t) = config.idle_timeout {
         link = link.with_idle_timeout(t);
@@ -210,6 +203,7 @@ pub(crate) fn zfs_setup(
         },
         factory: Arc::new(target.clone()),
         target: Some(target.0.clone()),
+        config_path: Some(path.to_path_buf()),
         control: Arc::new(target),
         what: format!("receiving into zfs for {} client(s)", config.clients.len()),
     })
@@ -238,8 +232,12 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mut server =
-            Server::bind_with_control(&setup.identity, setup.opts, setup.factory, setup.control)?;
+        let mut server = Server::bind_with_control(
+            &setup.identity,
+            setup.opts.clone(),
+            setup.factory.clone(),
+            setup.control.clone(),
+        )?;
         let addr = server.local_addr().context("reading the bound address")?;
         eprintln!(
             "fjord-recv: listening on {addr} (UDP) as {}; {}",
@@ -248,49 +246,117 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         );
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let _watchdog = systemd_ready(&format!("listening on {addr}; {}", setup.what));
+        let mut tally = Tally::new(metrics::now());
+        let mut every = tokio::time::interval(METRICS_EVERY);
         loop {
             let event = tokio::select! {
                 e = server.next_event() => e,
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = hup.recv() => {
+                    match reload(&server, &setup).await {
+                        Some(true) => tally.reloads_applied += 1,
+                        Some(false) => tally.reloads_rejected += 1,
+                        None => {}
+                    }
+                    continue;
+                }
+                _ = every.tick() => {
+                    if let Some(t) = &setup.target {
+                        metrics::write(&server, t, &tally).await;
+                    }
+                    continue;
+                }
             };
             let Some(event) = event else { break };
-            match event {
-                ServerEvent::Completed {
-                    session,
-                    message,
-                    stats,
-                } => eprintln!(
-                    "fjord-recv: session {session}: {message} (resumed {} times, {} duplicate bytes dropped)",
-                    stats.resumes, stats.bytes_duplicate
-                ),
-                ServerEvent::Failed { session, error } => {
-                    eprintln!("fjord-recv: session {session} failed: {error}")
-                }
-                ServerEvent::Refused { remote, reason } => {
-                    eprintln!("fjord-recv: refused {remote}: {reason}")
-                }
-            }
+            tally.event(&event);
+            log_event(event);
         }
         fjord_cli::systemd::stopping();
         let stopped = server.shutdown("fjord-recv is shutting down").await;
         eprintln!("fjord-recv: shut down; {stopped} transfer(s) stopped (resumable where zfs recv -s was used)");
         if let Some(t) = &setup.target {
-            use std::sync::atomic::Ordering::Relaxed;
-            let c = t.counts();
-            eprintln!(
-                "fjord-recv: policy: refused {} destroy request(s), {} rollback(s) and {} push(es) or request(s) into promoted datasets; pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
-                c.refused_destroys.load(Relaxed),
-                c.refused_rollbacks.load(Relaxed),
-                c.refused_promoted.load(Relaxed),
-                c.client_pruned.load(Relaxed),
-                c.retention_pruned.load(Relaxed),
-                c.hold_failures.load(Relaxed)
-            );
+            metrics::write(&server, t, &tally).await;
+            log_policy_counts(t);
         }
         anyhow::Ok(())
     })
+}
+
+/// How often `serve` rewrites its metrics file.
+const METRICS_EVERY: Duration = Duration::from_secs(15);
+
+/// One line on stderr per session end and refusal.
+fn log_event(event: ServerEvent) {
+    match event {
+        ServerEvent::Completed {
+            session,
+            message,
+            stats,
+        } => eprintln!(
+            "fjord-recv: session {session}: {message} (resumed {} times, {} duplicate bytes dropped)",
+            stats.resumes, stats.bytes_duplicate
+        ),
+        ServerEvent::Failed { session, error } => {
+            eprintln!("fjord-recv: session {session} failed: {error}")
+        }
+        ServerEvent::Refused { remote, reason } => {
+            eprintln!("fjord-recv: refused {remote}: {reason}")
+        }
+    }
+}
+
+/// The policy's counts, at shutdown.
+fn log_policy_counts(t: &ZfsTarget) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = t.counts();
+    eprintln!(
+        "fjord-recv: policy: refused {} destroy request(s), {} rollback(s) and {} push(es) or request(s) into promoted datasets; pruned {} snapshot(s) at clients' requests and {} by retention; {} hold failure(s)",
+        c.refused_destroys.load(Relaxed),
+        c.refused_rollbacks.load(Relaxed),
+        c.refused_promoted.load(Relaxed),
+        c.client_pruned.load(Relaxed),
+        c.retention_pruned.load(Relaxed),
+        c.hold_failures.load(Relaxed)
+    );
+}
+
+/// SIGHUP: reads the config file again and, if it loads, puts its clients
+/// and policy in force for every new connection, offer and request
+/// (running transfers go on); if not, logs why (file and key) and keeps
+/// the old one. Tells systemd `RELOADING=1` first and `READY=1` after.
+/// Whether the new config was applied; none without a config file.
+async fn reload(server: &Server, setup: &Setup) -> Option<bool> {
+    let (Some(path), Some(target)) = (&setup.config_path, &setup.target) else {
+        tracing::warn!("SIGHUP ignored: without --config there is no file to reload");
+        return None;
+    };
+    fjord_cli::systemd::reloading();
+    let read = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || RecvConfig::load(&read))
+        .await
+        .map_err(|e| format!("{}: reading the config: {e}", path.display()))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let applied = match decide(&target.policy(), loaded, path) {
+        Reload::Apply { policy, changes } => {
+            let keys = policy.keys();
+            // The policy first: a newly pinned key finds its client.
+            target.replace_policy(policy);
+            server.set_allowed(keys);
+            tracing::info!(file = %path.display(), %changes, "config reloaded");
+            eprintln!("fjord-recv: reloaded {}: {changes}", path.display());
+            true
+        }
+        Reload::Reject { error } => {
+            tracing::error!(%error, "reload rejected; the previous config stays in force");
+            eprintln!("fjord-recv: reload rejected, the previous config stays in force: {error}");
+            false
+        }
+    };
+    fjord_cli::systemd::ready_again();
+    Some(applied)
 }
 
 /// Under systemd (`Type=notify`): `READY=1` now, and `WATCHDOG=1` at half

@@ -9,6 +9,7 @@
 //! promote`, `fjord:promoted`) and its children refuse every push and
 //! request ([`fjord_dr::promote::fence`]).
 
+use crate::reload::Policy;
 use bytes::Bytes;
 use fjord_config::config::{Client, RecvConfig};
 use fjord_dr::policy::{decide, Ask, Grants, Refusal};
@@ -22,10 +23,10 @@ use fjord_transport::sink::{
 };
 use fjord_zfs::props::PropSource;
 use fjord_zfs::{names, RecvProcess, RecvResult, Zfs, ZfsError};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// What the DR node refused or did on its own, for the operator (logged as
 /// it happens; read with [`ZfsTarget::counts`]).
@@ -54,9 +55,9 @@ struct Listing {
 /// State shared by the sink factory and the control handler.
 pub struct ZfsTarget {
     zfs: Zfs,
-    clients: HashMap<PublicKey, Client>,
-    /// The receiver's config: `[recv]`, `min_age`, retention.
-    config: Arc<RecvConfig>,
+    /// Each key's `[[client]]` and the receiver's config (`[recv]`,
+    /// `min_age`, retention); replaced whole by a reload (SIGHUP).
+    policy: RwLock<Arc<Policy>>,
     held_limit: u64,
     /// Datasets with a receive in progress: one stream per target at a time.
     receiving: Arc<Mutex<HashSet<String>>>,
@@ -64,18 +65,12 @@ pub struct ZfsTarget {
 }
 
 impl ZfsTarget {
-    /// A target using `zfs`, allowing `clients` (each key's `[[client]]`)
-    /// under `config`'s policy.
-    pub fn new(
-        zfs: Zfs,
-        clients: HashMap<PublicKey, Client>,
-        config: Arc<RecvConfig>,
-        held_limit: u64,
-    ) -> ZfsTarget {
+    /// A target using `zfs`, allowing `policy`'s clients (each key's
+    /// `[[client]]`) under its config.
+    pub fn new(zfs: Zfs, policy: Policy, held_limit: u64) -> ZfsTarget {
         ZfsTarget {
             zfs,
-            clients,
-            config,
+            policy: RwLock::new(Arc::new(policy)),
             held_limit,
             receiving: Arc::new(Mutex::new(HashSet::new())),
             counts: PolicyCounts::default(),
@@ -87,16 +82,41 @@ impl ZfsTarget {
         &self.counts
     }
 
-    /// Checks that `peer` may touch `dataset`; the error names both.
-    fn authorize(&self, peer: &PublicKey, dataset: &str) -> Result<&Client, String> {
-        let Some(client) = self.clients.get(peer) else {
+    /// The policy in force now (a request keeps the one it started with).
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            // A panic while swapping an Arc leaves a whole Arc behind.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `policy` in force for every offer and request from now on;
+    /// running transfers keep their sinks.
+    pub fn replace_policy(&self, policy: Policy) {
+        let new = Arc::new(policy);
+        match self.policy.write() {
+            Ok(mut p) => *p = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    fn config(&self) -> Arc<RecvConfig> {
+        self.policy().config.clone()
+    }
+
+    /// Checks that `peer` may touch `dataset` under the policy in force;
+    /// the error names both.
+    fn authorize(&self, peer: &PublicKey, dataset: &str) -> Result<Client, String> {
+        let policy = self.policy();
+        let Some(client) = policy.clients.get(peer) else {
             return Err(format!(
                 "key {peer} is not a configured client; add a [[client]] with this key"
             ));
         };
         names::check_target(dataset, &client.prefixes)
             .map_err(|e| format!("client {}: {e}", client.name))?;
-        Ok(client)
+        Ok(client.clone())
     }
 
     /// The fence: `dataset` (or, if it does not exist yet, its nearest
@@ -307,7 +327,7 @@ impl ZfsTarget {
             &grants(client),
             Ask::Destroy { dataset, snapshots },
             &listing.snapshots,
-            self.config.min_age,
+            self.config().min_age,
             now(),
         )
         .map_err(|r| {
@@ -331,7 +351,7 @@ impl ZfsTarget {
             &grants(client),
             Ask::Rollback { dataset, to: base },
             &listing.snapshots,
-            self.config.min_age,
+            self.config().min_age,
             now(),
         )
         .map_err(|r| {
@@ -400,14 +420,14 @@ impl ZfsTarget {
         listing: &Listing,
         dry_run: bool,
     ) -> Result<Vec<String>, SinkError> {
-        let Some(keep) = self.config.retention_for(client, dataset) else {
+        let Some(keep) = self.config().retention_for(client, dataset) else {
             return Ok(Vec::new());
         };
         let doomed = retention::plan(
             &listing.snapshots,
             &client.snapshot_prefix,
             &keep,
-            self.config.min_age,
+            self.config().min_age,
             now(),
         );
         if !dry_run {
@@ -427,7 +447,8 @@ impl ZfsTarget {
     /// Datasets with a receive in progress are skipped.
     pub async fn prune_all(&self, dry_run: bool) -> Result<Vec<(String, Vec<String>)>, String> {
         let mut report = Vec::new();
-        let mut clients: Vec<&Client> = self.clients.values().collect();
+        let policy = self.policy();
+        let mut clients: Vec<&Client> = policy.clients.values().collect();
         clients.sort_by(|a, b| a.name.cmp(&b.name));
         for client in clients {
             for prefix in &client.prefixes {
@@ -532,7 +553,7 @@ impl SinkFactory for SharedTarget {
         })?;
         let force = offer.flags & offer_flags::FORCE_ROLLBACK != 0;
         let handle = tokio::runtime::Handle::current();
-        handle.block_on(t.fence(client, &offer.dataset))?;
+        handle.block_on(t.fence(&client, &offer.dataset))?;
         if !t.receiving().insert(offer.dataset.clone()) {
             return Err(SinkError::Busy(format!(
                 "a stream into {} is already being received",
@@ -554,9 +575,9 @@ impl SinkFactory for SharedTarget {
             names::validate_snapshot_short_name(base).map_err(|e| {
                 SinkError::refused(RefuseCode::BadDataset, format!("base snapshot: {e}"))
             })?;
-            handle.block_on(t.rollback(client, &offer.dataset, base))?;
+            handle.block_on(t.rollback(&client, &offer.dataset, base))?;
         }
-        let spec = t.config.recv.spec(&offer.dataset, force);
+        let spec = t.config().recv.spec(&offer.dataset, force);
         let target = format!("{}@{short}", offer.dataset);
         let child = t.zfs.spawn_recv(&spec).map_err(|e| match zfs_failure(e) {
             SinkError::Downstream { status, stderr, .. } => SinkError::Downstream {
@@ -583,7 +604,7 @@ impl SinkFactory for SharedTarget {
             commit: Some(AfterCommit {
                 handle,
                 target: t.clone(),
-                client: client.clone(),
+                client,
                 dataset: offer.dataset.clone(),
             }),
             _guard: guard,
@@ -608,7 +629,7 @@ impl Control for SharedTarget {
                 // a promotion decides about an earlier one itself (the same
                 // recovery point again finishes it; another is refused)
                 Request::ChunkInventory { .. } | Request::Promote { .. } => Ok(()),
-                other => t.fence(client, other.dataset()).await,
+                other => t.fence(&client, other.dataset()).await,
             };
             if let Err(e) = fenced {
                 return Response::Failed {
@@ -625,11 +646,11 @@ impl Control for SharedTarget {
                     .await
                     .map(|message| Response::Done { message }),
                 Request::DestroySnapshots { dataset, snapshots } => t
-                    .destroy(client, &dataset, &snapshots)
+                    .destroy(&client, &dataset, &snapshots)
                     .await
                     .map(|message| Response::Done { message }),
                 Request::Promote { dataset, snapshot } => t
-                    .promote(client, &dataset, &snapshot)
+                    .promote(&client, &dataset, &snapshot)
                     .await
                     .map(|message| Response::Done { message }),
                 // The server answers these from its chunk cache.
@@ -858,7 +879,7 @@ mod tests {
 
     /// A target running `zfs` as `zfs`.
     fn target_with(client: PublicKey, zfs: Zfs) -> SharedTarget {
-        let mut clients = HashMap::new();
+        let mut clients = std::collections::HashMap::new();
         let config = RecvConfig::from_toml(
             std::path::Path::new("recv.toml"),
             r#"
@@ -872,12 +893,11 @@ prefixes = ["backup/oslo"]
         )
         .expect("config");
         clients.insert(client, config.clients[0].clone());
-        SharedTarget(Arc::new(ZfsTarget::new(
-            zfs,
+        let policy = Policy {
             clients,
-            Arc::new(config),
-            1 << 20,
-        )))
+            config: Arc::new(config),
+        };
+        SharedTarget(Arc::new(ZfsTarget::new(zfs, policy, 1 << 20)))
     }
 
     fn offer(dataset: &str) -> Offer {

@@ -17,6 +17,7 @@
 //! - [`tripwire`]: the ransomware tripwire (stream meter, verdict, alarm).
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod dataset;
 pub mod dr_node;
 pub mod edge;

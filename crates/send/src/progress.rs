@@ -1,97 +1,119 @@
-//! A one-line progress display on a terminal: bytes, rate and ETA of each
-//! running transfer. Nothing is drawn when stderr is not a terminal (cron).
+//! Progress bars on a terminal (indicatif): one bar per running transfer,
+//! bytes acknowledged by the DR node out of `zfs send -nP`'s estimate, the
+//! rate and the ETA. Nothing is drawn when stderr is not a terminal
+//! (cron, systemd) or when the caller disables it (`--json`, `--dry-run`).
 
 use fjord_transport::client::Counters;
-use std::io::{IsTerminal, Write};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Transfer {
-    name: String,
-    counters: Arc<Counters>,
-    estimate: Option<u64>,
-    started: Instant,
+/// A bar with a known total: `tank/home [####    ] 10.0 MiB/40.0 MiB 5.0 MiB/s ETA 6s`.
+const WITH_TOTAL: &str =
+    "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}";
+/// Without an estimate (`zfs send -nP` gave none): bytes and rate only.
+const WITHOUT_TOTAL: &str = "{prefix} {binary_bytes} {binary_bytes_per_sec}";
+
+/// The style of a bar, from whether the transfer's size is known.
+fn style(estimate: Option<u64>) -> ProgressStyle {
+    let template = if estimate.is_some() {
+        WITH_TOTAL
+    } else {
+        WITHOUT_TOTAL
+    };
+    // Both templates are constants checked by the tests.
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("#>-")
 }
 
-/// The running transfers, redrawn twice a second by [`Progress::spawn`].
-#[derive(Clone, Default)]
+/// Each running transfer's bar and the counters it follows.
+type Bars = Vec<(ProgressBar, Arc<Counters>)>;
+
+/// The running transfers' bars, updated twice a second by
+/// [`Progress::spawn`].
+#[derive(Clone)]
 pub struct Progress {
-    transfers: Arc<Mutex<Vec<Transfer>>>,
+    multi: MultiProgress,
+    bars: Arc<Mutex<Bars>>,
 }
 
-/// Removes its transfer from the display when dropped.
+/// Removes its transfer's bar when dropped.
 pub struct ProgressEntry {
     progress: Progress,
+    bar: ProgressBar,
     counters: Arc<Counters>,
 }
 
 impl Drop for ProgressEntry {
     fn drop(&mut self) {
+        self.bar.finish_and_clear();
         self.progress
             .lock()
-            .retain(|t| !Arc::ptr_eq(&t.counters, &self.counters));
+            .retain(|(_, c)| !Arc::ptr_eq(c, &self.counters));
+        self.progress.multi.remove(&self.bar);
     }
-}
-
-/// Formats bytes with a binary unit.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// One transfer's line: `name 12.0 MiB/40.0 MiB 30% 5.1 MiB/s ETA 6s`.
-pub fn render(name: &str, done: u64, estimate: Option<u64>, elapsed: Duration) -> String {
-    let secs = elapsed.as_secs_f64().max(0.001);
-    let rate = done as f64 / secs;
-    let mut line = format!("{name} {}", human_bytes(done));
-    if let Some(total) = estimate.filter(|t| *t > 0) {
-        let pct = (done as f64 * 100.0 / total as f64).min(100.0);
-        line += &format!("/{} {pct:.0}%", human_bytes(total));
-        if rate > 0.0 && done < total {
-            line += &format!(" ETA {:.0}s", (total - done) as f64 / rate);
-        }
-    }
-    line + &format!(" {}/s", human_bytes(rate as u64))
 }
 
 impl Progress {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Transfer>> {
-        self.transfers.lock().unwrap_or_else(|p| p.into_inner())
+    /// Bars drawn on stderr when `enabled` and stderr is a terminal;
+    /// otherwise kept but never drawn.
+    pub fn new(enabled: bool) -> Progress {
+        let target = if enabled && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Progress::with_target(target)
     }
 
-    /// Shows a transfer until the returned entry is dropped.
+    fn with_target(target: ProgressDrawTarget) -> Progress {
+        Progress {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bars> {
+        self.bars.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shows a transfer of about `estimate` bytes until the returned entry
+    /// is dropped.
     pub fn add(
         &self,
         name: String,
         counters: Arc<Counters>,
         estimate: Option<u64>,
     ) -> ProgressEntry {
-        self.lock().push(Transfer {
-            name,
-            counters: counters.clone(),
-            estimate,
-            started: Instant::now(),
-        });
+        let bar = match estimate {
+            Some(total) => ProgressBar::new(total),
+            None => ProgressBar::no_length(),
+        };
+        bar.set_style(style(estimate));
+        bar.set_prefix(name);
+        let bar = self.multi.add(bar);
+        self.lock().push((bar.clone(), counters.clone()));
         ProgressEntry {
             progress: self.clone(),
+            bar,
             counters,
         }
     }
 
-    /// Redraws on stderr while `enabled` and stderr is a terminal.
-    pub fn spawn(&self, enabled: bool) -> Option<tokio::task::JoinHandle<()>> {
-        if !enabled || !std::io::stderr().is_terminal() {
+    /// Moves every bar to its transfer's acknowledged bytes.
+    fn refresh(&self) {
+        for (bar, counters) in self.lock().iter() {
+            bar.set_position(counters.acked.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Updates the bars twice a second until the handle is given to
+    /// [`Progress::clear`]; `None` when nothing is drawn.
+    pub fn spawn(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.multi.is_hidden() {
             return None;
         }
         let me = self.clone();
@@ -99,34 +121,17 @@ impl Progress {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                let line = me
-                    .lock()
-                    .iter()
-                    .map(|t| {
-                        render(
-                            &t.name,
-                            t.counters.acked.load(Ordering::Relaxed),
-                            t.estimate,
-                            t.started.elapsed(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" | ");
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "\r\x1b[2K{line}");
-                let _ = err.flush();
+                me.refresh();
             }
         }))
     }
 
-    /// Clears the line (call after the transfers end).
-    pub fn clear(handle: Option<tokio::task::JoinHandle<()>>) {
+    /// Stops updating and clears the bars (call after the transfers end).
+    pub fn clear(&self, handle: Option<tokio::task::JoinHandle<()>>) {
         if let Some(h) = handle {
             h.abort();
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
         }
+        let _ = self.multi.clear();
     }
 }
 
@@ -135,15 +140,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_show_size_percentage_eta_and_rate() {
-        let l = render(
-            "tank/home",
-            10 << 20,
-            Some(40 << 20),
-            Duration::from_secs(2),
-        );
-        assert_eq!(l, "tank/home 10.0 MiB/40.0 MiB 25% ETA 6s 5.0 MiB/s");
-        let l = render("x", 512, None, Duration::from_secs(1));
-        assert_eq!(l, "x 512 B 512 B/s");
+    fn both_templates_parse() {
+        assert!(ProgressStyle::with_template(WITH_TOTAL).is_ok());
+        assert!(ProgressStyle::with_template(WITHOUT_TOTAL).is_ok());
+    }
+
+    #[test]
+    fn a_bar_per_transfer_follows_the_acknowledged_bytes_and_goes_when_dropped() {
+        let p = Progress::with_target(ProgressDrawTarget::hidden());
+        let a = Arc::new(Counters::default());
+        let b = Arc::new(Counters::default());
+        let ea = p.add("tank/a".into(), a.clone(), Some(40 << 20));
+        let eb = p.add("tank/b".into(), b.clone(), None);
+        a.acked.store(10 << 20, Ordering::Relaxed);
+        b.acked.store(512, Ordering::Relaxed);
+        p.refresh();
+        assert_eq!(ea.bar.position(), 10 << 20);
+        assert_eq!(ea.bar.length(), Some(40 << 20));
+        assert_eq!(eb.bar.position(), 512);
+        assert_eq!(eb.bar.length(), None);
+        assert_eq!(ea.bar.prefix(), "tank/a");
+        drop(ea);
+        assert_eq!(p.lock().len(), 1);
+        assert_eq!(p.lock()[0].0.prefix(), "tank/b");
+        drop(eb);
+        assert!(p.lock().is_empty());
+    }
+
+    #[test]
+    fn nothing_is_drawn_off_a_terminal_or_when_disabled() {
+        // Tests run with stderr captured, not a terminal.
+        assert!(Progress::new(true).spawn().is_none());
+        assert!(Progress::new(false).spawn().is_none());
     }
 }

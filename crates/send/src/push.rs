@@ -153,7 +153,7 @@ async fn run_one(
     job: &Job,
     server_key: PublicKey,
 ) -> JobOutcome {
-    let progress = Progress::default();
+    let progress = Progress::new(!args.dry_run && !args.json);
     let mut dr = dr_node(identity, job, server_key);
     let shown = progress.clone();
     let watch: WatchTransfer = Arc::new(move |name, counters, estimate| {
@@ -171,9 +171,9 @@ async fn run_one(
         },
         hooks: Arc::new(fjord_replicate::edge::CommandHooks::new(&job.hooks)),
     });
-    let drawing = progress.spawn(!args.dry_run && !args.json);
+    let drawing = progress.spawn();
     let outcome = run_job(ctx, state).await;
-    Progress::clear(drawing);
+    progress.clear(drawing);
     outcome
 }
 

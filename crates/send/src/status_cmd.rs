@@ -2,11 +2,13 @@
 //! status files `push` writes in the config's state_dir.
 
 use anyhow::anyhow;
+use fjord_cli::CheckLevel;
 use fjord_cli::Failure;
 use fjord_config::config::SendConfig;
+use fjord_replicate::check::{check_line, LagThresholds, Level, NEVER, UNREADABLE};
 use fjord_replicate::status::{self, JobStatus};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Show each job's last push, its replication lag and whether it is healthy.
 ///
@@ -24,7 +26,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Exit status: 0 every configured job's last push succeeded; 4 a job's
 /// last push failed, its status file is unreadable, it never ran, or a
 /// tripwire alarm waits (the table and --json alike); 5 the config is
-/// invalid.
+/// invalid. With --check, the Nagios plugin convention instead (as
+/// `fjord-recv status --check`): one line on stdout, and 0 ok, 1 warning
+/// (a lag past --warn-lag, a failed last push), 2 critical (a lag past
+/// --crit-lag, a job that never ran or diverged), 3 unknown (the config
+/// or a status file unreadable).
+///
+/// Example (Nagios/Icinga, or a systemd timer):
+///   fjord-send status --config /etc/fjord/send.toml --check --warn-lag 30m --crit-lag 2h
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -34,8 +43,17 @@ pub struct Args {
     /// Print JSON instead of a table: an array with one status object per
     /// configured job (`"last_result": "never"` for a job that never ran,
     /// `"unreadable"` for one whose status file cannot be read).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     json: bool,
+    /// Monitoring mode: one line and a Nagios exit code (0/1/2/3).
+    #[arg(long)]
+    check: bool,
+    /// With --check: a replication lag longer than this is a warning.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = fjord_cli::parse_duration)]
+    warn_lag: Duration,
+    /// With --check: a replication lag longer than this is critical.
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = fjord_cli::parse_duration)]
+    crit_lag: Duration,
 }
 
 /// Each job's status as JSON with its waiting tripwire alarms
@@ -113,11 +131,6 @@ fn age(now: i64, t: Option<i64>) -> String {
     }
 }
 
-/// `last_result` of a job without a status file.
-const NEVER: &str = "never";
-/// `last_result` of a job whose status file cannot be read.
-const UNREADABLE: &str = "unreadable";
-
 /// A configured job's status: its file's, or a stand-in that says why
 /// there is none, in the same shape (so that `--json` lists every job).
 fn job_status(state_dir: &std::path::Path, job: &str) -> JobStatus {
@@ -141,7 +154,19 @@ fn job_status(state_dir: &std::path::Path, job: &str) -> JobStatus {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let config = SendConfig::load(&args.config).map_err(Failure::config)?;
+    let config = match SendConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) if args.check => {
+            println!("FJORD-SEND UNKNOWN - {e}");
+            return Err(Failure::Check(CheckLevel::Unknown, anyhow!(e)));
+        }
+        Err(e) => return Err(Failure::config(e)),
+    };
+    if args.warn_lag > args.crit_lag {
+        return Err(Failure::config(anyhow!(
+            "--warn-lag must not be longer than --crit-lag"
+        )));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -151,6 +176,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .iter()
         .map(|job| job_status(&config.state_dir, &job.name))
         .collect();
+    if args.check {
+        return check(&all, &args, now);
+    }
     let alarms: Vec<_> = config
         .jobs
         .iter()
@@ -205,4 +233,21 @@ pub fn run(args: Args) -> Result<(), Failure> {
             unhealthy.join("; ")
         )))
     }
+}
+
+/// `--check`: prints the one line and maps the verdict to the exit code.
+fn check(all: &[JobStatus], args: &Args, now: i64) -> Result<(), Failure> {
+    let thresholds = LagThresholds {
+        warn: args.warn_lag,
+        crit: args.crit_lag,
+    };
+    let (level, line) = check_line(all, &thresholds, now);
+    println!("{line}");
+    let level = match level {
+        Level::Ok => return Ok(()),
+        Level::Warning => CheckLevel::Warning,
+        Level::Unknown => CheckLevel::Unknown,
+        Level::Critical => CheckLevel::Critical,
+    };
+    Err(Failure::Check(level, anyhow!(line)))
 }

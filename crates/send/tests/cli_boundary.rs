@@ -126,3 +126,58 @@ fn an_unreadable_key_is_an_io_error_said_once() {
     assert_eq!(e.matches(&enoent).count(), 1, "said once: {e}");
     assert!(e.contains("/nonexistent/send.key"), "{e}");
 }
+
+/// `status --check`: one line on stdout and the Nagios exit code, from the
+/// status files `push` writes.
+#[test]
+fn status_check_is_nagios_shaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let check = |extra: &[&str]| {
+        let mut args = vec!["status", "--config", &config, "--check"];
+        args.extend_from_slice(extra);
+        let out = fjord_send(&args);
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(line.lines().count(), 1, "one line: {line}");
+        (out.status.code(), line.trim().to_string())
+    };
+    // Neither job ever ran: no DR copy, critical.
+    let (code, line) = check(&[]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(
+        line.starts_with("FJORD-SEND CRITICAL - 2 of 2 jobs: home: never ran"),
+        "{line}"
+    );
+    // Both pushed; the newest replicated snapshot is 45 minutes old.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    for job in ["home", "db"] {
+        let status = serde_json::json!({
+            "job": job, "last_attempt": now - 60, "last_success": now - 60,
+            "last_result": "ok", "last_error": null, "bytes": 1, "bytes_resent": 0,
+            "duration_secs": 1.0, "newest_replicated_snapshot_time": now - 2700,
+        });
+        std::fs::write(
+            dir.path().join(format!("{job}.status.json")),
+            status.to_string(),
+        )
+        .expect("status file");
+    }
+    let (code, line) = check(&[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with("FJORD-SEND WARNING - 2 of 2 jobs: home: lag 45m > 30m"),
+        "{line}"
+    );
+    let (code, line) = check(&["--warn-lag", "1h"]);
+    assert_eq!(code, Some(0), "{line}");
+    assert_eq!(line, "FJORD-SEND OK - 2 jobs, largest lag 45m");
+    let (code, line) = check(&["--warn-lag", "10m", "--crit-lag", "40m"]);
+    assert_eq!(code, Some(2), "{line}");
+    // The check cannot run: unknown.
+    let out = fjord_send(&["status", "--config", "/nonexistent/send.toml", "--check"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("FJORD-SEND UNKNOWN - "));
+}

@@ -29,6 +29,7 @@ use fjord_proto::message::{SessionId, MAX_INVENTORY};
 use fjord_proto::PublicKey;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,8 +55,35 @@ fn lock(cache: &SharedCache) -> MutexGuard<'_, DiskChunkCache> {
     cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the chunk caches hold and did since the start, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkCacheStats {
+    /// Bytes of chunks kept, over the caches opened since the start.
+    pub bytes: u64,
+    /// Chunks kept, over the same caches.
+    pub chunks: u64,
+    /// References resolved from a cache (chunks not sent again).
+    pub hits: u64,
+    /// Their bytes.
+    pub hit_bytes: u64,
+    /// Chunks sent in full and stored (the misses).
+    pub stored: u64,
+    /// Their bytes.
+    pub stored_bytes: u64,
+}
+
+/// Hits and stores since the start, shared by every transfer's store.
+#[derive(Debug, Default)]
+struct Tally {
+    hits: AtomicU64,
+    hit_bytes: AtomicU64,
+    stored: AtomicU64,
+    stored_bytes: AtomicU64,
+}
+
 /// The caches of every sender key, opened on first use.
 pub struct ChunkCaches {
+    tally: Arc<Tally>,
     opts: ChunkCacheOptions,
     /// How long an inventory's promise waits for its transfer.
     lease_ttl: Duration,
@@ -72,6 +100,7 @@ impl ChunkCaches {
     /// within `lease_ttl` is withdrawn.
     pub fn new(opts: ChunkCacheOptions, lease_ttl: Duration) -> ChunkCaches {
         ChunkCaches {
+            tally: Arc::default(),
             opts,
             lease_ttl,
             open: Mutex::new(HashMap::new()),
@@ -92,6 +121,32 @@ impl ChunkCaches {
         self.max_unclaimed = per_client;
         self.counters = Some(counters);
         self
+    }
+
+    /// The caches' size and their hits and stores since the start.
+    pub fn stats(&self) -> ChunkCacheStats {
+        let open: Vec<SharedCache> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let (mut bytes, mut chunks) = (0, 0);
+        for cache in &open {
+            let c = lock(cache);
+            bytes += c.used();
+            chunks += c.len() as u64;
+        }
+        let t = &self.tally;
+        ChunkCacheStats {
+            bytes,
+            chunks,
+            hits: t.hits.load(Ordering::Relaxed),
+            hit_bytes: t.hit_bytes.load(Ordering::Relaxed),
+            stored: t.stored.load(Ordering::Relaxed),
+            stored_bytes: t.stored_bytes.load(Ordering::Relaxed),
+        }
     }
 
     fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
@@ -179,6 +234,7 @@ impl ChunkCaches {
         Ok(LeasedStore {
             cache,
             lease: claimed.then_some(session.0),
+            tally: self.tally.clone(),
         })
     }
 }
@@ -187,15 +243,28 @@ impl ChunkCaches {
 pub struct LeasedStore {
     cache: SharedCache,
     lease: Option<LeaseId>,
+    tally: Arc<Tally>,
 }
 
 impl ChunkStore for LeasedStore {
     fn get(&mut self, hash: &ChunkHash, len: usize) -> Result<Option<Bytes>, CacheError> {
-        lock(&self.cache).get(hash, len)
+        let found = lock(&self.cache).get(hash, len)?;
+        if let Some(b) = &found {
+            self.tally.hits.fetch_add(1, Ordering::Relaxed);
+            self.tally
+                .hit_bytes
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        Ok(found)
     }
 
     fn put(&mut self, hash: &ChunkHash, data: &[u8]) -> Result<(), CacheError> {
-        lock(&self.cache).put(hash, data)
+        lock(&self.cache).put(hash, data)?;
+        self.tally.stored.fetch_add(1, Ordering::Relaxed);
+        self.tally
+            .stored_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -244,6 +313,10 @@ mod tests {
         );
         let cache = caches.for_peer(&alice).expect("open");
         assert_eq!(lock(&cache).pinned(), 4096);
+        let stats = caches.stats();
+        assert_eq!((stats.stored, stats.stored_bytes), (1, 4096));
+        assert_eq!((stats.hits, stats.hit_bytes), (1, 4096));
+        assert_eq!((stats.chunks, stats.bytes), (1, 4096));
         drop(store);
         assert_eq!(lock(&cache).pinned(), 0, "the lease ended with the store");
     }

@@ -109,8 +109,10 @@ pub(crate) async fn serve_requests(
                 Request::ChunkInventory { session } => chunk_inventory(shared, key, session).await,
                 request => shared.control.handle(key, request).await,
             };
-            if let Response::Failed { message, .. } = &response {
+            if let Response::Failed { code, message } = &response {
                 warn!(sender = %key, error = %message, "control request failed");
+                let label = crate::server::refusals::label(*code);
+                shared.refusals.note(label, Some(*key));
             }
             response
         }

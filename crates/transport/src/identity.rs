@@ -13,7 +13,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use thiserror::Error;
 
 /// Problems with keys and key files.
@@ -188,7 +188,7 @@ impl Identity {
     pub fn client_tls(&self, server_key: PublicKey) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier = Arc::new(PinnedKeys {
-            allowed: vec![server_key],
+            allowed: AllowedKeys::new(vec![server_key]),
             provider: provider.clone(),
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -203,11 +203,9 @@ impl Identity {
     }
 
     /// rustls server configuration: present our certificate, require a
-    /// client certificate whose key is one of `allowed`.
-    pub fn server_tls(
-        &self,
-        allowed: Vec<PublicKey>,
-    ) -> Result<rustls::ServerConfig, IdentityError> {
+    /// client certificate whose key is one of `allowed` at the time of
+    /// the handshake (see [`AllowedKeys::replace`]).
+    pub fn server_tls(&self, allowed: AllowedKeys) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = provider();
         let verifier = Arc::new(PinnedKeys {
             allowed,
@@ -237,10 +235,45 @@ pub fn peer_key(identity: Option<Box<dyn std::any::Any>>) -> Option<PublicKey> {
     key_of_certificate(certs.first()?)
 }
 
+/// The pinned keys a server accepts, shared with its TLS verifier so
+/// that a reload changes them for the next handshake (connections open
+/// already are not affected; the server checks every new stream).
+#[derive(Clone, Debug, Default)]
+pub struct AllowedKeys(Arc<RwLock<Arc<Vec<PublicKey>>>>);
+
+impl AllowedKeys {
+    /// Exactly `keys`.
+    pub fn new(keys: Vec<PublicKey>) -> AllowedKeys {
+        AllowedKeys(Arc::new(RwLock::new(Arc::new(keys))))
+    }
+
+    /// The keys in force now.
+    pub fn get(&self) -> Arc<Vec<PublicKey>> {
+        match self.0.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// True when `key` is pinned now.
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.get().contains(key)
+    }
+
+    /// Pins exactly `keys` from now on.
+    pub fn replace(&self, keys: Vec<PublicKey>) {
+        let keys = Arc::new(keys);
+        match self.0.write() {
+            Ok(mut k) => *k = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+    }
+}
+
 /// A verifier that accepts exactly the pinned keys (both directions).
 #[derive(Debug)]
 struct PinnedKeys {
-    allowed: Vec<PublicKey>,
+    allowed: AllowedKeys,
     provider: Arc<CryptoProvider>,
 }
 
@@ -462,11 +495,15 @@ mod tests {
         let a = Identity::generate().unwrap();
         let b = Identity::generate().unwrap();
         let v = PinnedKeys {
-            allowed: vec![a.public_key()],
+            allowed: AllowedKeys::new(vec![a.public_key()]),
             provider: provider(),
         };
         assert!(v.check(&a.cert).is_ok());
         assert!(v.check(&b.cert).is_err());
         assert!(v.check(&CertificateDer::from(vec![0u8; 10])).is_err());
+        // A reload: b pinned instead of a, for the next handshake.
+        v.allowed.replace(vec![b.public_key()]);
+        assert!(v.check(&a.cert).is_err());
+        assert!(v.check(&b.cert).is_ok());
     }
 }

@@ -17,13 +17,14 @@
 //! replaces that key's detached session of the dataset (its sink aborted
 //! and dropped before the new one is opened).
 
+pub mod refusals;
 mod session;
 mod table;
 
 use crate::chunk_cache::{ChunkCacheOptions, ChunkCaches};
 use crate::config::LinkConfig;
 use crate::control::{Control, NoControl};
-use crate::identity::{peer_key, Identity, IdentityError};
+use crate::identity::{peer_key, AllowedKeys, Identity, IdentityError};
 use crate::sink::SinkFactory;
 use fjord_proto::admission::{Admission, Limits, ServerCounters};
 use fjord_proto::message::{
@@ -162,7 +163,8 @@ impl Server {
         opts.limits
             .validate(opts.link.stream_window())
             .map_err(setup)?;
-        let tls = identity.server_tls(opts.allowed.clone())?;
+        let allowed = AllowedKeys::new(opts.allowed.clone());
+        let tls = identity.server_tls(allowed.clone())?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| setup(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -202,6 +204,8 @@ impl Server {
             ),
             counters,
             events: tx,
+            allowed,
+            refusals: Default::default(),
         });
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         tokio::spawn(reaper(shared.clone()));
@@ -235,6 +239,23 @@ impl Server {
     /// The refusal and session-end counters, live (for status and metrics).
     pub fn counters(&self) -> Arc<ServerCounters> {
         self.shared.counters.clone()
+    }
+
+    /// The chunk caches' size, hits and stores; none without a cache.
+    pub fn chunk_cache_stats(&self) -> Option<crate::chunk_cache::ChunkCacheStats> {
+        self.shared.caches.as_ref().map(|c| c.stats())
+    }
+
+    /// Every refusal so far, by code and key (for metrics).
+    pub fn refusals(&self) -> Vec<refusals::RefusalCount> {
+        self.shared.refusals.snapshot()
+    }
+
+    /// Pins exactly `keys` from now on (a reload): a new connection must
+    /// present one of them, and a new stream of a connection whose key is
+    /// no longer pinned is refused. Running transfers go on.
+    pub fn set_allowed(&self, keys: Vec<PublicKey>) {
+        self.shared.allowed.replace(keys);
     }
 
     /// Stops accepting and closes every connection.
@@ -286,6 +307,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     Err(e) if is_tls_failure(&e) => {
                         warn!(error = %e, "handshake refused (key not pinned, or not fjord)");
                         ServerCounters::bump(&shared.counters.refused_other);
+                        shared.refusals.note(refusals::NOT_PINNED.into(), None);
                         let _ = shared.events.send(ServerEvent::Refused {
                             remote,
                             reason: e.to_string(),
@@ -419,6 +441,10 @@ pub(super) async fn refuse_stream(
 ) {
     let _ = write(send, &msg).await;
     let _ = send.finish();
+    if let SessionError::Refused { code, .. } = &err {
+        let key = peer_key(conn.peer_identity());
+        shared.refusals.note(refusals::label(*code), key);
+    }
     let reason = err.to_string();
     if let Some(counter) = counter {
         ServerCounters::bump(counter);
@@ -535,6 +561,12 @@ async fn serve_stream(
     let Handshake::AwaitOffer { version } = hs else {
         return;
     };
+    if !shared.allowed.contains(&key) {
+        let why = format!("key {key} is no longer a configured client of this receiver");
+        let (m, err) = *refuse(RefuseCode::Policy, why);
+        refuse_stream(conn, &mut send, shared, other, m, err).await;
+        return;
+    }
     let first = tokio::time::timeout_at(deadline, read_message(&mut recv, &mut reader)).await;
     let offer = match first {
         Ok(Ok(Message::Offer(o))) => o,

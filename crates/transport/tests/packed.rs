@@ -231,6 +231,12 @@ async fn blocks_a_past_transfer_brought_cost_only_references() {
         second.len()
     );
     assert!(stored(rx.dir.path(), "backup/second") == Some(second.clone()));
+    // The metrics' view: 32 hits (the references), 33 blocks stored in all.
+    let stats = rx.server.chunk_cache_stats().expect("a cache");
+    assert_eq!((stats.hits, stats.hit_bytes), (32, 32 << 17), "{stats:?}");
+    assert_eq!(stats.stored, 33, "{stats:?}");
+    assert_eq!(stats.chunks, 33, "{stats:?}");
+    assert!(stats.bytes >= 33 << 17, "{stats:?}");
     // The receiver's copies are its owner's only: the chunk cache's
     // directories 0700 and chunks 0600, the stored streams 0600.
     #[cfg(unix)]

@@ -6,6 +6,7 @@
 use super::ServerEvent;
 use crate::chunk_cache::ChunkCaches;
 use crate::control::Control;
+use crate::identity::AllowedKeys;
 use crate::sink::SinkFactory;
 use crate::threaded::ThreadedSink;
 use fjord_proto::admission::{
@@ -193,6 +194,11 @@ pub(crate) struct Shared {
     pub(crate) admission: Admission,
     pub(crate) counters: Arc<ServerCounters>,
     pub(super) events: mpsc::UnboundedSender<ServerEvent>,
+    /// The pinned keys, shared with the TLS verifier; a key removed by a
+    /// reload is refused on every new stream of a connection it still has.
+    pub(super) allowed: AllowedKeys,
+    /// Refusals by code and key.
+    pub(crate) refusals: super::refusals::Refusals,
 }
 
 impl Shared {
@@ -245,6 +251,10 @@ impl Shared {
             &self.counters.refused_busy
         };
         ServerCounters::bump(counter);
+        self.refusals.note(
+            super::refusals::label(fjord_proto::message::RefuseCode::Busy),
+            Some(*key),
+        );
         if busy.is_limit() {
             warn!(sender = %key, reason = %busy, "{what} answered busy: at a limit");
         } else {
