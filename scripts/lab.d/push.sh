@@ -1433,13 +1433,19 @@ connection = 'host=$psock port=55442 user=postgres dbname=postgres'"
     lab_assert_eq gd-switch-steps "stop_writes final_push promote_target demote_source" \
         "$(jq -r '[.steps[] | select(.done) | .step] | join(" ")' "$R/gd-switch.json" 2>/dev/null)"
     lab_assert_eq gd-switch-same-final "$(jq -r .final_snapshot "$R/gd-switch.json" 2>/dev/null)" "$(newest src/data | sed 's/.*@//')"
-    lab_assert_eq gd-switch-dr-demoted "on no" "$(zfs get -H -o value readonly,mounted dst/backup/data | tr '\n' ' ' | sed 's/ $//')"
+    lab_assert_eq gd-switch-dr-demoted "on noauto" "$(zfs get -H -o value readonly,canmount dst/backup/data | tr '\n' ' ' | sed 's/ $//')"
+    lab_assert gd-switch-dr-marked sh -c "zfs get -H -o value fjord:demoted dst/backup/data | grep -q ' @$(jq -r .final_snapshot "$R/gd-switch.json" 2>/dev/null)\$'"
     lab_assert_eq gd-switch-dr-unfenced "-" "$(zfs get -H -o value fjord:promoted dst/backup/data)"
     rc=0
     ip netns exec dr timeout 600 "$send" switchover --config "$work/fb-send.toml" --job back --json >"$R/gd-switch-again.json" 2>/dev/null || rc=$?
     lab_assert_eq gd-switch-again "0 already_done" "$rc $(jq -r .result "$R/gd-switch-again.json" 2>/dev/null)"
     kill "$fbpid" 2>/dev/null || true
     wait "$fbpid" 2>/dev/null || true
+    # The switchover's mount (by the receiver) and unmount (by the sender) ran under `ip netns
+    # exec`, which gives each its own mount namespace: repeat them in this one
+    zfs unmount dst/backup/data 2>/dev/null || true
+    [[ $(zfs get -H -o value mounted src/data) == yes ]] || zfs mount src/data
+    [[ $(zfs get -H -o value mounted src/data/child) == yes ]] || zfs mount src/data/child || true
     rc=0
     pg_start "$pdir" "$psock" 55442 >/dev/null || rc=$?
     lab_assert_eq gd-switch-pg-starts 0 "$rc"

@@ -85,12 +85,7 @@ struct Done {
 pub fn run(args: Args) -> Result<(), Failure> {
     fjord_zfs::names::validate_dataset(&args.dataset)
         .map_err(|e| Failure::job_failed(anyhow!("DATASET: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(Failure::Io)?;
-    runtime.block_on(demote_tree(args))
+    crate::rt::block_on(demote_tree(args)).map_err(Failure::Io)?
 }
 
 async fn demote_tree(args: Args) -> Result<(), Failure> {

@@ -12,6 +12,7 @@ mod metrics;
 mod promote;
 mod prune;
 mod reload;
+mod rt;
 mod serve;
 mod status;
 mod unpack;

@@ -110,12 +110,7 @@ struct Done {
 pub fn run(args: Args) -> Result<(), Failure> {
     fjord_zfs::names::validate_dataset(&args.dataset)
         .map_err(|e| Failure::job_failed(anyhow!("DATASET: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(Failure::Io)?;
-    runtime.block_on(promote_tree(args))
+    crate::rt::block_on(promote_tree(args)).map_err(Failure::Io)?
 }
 
 async fn promote_tree(args: Args) -> Result<(), Failure> {

@@ -1,7 +1,7 @@
 //! `fjord-recv prune`: the DR node's own retention, from cron or by hand.
 
 use crate::zfs_target::ZfsTarget;
-use anyhow::Context;
+
 use fjord_cli::Failure;
 use fjord_config::config::RecvConfig;
 use fjord_zfs::Zfs;
@@ -46,12 +46,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn prune(args: &Args, target: ZfsTarget) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let report = runtime
-        .block_on(target.prune_all(args.dry_run))
+    let report = crate::rt::block_on(target.prune_all(args.dry_run))?
         .map_err(|e| anyhow::anyhow!("pruning: {e}"))?;
     if args.json {
         let datasets: Vec<_> = report

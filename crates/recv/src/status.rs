@@ -163,11 +163,7 @@ fn print_table(statuses: &[DatasetStatus]) {
 
 /// Every dataset under every client's prefixes, as `zfs` shows it.
 fn observe(config: &RecvConfig) -> anyhow::Result<Vec<Observation>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    crate::rt::block_on(async {
         let zfs = Zfs::new();
         let mut out = Vec::new();
         let mut clients: Vec<_> = config.clients.iter().collect();
@@ -200,5 +196,5 @@ fn observe(config: &RecvConfig) -> anyhow::Result<Vec<Observation>> {
             }
         }
         anyhow::Ok(out)
-    })
+    })?
 }
