@@ -262,9 +262,7 @@ pub const EXCLUDED_PROPS: &[&str] = &["reservation", "refreservation", "quota", 
 /// fences a copy, a demotion stops its pushes), and a sender that could
 /// carry them (`zfs send -p` of a dataset promoted or demoted on its own
 /// side) would fence or demote the DR node's copy.
-pub const ROLE_PROPS: &[&str] = &["fjord:promoted", DEMOTED_PROP_NAME, "fjord:kept_from"];
-
-const DEMOTED_PROP_NAME: &str = crate::DEMOTED_PROP;
+pub const ROLE_PROPS: &[&str] = &["fjord:promoted", crate::DEMOTED_PROP, "fjord:kept_from"];
 
 impl RecvOptions {
     /// The `zfs recv` to run for `target` with these flags and the forced

@@ -6,10 +6,9 @@
 use anyhow::{anyhow, Context};
 use fjord_cli::Failure;
 use fjord_dr::demote::{
-    self, Action, Copy, DemoteState, Plan, Request, DEMOTED_PROP, INERT_PROPS, KEPT_FROM_PROP,
+    self, Action, Copy, DemoteState, Plan, Request, INERT_PROPS, KEPT_FROM_PROP,
 };
 use fjord_dr::promote::PROMOTED_PROP;
-use fjord_zfs::props::PropSource;
 use fjord_zfs::Zfs;
 use serde::Serialize;
 
@@ -228,14 +227,7 @@ async fn read_state(zfs: &Zfs, root: &str, req: &Request) -> anyhow::Result<Demo
         ..Default::default()
     };
     if zfs.dataset_exists(root).await? {
-        let local = |props: Vec<fjord_zfs::props::Property>, name: &str| {
-            props
-                .into_iter()
-                .find(|p| p.name == name && p.source == PropSource::Local)
-                .map(|p| p.value)
-        };
-        state.promoted = local(zfs.properties(root, &[PROMOTED_PROP]).await?, PROMOTED_PROP);
-        state.demoted = local(zfs.properties(root, &[DEMOTED_PROP]).await?, DEMOTED_PROP);
+        (state.promoted, state.demoted) = crate::promote::role_markers(zfs, root).await?;
         for dataset in zfs.children(root).await? {
             state.copies.push(read_copy(zfs, &dataset).await?);
         }

@@ -346,22 +346,29 @@ pub(crate) async fn promote_for_switchover(
     ))
 }
 
+/// `fjord:promoted` and `fjord:demoted` as set on `root` itself (not
+/// inherited), in one `zfs get`.
+pub(crate) async fn role_markers(
+    zfs: &Zfs,
+    root: &str,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let demoted_prop = fjord_dr::demote::DEMOTED_PROP;
+    let props = zfs.properties(root, &[PROMOTED_PROP, demoted_prop]).await?;
+    let local = |name: &str| {
+        props
+            .iter()
+            .find(|p| p.name == name && p.source == PropSource::Local)
+            .map(|p| p.value.clone())
+    };
+    Ok((local(PROMOTED_PROP), local(demoted_prop)))
+}
+
 /// The tree's state, parents first.
 async fn read_tree(zfs: &Zfs, root: &str) -> anyhow::Result<TreeState> {
     if !zfs.dataset_exists(root).await? {
         anyhow::bail!("{root} does not exist on this node (`zfs list -r` shows the copies)");
     }
-    let local = |props: Vec<fjord_zfs::props::Property>| {
-        props
-            .into_iter()
-            .find(|p| p.source == PropSource::Local)
-            .map(|p| p.value)
-    };
-    let marker = local(zfs.properties(root, &[PROMOTED_PROP]).await?);
-    let demoted = local(
-        zfs.properties(root, &[fjord_dr::demote::DEMOTED_PROP])
-            .await?,
-    );
+    let (marker, demoted) = role_markers(zfs, root).await?;
     let mut copies = Vec::new();
     for dataset in zfs.children(root).await? {
         copies.push(read_copy(zfs, &dataset).await?);
