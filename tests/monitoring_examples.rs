@@ -75,6 +75,16 @@ fn emitted() -> BTreeSet<String> {
     names.extend(families(&fjord_dr::serve_metrics::render_prometheus(
         &serve,
     )));
+    let page = fjord_tripwire::Page::default();
+    names.extend(families(&fjord_replicate::tripwire::book::render_metrics(
+        &[fjord_replicate::tripwire::Book {
+            job: "home".into(),
+            datasets: [("tank/home".to_string(), page.clone())].into(),
+        }],
+    )));
+    names.extend(families(&fjord_dr::tripwire::render_prometheus(&[
+        fjord_dr::tripwire::assess("backup/oslo/home", &page),
+    ])));
     names
 }
 

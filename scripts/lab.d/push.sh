@@ -794,8 +794,9 @@ tw_text() {
 }
 case_tripwire() {
     start_from golden
-    serve_use default
-    local cfg=$work/tripwire.toml rc=0 i f
+    rm -rf "$work/dr-state"
+    serve_use tripwire
+    local cfg=$work/tripwire.toml rc=0 i f rcfg=$work/recv-tripwire.toml
     for i in 1 2; do
         tw_text "$((700 + i))"
         rc=0
@@ -826,6 +827,17 @@ case_tripwire() {
     cp "$work/metrics/fjord.prom" "$R/tw-attack.prom" 2>/dev/null || true
     lab_assert tripwire-metrics grep -q '^fjord_tripwire_tripped{job="data",dataset="src/data"} 1$' "$work/metrics/fjord.prom"
     lab_assert tripwire-metrics-share grep -q '^fjord_tripwire_incompressible_ratio{job="data",dataset="src/data"} ' "$work/metrics/fjord.prom"
+    # the DR node's own tripwire, from the bytes it received: critical in its status
+    rc=0
+    "$recv" status --config "$rcfg" --json --metrics-file "$R/tw-dr.prom" >"$R/tw-dr-status.json" 2>"$R/tw-dr-status.err" || rc=$?
+    lab_assert_eq tripwire-dr-status "0 $(jjob tw-attack snapshot)" \
+        "$rc $(jq -r '.[] | select(.dataset == "dst/backup/data") | .tripwire.alarm.snapshot' "$R/tw-dr-status.json" 2>/dev/null || true)"
+    lab_assert tripwire-dr-share jq -e '.[] | select(.dataset == "dst/backup/data") | .tripwire.last.incompressible > 0.7' "$R/tw-dr-status.json"
+    lab_assert tripwire-dr-metrics grep -q '^fjord_dr_tripwire_tripped{dataset="dst/backup/data"} 1$' "$R/tw-dr.prom"
+    rc=0
+    "$recv" status --config "$rcfg" --check >"$R/tw-dr-check.out" 2>&1 || rc=$?
+    lab_assert_eq tripwire-dr-check-critical 2 "$rc"
+    lab_assert tripwire-dr-check-line grep -q 'TRIPWIRE at @' "$R/tw-dr-check.out"
     # a normal push: not tripped, the alarm and the pause stay until acknowledged
     tw_text 703
     rc=0
@@ -838,6 +850,17 @@ case_tripwire() {
     lab_assert_eq tripwire-ack-exit 0 "$rc"
     lab_assert tripwire-ack-says grep -q 'src/data: tripwire alarm acknowledged' "$R/tw-ack.out"
     lab_assert tripwire-ack-metrics grep -q '^fjord_tripwire_tripped{job="data",dataset="src/data"} 0$' "$work/metrics/fjord.prom"
+    # the DR node's alarm stays after the normal push, until the DR node's own ack
+    rc=0
+    "$recv" status --config "$rcfg" --check >"$R/tw-dr-check-after.out" 2>&1 || rc=$?
+    lab_assert_eq tripwire-dr-after-normal 2 "$rc"
+    rc=0
+    "$recv" tripwire ack --config "$rcfg" dst/backup/data >"$R/tw-dr-ack.out" 2>&1 || rc=$?
+    lab_assert_eq tripwire-dr-ack "0" "$rc"
+    lab_assert tripwire-dr-ack-says grep -q 'dst/backup/data: tripwire alarm acknowledged' "$R/tw-dr-ack.out"
+    rc=0
+    "$recv" status --config "$rcfg" --check >"$R/tw-dr-check-acked.out" 2>&1 || rc=$?
+    lab_assert_eq tripwire-dr-acked-ok 0 "$rc"
     rc=0
     ip netns exec primary "$send" status --config "$cfg" --json >"$R/tw-status-acked.json" 2>/dev/null || rc=$?
     lab_assert_eq tripwire-status-clear "0 0" "$rc $(jq -r '.[0].tripwire_alarms | length' "$R/tw-status-acked.json" 2>/dev/null || true)"
@@ -1641,6 +1664,11 @@ allow_prune = true"
 recv_config dr-retention 'min_age = "0s"
 [retention]
 hourly = 2' ""
+# recv-tripwire.toml: the default receiver keeping its own ransomware tripwire (state_dir)
+recv_config tripwire "state_dir = \"$work/dr-state\"
+[tripwire]
+min_history = 2
+min_bytes = '256K'" ""
 # recv-drill.toml: the default receiver with restore drills of dst/backup/data into dst/drill;
 # the check compares the clone's files with the source's hashes ($work/drill-sums)
 recv_config drill "[drill]

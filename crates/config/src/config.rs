@@ -539,6 +539,16 @@ pub struct RecvConfig {
     /// seconds and at shutdown; none: not written.
     #[serde(default)]
     pub metrics_file: Option<PathBuf>,
+    /// The DR node's own state (its tripwire pages, `state_dir/tripwire/`);
+    /// none: the DR node keeps no tripwire history. The package's unit
+    /// gives the receiver `/var/lib/fjord`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The DR node's own ransomware tripwire over what it receives (needs
+    /// `state_dir`); the same keys as a job's `[job.tripwire]`, except
+    /// `pause_pruning`, which has no meaning here.
+    #[serde(default)]
+    pub tripwire: crate::tripwire::TripwireConfig,
 }
 
 impl RecvConfig {
@@ -771,6 +781,23 @@ impl RecvConfig {
                 return Err(check.fail(
                     "chunk_cache.dir",
                     "must be an absolute path, such as \"/var/cache/fjord/chunks\"",
+                ));
+            }
+        }
+        self.tripwire
+            .check()
+            .map_err(|(k, why)| check.fail(format!("tripwire.{k}"), why))?;
+        if self.tripwire.pause_pruning {
+            return Err(check.fail(
+                "tripwire.pause_pruning",
+                "is a sender's key (the DR node's retention has min_age instead): remove it here",
+            ));
+        }
+        if let Some(dir) = &self.state_dir {
+            if !dir.is_absolute() {
+                return Err(check.fail(
+                    "state_dir",
+                    "must be an absolute path, such as \"/var/lib/fjord\"",
                 ));
             }
         }

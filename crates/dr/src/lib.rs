@@ -26,6 +26,7 @@ pub mod promote;
 pub mod retention;
 pub mod serve_metrics;
 pub mod status;
+pub mod tripwire;
 
 /// The hold tag the DR node places on every snapshot it receives; only the
 /// DR node itself releases it (its retention, or a destroy the policy

@@ -15,6 +15,7 @@ mod reload;
 mod rt;
 mod serve;
 mod status;
+mod tripwire;
 mod unpack;
 mod verify;
 mod zfs_target;
@@ -47,6 +48,7 @@ enum Command {
     Promote(promote::Args),
     Demote(demote::Args),
     Drill(drill::Args),
+    Tripwire(tripwire::Args),
     /// Print the public key of an existing private key file.
     Pubkey(fjord_cli::keygen::PubkeyArgs),
     /// Write the man pages and shell completions (used by scripts/deb).
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Promote(args) => promote::run(args),
         Command::Demote(args) => demote::run(args),
         Command::Drill(args) => drill::run(args),
+        Command::Tripwire(args) => tripwire::run(args),
         Command::Pubkey(args) => fjord_cli::keygen::pubkey(args),
         Command::GenerateDocs(args) => fjord_cli::docs::generate(Cli::command(), &args.out)
             .map(|_| ())

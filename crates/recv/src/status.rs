@@ -26,6 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// drill`): one that failed, never ran, or passed longer ago than
 /// --drill-warn-age is a warning (never critical).
 ///
+/// With state_dir set, the DR node's own ransomware tripwire too: an
+/// alarm raised by a received stream is critical until `fjord-recv
+/// tripwire ack`.
+///
 /// Exit status: 0 when the copies could be listed (whatever their ages);
 /// 3 when `zfs` failed; 5 when the config is invalid. With --check, the
 /// Nagios plugin convention instead: one line on stdout, and 0 ok,
@@ -100,9 +104,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         Err(e) => return Err(Failure::io(e)),
     };
     let drills = crate::drill::statuses(&config, args.drill_warn_age.as_secs() as i64, now);
+    let trips = crate::tripwire::statuses(&config);
     if let Some(path) = &args.metrics_file {
         let text = render_prometheus(&statuses, now)
-            + &fjord_dr::drill::record::render_prometheus(&drills);
+            + &fjord_dr::drill::record::render_prometheus(&drills)
+            + &fjord_dr::tripwire::render_prometheus(&trips);
         fjord_config::textfile::write_atomic(path, text.as_bytes())
             .with_context(|| format!("writing the metrics file {}", path.display()))
             .map_err(|e| {
@@ -116,6 +122,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if args.check {
         let (health, line) = check_line(&statuses);
         let (health, line) = fjord_dr::drill::record::fold_check(health, line, &drills);
+        let (health, line) = fjord_dr::tripwire::fold_check(health, line, &trips);
         println!("{line}");
         return match health {
             Health::Ok => Ok(()),
@@ -125,12 +132,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     if args.json {
         let json = crate::drill::with_drills(&statuses, &drills)
+            .and_then(|v| crate::tripwire::with_trips(v, &trips))
             .and_then(|v| serde_json::to_string_pretty(&v))
             .map_err(Failure::io)?;
         println!("{json}");
     } else {
         print_table(&statuses);
         crate::drill::print_lines(&drills);
+        for t in trips.iter().filter(|t| t.alarm.is_some()) {
+            println!("tripwire {:<37} {}", t.dataset, t.reason);
+        }
     }
     Ok(())
 }

@@ -587,7 +587,9 @@ impl SinkFactory for SharedTarget {
             },
             other => other,
         })?;
-        tracing::info!(client = %client.name, dataset = %offer.dataset, snapshot = %offer.to.name, force, resume = offer.flags & offer_flags::RESUME_TOKEN != 0, "zfs recv started");
+        let resume = offer.flags & offer_flags::RESUME_TOKEN != 0;
+        tracing::info!(client = %client.name, dataset = %offer.dataset, snapshot = %offer.to.name, force, resume, "zfs recv started");
+        let meter = TripwireMeter::for_offer(&t.config(), offer.from.is_some() && !resume);
         Ok(Box::new(ZfsSink {
             child: Some(child),
             // `-I` streams are packages: accepted, the newest snapshot held back
@@ -601,6 +603,7 @@ impl SinkFactory for SharedTarget {
             next: 0,
             target,
             flowing: false,
+            meter,
             commit: Some(AfterCommit {
                 handle,
                 target: t.clone(),
@@ -692,7 +695,63 @@ struct ZfsSink {
     flowing: bool,
     /// What runs once `zfs recv` committed: holds and DR retention.
     commit: Option<AfterCommit>,
+    /// The DR node's tripwire meter, when it judges this stream.
+    meter: Option<TripwireMeter>,
     _guard: ReceivingGuard,
+}
+
+/// The DR node's own tripwire over one stream: measures the verified bytes
+/// given to `zfs recv`; once the snapshot is committed, judges them.
+struct TripwireMeter {
+    meter: fjord_tripwire::Meter,
+    state_dir: std::path::PathBuf,
+    config: fjord_config::tripwire::TripwireConfig,
+}
+
+impl TripwireMeter {
+    /// A meter when the DR node keeps a tripwire (`state_dir`, enabled) and
+    /// the stream is `judgeable`: an incremental from its start (a full
+    /// stream has no history to compare with; a resumed one starts
+    /// mid-record).
+    fn for_offer(config: &RecvConfig, judgeable: bool) -> Option<TripwireMeter> {
+        let state_dir = config.state_dir.clone()?;
+        (config.tripwire.enabled && judgeable).then(|| TripwireMeter {
+            meter: fjord_tripwire::Meter::new(None),
+            state_dir,
+            config: config.tripwire.clone(),
+        })
+    }
+
+    /// Judges the committed `target` (`dataset@snapshot`) and records it;
+    /// a failure to keep the page is logged, never the receive's failure.
+    fn judge(self, target: &str) {
+        let Some(figures) = self.meter.figures() else {
+            return;
+        };
+        let (dataset, snapshot) = target.split_once('@').unwrap_or((target, ""));
+        match crate::tripwire::record(
+            &self.state_dir,
+            &self.config,
+            dataset,
+            figures,
+            now(),
+            snapshot,
+        ) {
+            Ok((sample, j)) if j.verdict == fjord_tripwire::Verdict::Tripped => {
+                tracing::error!(dataset, snapshot, incompressible = ?sample.incompressible, reason = %j.reason, "ransomware tripwire: the DR node's alarm is raised (fjord-recv status; fjord-recv tripwire ack after checking)");
+            }
+            Ok((sample, j)) => {
+                tracing::info!(dataset, snapshot, incompressible = ?sample.incompressible, verdict = ?j.verdict, "tripwire measured the receive");
+            }
+            Err(e) => {
+                tracing::warn!(
+                    dataset,
+                    snapshot,
+                    "the DR node's tripwire page could not be kept: {e:#}"
+                );
+            }
+        }
+    }
 }
 
 /// The DR node's work after a committed receive.
@@ -761,7 +820,11 @@ impl Sink for ZfsSink {
             )));
         };
         let mut failed = None;
+        let mut meter = self.meter.as_mut().map(|m| &mut m.meter);
         let r = self.verifier.push(data, &mut |b| {
+            if let Some(m) = meter.as_mut() {
+                m.feed(b);
+            }
             child.write_all(b).map_err(|e| {
                 // Replaced by `child_failed` with zfs recv's own words.
                 let msg = e.to_string();
@@ -792,7 +855,11 @@ impl Sink for ZfsSink {
         // The verifier releases the stream's END (which makes zfs recv
         // commit the snapshot) only if the whole stream verified and is
         // exactly the `length` the sender announced.
+        let mut meter = self.meter.as_mut().map(|m| &mut m.meter);
         let guid = self.verifier.finish(length, &mut |b| {
+            if let Some(m) = meter.as_mut() {
+                m.feed(b);
+            }
             child.write_all(b).map_err(|e| {
                 // Replaced by `child_failed` with zfs recv's own words.
                 let msg = e.to_string();
@@ -827,6 +894,9 @@ impl Sink for ZfsSink {
             .map_err(|e| recv_wait_failure(&self.target, &e))?;
         if let Some(e) = recv_failure(&self.target, &r) {
             return Err(e);
+        }
+        if let Some(meter) = self.meter.take() {
+            meter.judge(&self.target);
         }
         // The sink runs on its own thread, outside the runtime: waiting
         // for the short zfs commands here blocks no async worker.

@@ -2,40 +2,15 @@
 //! source dataset, the history of judged pushes, the last push's shares,
 //! and the alarm that waits for an operator's acknowledgement.
 
-use super::judge::{Judgement, Sample, Verdict};
+use super::judge::{Judgement, Sample};
 use crate::report::DatasetReport;
 use crate::status::{write_atomic, StatusError};
 use fjord_config::textfile::escape_label_value;
+pub use fjord_tripwire::page::{Alarm, Page};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-/// An unacknowledged trip.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Alarm {
-    /// When the tripping push ran (Unix seconds).
-    pub time: i64,
-    /// The snapshot it replicated.
-    pub snapshot: String,
-    /// Its incompressible share.
-    pub incompressible: Option<f64>,
-    /// Its rewritten share.
-    pub rewritten: Option<f64>,
-    /// Why it tripped.
-    pub reason: String,
-}
-
-/// One dataset's page.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Page {
-    /// Judged pushes that did not trip, oldest first.
-    pub history: Vec<Sample>,
-    /// The last measured push (tripped or not).
-    pub last: Option<Sample>,
-    /// The alarm, until acknowledged.
-    pub alarm: Option<Alarm>,
-}
 
 /// A job's tripwire state, by source dataset.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -108,25 +83,7 @@ impl Book {
         for r in reports {
             let Some(t) = &r.tripwire else { continue };
             let page = self.datasets.entry(r.source.clone()).or_default();
-            page.last = Some(t.sample.clone());
-            match t.judgement.verdict {
-                Verdict::Tripped => {
-                    if page.alarm.is_none() {
-                        page.alarm = Some(Alarm {
-                            time: t.sample.time,
-                            snapshot: t.sample.snapshot.clone(),
-                            incompressible: t.sample.incompressible,
-                            rewritten: t.sample.rewritten,
-                            reason: t.judgement.reason.clone(),
-                        });
-                    }
-                }
-                Verdict::Normal | Verdict::Learning => page.history.push(t.sample.clone()),
-                // Too small, unmeasured or disabled: not kept.
-                Verdict::NotJudged => {}
-            }
-            let excess = page.history.len().saturating_sub(keep);
-            page.history.drain(..excess);
+            page.record(&t.sample, &t.judgement, keep);
         }
     }
 
@@ -135,7 +92,7 @@ impl Book {
     pub fn acknowledge(&mut self, source: Option<&str>) -> Vec<String> {
         let mut cleared = Vec::new();
         for (name, page) in self.datasets.iter_mut() {
-            if source.is_none_or(|s| s == name) && page.alarm.take().is_some() {
+            if source.is_none_or(|s| s == name) && page.acknowledge() {
                 cleared.push(name.clone());
             }
         }
@@ -203,6 +160,7 @@ pub fn render_metrics(books: &[Book]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tripwire::Verdict;
 
     fn report(source: &str, verdict: Verdict, reason: &str, i: f64) -> DatasetReport {
         let mut r = DatasetReport::new("home", source, "backup/x");

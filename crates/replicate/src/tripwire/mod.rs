@@ -2,19 +2,17 @@
 //! stream writes is incompressible and how much rewrites existing files,
 //! against that dataset's own history.
 //!
-//! - [`meter`]: the two shares, measured from the send stream on its way
-//!   to the DR node (sans-IO, and a `Read` wrapper).
-//! - [`judge`]: the decision (pure): trip past `factor` times the median
-//!   of the history and at least `floor`.
+//! - [`meter`] and [`judge`] (from `fjord-tripwire`, which the DR node
+//!   shares): the two shares, measured from the send stream on its way to
+//!   the DR node, and the decision (pure).
 //! - [`book`]: the history and the alarm, in `state_dir/<job>.tripwire.json`;
 //!   the acknowledgement; the metrics.
 
 pub mod book;
-pub mod judge;
-pub mod meter;
+pub use fjord_tripwire::{judge, meter};
 
 pub use book::{Alarm, Book, TripwireReport};
-pub use judge::{judge, Judgement, Sample, Verdict};
+pub use judge::{Judgement, Sample, Verdict};
 pub use meter::{MeteredStream, StreamFigures};
 
 use crate::job::StateFiles;
