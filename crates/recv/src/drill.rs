@@ -175,29 +175,6 @@ pub fn statuses(
         .collect()
 }
 
-/// `status --json`'s copies with each drill target's `drill` object.
-pub fn with_drills(
-    copies: &[fjord_dr::status::DatasetStatus],
-    drills: &[fjord_dr::drill::record::DrillStatus],
-) -> serde_json::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(copies)?;
-    if let Some(items) = value.as_array_mut() {
-        for item in items {
-            let ds = item
-                .get("dataset")
-                .and_then(|d| d.as_str())
-                .map(str::to_string);
-            if let (Some(d), Some(obj)) = (
-                drills.iter().find(|d| Some(&d.dataset) == ds.as_ref()),
-                item.as_object_mut(),
-            ) {
-                obj.insert("drill".into(), serde_json::to_value(d)?);
-            }
-        }
-    }
-    Ok(value)
-}
-
 /// The drills' lines under `status`'s table.
 pub fn print_lines(drills: &[fjord_dr::drill::record::DrillStatus]) {
     for d in drills {

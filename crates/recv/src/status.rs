@@ -131,8 +131,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         };
     }
     if args.json {
-        let json = crate::drill::with_drills(&statuses, &drills)
-            .and_then(|v| crate::tripwire::with_trips(v, &trips))
+        let json = serde_json::to_value(&statuses)
+            .and_then(|v| attach(v, "drill", |d| drills.iter().find(|x| x.dataset == d)))
+            .and_then(|v| attach(v, "tripwire", |d| trips.iter().find(|x| x.dataset == d)))
             .and_then(|v| serde_json::to_string_pretty(&v))
             .map_err(Failure::io)?;
         println!("{json}");
@@ -144,6 +145,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `status --json`'s copies (an array of objects) with `key` added to each
+/// copy that `find` has something for (its drill, its tripwire).
+fn attach<T: serde::Serialize>(
+    mut copies: serde_json::Value,
+    key: &str,
+    find: impl Fn(&str) -> Option<T>,
+) -> serde_json::Result<serde_json::Value> {
+    for item in copies.as_array_mut().into_iter().flatten() {
+        let found = item.get("dataset").and_then(|d| d.as_str()).and_then(&find);
+        if let (Some(found), Some(obj)) = (found, item.as_object_mut()) {
+            obj.insert(key.into(), serde_json::to_value(found)?);
+        }
+    }
+    Ok(copies)
 }
 
 fn print_table(statuses: &[DatasetStatus]) {

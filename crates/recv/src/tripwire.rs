@@ -105,28 +105,6 @@ pub fn statuses(config: &RecvConfig) -> Vec<TripwireStatus> {
         .collect()
 }
 
-/// `status --json`'s copies (a JSON array) with each copy's `tripwire`.
-pub fn with_trips(
-    mut value: serde_json::Value,
-    trips: &[TripwireStatus],
-) -> serde_json::Result<serde_json::Value> {
-    if let Some(items) = value.as_array_mut() {
-        for item in items {
-            let ds = item
-                .get("dataset")
-                .and_then(|d| d.as_str())
-                .map(str::to_string);
-            if let (Some(t), Some(obj)) = (
-                trips.iter().find(|t| Some(&t.dataset) == ds.as_ref()),
-                item.as_object_mut(),
-            ) {
-                obj.insert("tripwire".into(), serde_json::to_value(t)?);
-            }
-        }
-    }
-    Ok(value)
-}
-
 /// The DR node's ransomware tripwire: acknowledge an alarm.
 ///
 /// With `state_dir` set in recv.toml, the receiver measures every
