@@ -21,7 +21,8 @@ use fjord_transport::control::{Control, ResponseFuture};
 use fjord_transport::sink::{
     advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
 };
-use fjord_zfs::props::PropSource;
+use fjord_zfs::props::{value_of, PropSource, Property};
+use fjord_zfs::snapshot::parse_property_u64;
 use fjord_zfs::{names, RecvProcess, RecvResult, Zfs, ZfsError};
 use std::collections::HashSet;
 use std::io::Write;
@@ -168,23 +169,40 @@ impl ZfsTarget {
     }
 
     async fn fence(&self, client: &Client, dataset: &str) -> Result<(), SinkError> {
+        self.fence_and_read(client, dataset, &[]).await.map(drop)
+    }
+
+    /// [`Self::fence`], reading `extra` properties of `dataset` in the
+    /// same `zfs get` (one command per level walked up: "does not exist"
+    /// sends it to the parent): `None` when `dataset` does not exist.
+    async fn fence_and_read(
+        &self,
+        client: &Client,
+        dataset: &str,
+        extra: &[&str],
+    ) -> Result<Option<Vec<Property>>, SinkError> {
+        let mut wanted = vec![PROMOTED_PROP];
+        wanted.extend_from_slice(extra);
         let mut probe = dataset.to_string();
-        loop {
-            if self.zfs.dataset_exists(&probe).await.map_err(zfs_failure)? {
-                break;
+        let props = loop {
+            let props = if probe == dataset {
+                self.zfs.properties_if_exists(&probe, &wanted).await
+            } else {
+                self.zfs
+                    .properties_if_exists(&probe, &[PROMOTED_PROP])
+                    .await
+            };
+            if let Some(props) = props.map_err(zfs_failure)? {
+                break props;
             }
             match probe.rsplit_once('/') {
                 Some((parent, _)) => probe = parent.to_string(),
-                None => return Ok(()),
+                None => return Ok(None),
             }
-        }
-        let props = self
-            .zfs
-            .properties(&probe, &[PROMOTED_PROP])
-            .await
-            .map_err(zfs_failure)?;
-        let Some(p) = props.first() else {
-            return Ok(());
+        };
+        let exists = probe == dataset;
+        let Some(p) = props.iter().find(|p| p.name == PROMOTED_PROP) else {
+            return Ok(exists.then_some(props));
         };
         let root = match &p.source {
             PropSource::Inherited(from) => from.clone(),
@@ -194,25 +212,37 @@ impl ZfsTarget {
             self.counts.refused_promoted.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %client.name, dataset, promoted = %root, "refused: promoted on this node");
             SinkError::refused(RefuseCode::Promoted, f.to_string())
-        })
+        })?;
+        Ok(exists.then_some(props))
     }
 
     fn receiving(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.receiving.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn target_state(&self, dataset: String) -> Result<TargetState, SinkError> {
-        let exists = self
-            .zfs
-            .dataset_exists(&dataset)
-            .await
-            .map_err(zfs_failure)?;
-        if !exists {
+    /// What `dataset` has, behind the fence: one `zfs get` (the fence's
+    /// `fjord:promoted`, the resume token and `written`, or "does not
+    /// exist") and one `zfs list` of its snapshots.
+    async fn target_state(
+        &self,
+        client: &Client,
+        dataset: String,
+    ) -> Result<TargetState, SinkError> {
+        let Some(props) = self
+            .fence_and_read(client, &dataset, &["receive_resume_token", "written"])
+            .await?
+        else {
             return Ok(TargetState {
                 dataset,
                 ..TargetState::default()
             });
-        }
+        };
+        let resume_token = value_of(&props, "receive_resume_token").map(String::from);
+        let written = parse_property_u64(
+            &format!("zfs get written {dataset}"),
+            value_of(&props, "written").unwrap_or("-"),
+        )
+        .map_err(zfs_failure)?;
         let snapshots = self
             .zfs
             .snapshots(&dataset)
@@ -226,11 +256,9 @@ impl ZfsTarget {
                 creation: s.creation,
             })
             .collect();
-        let resume_token = self.zfs.resume_token(&dataset).await.map_err(zfs_failure)?;
-        let written = self.zfs.written(&dataset).await.map_err(zfs_failure)?;
         Ok(TargetState {
             dataset,
-            exists,
+            exists: true,
             snapshots,
             resume_token,
             written,
@@ -244,15 +272,16 @@ impl ZfsTarget {
                 format!("a receive into {dataset} is in progress; not aborting its partial state"),
             ));
         }
-        if !self
+        // one zfs get: the token, or "does not exist"
+        let Some(props) = self
             .zfs
-            .dataset_exists(dataset)
+            .properties_if_exists(dataset, &["receive_resume_token"])
             .await
             .map_err(zfs_failure)?
-        {
+        else {
             return Ok(format!("{dataset} does not exist; nothing to abort"));
-        }
-        match self.zfs.resume_token(dataset).await.map_err(zfs_failure)? {
+        };
+        match value_of(&props, "receive_resume_token") {
             None => Ok(format!("{dataset} has no partial receive")),
             Some(_) => {
                 self.zfs.recv_abort(dataset).await.map_err(zfs_failure)?;
@@ -630,8 +659,11 @@ impl Control for SharedTarget {
             };
             let fenced = match &request {
                 // a promotion decides about an earlier one itself (the same
-                // recovery point again finishes it; another is refused)
-                Request::ChunkInventory { .. } | Request::Promote { .. } => Ok(()),
+                // recovery point again finishes it; another is refused);
+                // the target state reads the fence with what it needs
+                Request::ChunkInventory { .. }
+                | Request::Promote { .. }
+                | Request::TargetState { .. } => Ok(()),
                 other => t.fence(&client, other.dataset()).await,
             };
             if let Err(e) = fenced {
@@ -641,9 +673,10 @@ impl Control for SharedTarget {
                 };
             }
             let result = match request {
-                Request::TargetState { dataset } => {
-                    t.target_state(dataset).await.map(Response::TargetState)
-                }
+                Request::TargetState { dataset } => t
+                    .target_state(&client, dataset)
+                    .await
+                    .map(Response::TargetState),
                 Request::AbortResume { dataset } => t
                     .abort_resume(&dataset)
                     .await

@@ -147,20 +147,24 @@ const MAX_PASSES: usize = 4;
 /// Replicates `source` to `target` until the target has the source's
 /// newest snapshot, then prunes. Never fails outright: the report says
 /// what happened.
+/// `listed`: the source's snapshots if the job listed them already (one
+/// query for the whole tree); the first pass uses them instead of listing
+/// again.
 pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
     ctx: &JobContext<P, D>,
     source: &str,
     target: &str,
     book: &tripwire::Book,
+    listed: Option<Vec<SnapshotInfo>>,
 ) -> DatasetReport {
     let started = Instant::now();
     let mut report = DatasetReport::new(&ctx.job.name, source, target);
-    let outcome = carry_out(ctx, source, target, &mut report).await;
+    let outcome = carry_out(ctx, source, target, &mut report, listed).await;
     match outcome {
-        Ok(()) => {
+        Ok(src) => {
             if !ctx.options.dry_run {
                 let paused = judge_push(ctx, source, book, &mut report);
-                prune(ctx, source, target, &mut report, paused).await;
+                prune(ctx, source, target, &mut report, paused, &src).await;
             }
         }
         Err(e) => fail(&mut report, &e),
@@ -218,18 +222,22 @@ async fn carry_out<P: Pool, D: DrNode>(
     source: &str,
     target: &str,
     report: &mut DatasetReport,
-) -> Result<(), DatasetError> {
+    mut listed: Option<Vec<SnapshotInfo>>,
+) -> Result<Vec<SnapshotInfo>, DatasetError> {
     let dry_run = ctx.options.dry_run;
     let mut sent_any = false;
     for pass in 0..MAX_PASSES {
-        let src = ctx
-            .pool
-            .snapshots(source)
-            .await
-            .map_err(|cause| DatasetError::ListSource {
-                dataset: source.into(),
-                cause,
-            })?;
+        let src = match listed.take() {
+            Some(src) => src,
+            None => ctx
+                .pool
+                .snapshots(source)
+                .await
+                .map_err(|cause| DatasetError::ListSource {
+                    dataset: source.into(),
+                    cause,
+                })?,
+        };
         let tgt = ctx
             .dr
             .target_state(target)
@@ -275,7 +283,7 @@ async fn carry_out<P: Pool, D: DrNode>(
                 } else {
                     DatasetResult::UpToDate
                 };
-                return Ok(());
+                return Ok(src);
             }
             Plan::RollbackOnly { to } => {
                 // Every push takes a snapshot first, so only a dry run can
@@ -285,7 +293,7 @@ async fn carry_out<P: Pool, D: DrNode>(
                     step.to = Some(to.name.clone());
                     report.steps.push(step);
                     report.result = DatasetResult::Planned;
-                    return Ok(());
+                    return Ok(src);
                 }
                 return Err(DatasetError::NothingToSend {
                     target: target.into(),
@@ -297,7 +305,7 @@ async fn carry_out<P: Pool, D: DrNode>(
         if dry_run {
             report.steps.push(step);
             report.result = DatasetResult::Planned;
-            return Ok(());
+            return Ok(src);
         }
         let resumed = transfer.resume;
         let stats = send_one(ctx, &spec, transfer, &step).await;
@@ -328,7 +336,7 @@ async fn carry_out<P: Pool, D: DrNode>(
         let newest = src.iter().max_by_key(|s| s.createtxg).map(|s| s.guid);
         if !resumed && newest == Some(to.guid) {
             report.result = DatasetResult::Ok;
-            return Ok(());
+            return Ok(src);
         }
         tracing::debug!(
             target,
@@ -501,34 +509,67 @@ async fn protect_base<P: Pool, D: DrNode>(
             return;
         }
     }
-    for s in src.iter().filter(|s| s.createtxg < to.createtxg) {
-        let full = s.full_name(source);
-        match ctx.pool.holds(&full).await {
-            Ok(tags) if tags.contains(&tag) => {
-                if let Err(e) = ctx.pool.release(&tag, &full).await {
-                    report
+    let older: Vec<String> = src
+        .iter()
+        .filter(|s| s.createtxg < to.createtxg)
+        .map(|s| s.full_name(source))
+        .collect();
+    // one `zfs holds` over all older snapshots, one `zfs release` of the
+    // job's tag where it is; a snapshot gone since the listing (one query
+    // fails for all) sends it back to one query per snapshot
+    let held = match ctx.pool.holds_many(&older).await {
+        Ok(pairs) => tagged(&older, &pairs, &tag),
+        Err(e) if e.is_not_found() => {
+            let mut held = Vec::new();
+            for full in &older {
+                match ctx.pool.holds(full).await {
+                    Ok(tags) if tags.contains(&tag) => held.push(full.clone()),
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => report
                         .warnings
-                        .push(format!("cannot release the old base {full}: {e}"));
+                        .push(format!("cannot read the holds of {full}: {e}")),
                 }
             }
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => report
-                .warnings
-                .push(format!("cannot read the holds of {full}: {e}")),
+            held
         }
+        Err(e) => {
+            report.warnings.push(format!(
+                "cannot read the holds of {}: {e}",
+                older.join(", ")
+            ));
+            return;
+        }
+    };
+    if let Err(e) = ctx.pool.release_many(&tag, &held).await {
+        report.warnings.push(format!(
+            "cannot release the old base {}: {e}",
+            held.join(", ")
+        ));
     }
+}
+
+/// Which of `snapshots` (in their order) carry `tag`, among the
+/// (snapshot, tag) pairs `zfs holds` listed.
+fn tagged(snapshots: &[String], pairs: &[(String, String)], tag: &str) -> Vec<String> {
+    snapshots
+        .iter()
+        .filter(|s| pairs.iter().any(|(snap, t)| snap == *s && t == tag))
+        .cloned()
+        .collect()
 }
 
 /// Applies retention on both sides after a successful push. The base (the
 /// newest snapshot both sides have) is never a candidate. Failures are
-/// warnings.
+/// warnings. `src`: the source's snapshots as the push last listed them
+/// (the push itself only added its hold since: no need to list again).
 async fn prune<P: Pool, D: DrNode>(
     ctx: &JobContext<P, D>,
     source: &str,
     target: &str,
     report: &mut DatasetReport,
     pause_source: bool,
+    src: &[SnapshotInfo],
 ) {
     let keep = &ctx.job.retention;
     if keep.source.is_none() && keep.target.is_none() {
@@ -543,22 +584,13 @@ async fn prune<P: Pool, D: DrNode>(
             return;
         }
     };
-    let src = match ctx.pool.snapshots(source).await {
-        Ok(s) => s,
-        Err(e) => {
-            report
-                .warnings
-                .push(format!("not pruning: cannot list {source}: {e}"));
-            return;
-        }
-    };
-    let Some(base) = common_base(&src, &tgt.snapshots) else {
+    let Some(base) = common_base(src, &tgt.snapshots) else {
         return; // nothing replicated yet: prune nothing
     };
     let protected = [base];
     let prefix = &ctx.job.snapshot_prefix;
     if let Some(policy) = keep.source.as_ref().filter(|_| !pause_source) {
-        for s in plan_pruning(&src, prefix, policy, &protected) {
+        for s in plan_pruning(src, prefix, policy, &protected) {
             let full = s.full_name(source);
             match ctx.pool.destroy_snapshot(&full).await {
                 Ok(()) => report.pruned_source.push(s.name),
@@ -589,4 +621,25 @@ pub fn common_base(source: &[SnapshotInfo], target: &[SnapshotInfo]) -> Option<u
         .filter(|t| source.iter().any(|s| s.guid == t.guid))
         .max_by_key(|t| t.createtxg)
         .map(|t| t.guid)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tagged_keeps_the_snapshots_with_the_jobs_tag_in_their_order() {
+        let snaps: Vec<String> = ["t/a@1", "t/a@2", "t/a@3"].map(String::from).into();
+        let pairs: Vec<(String, String)> = [
+            ("t/a@3", "fjord-data"),
+            ("t/a@1", "fjord-data"),
+            ("t/a@2", "keep"),
+            ("t/b@2", "fjord-data"),
+        ]
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .into();
+        assert_eq!(
+            super::tagged(&snaps, &pairs, "fjord-data"),
+            ["t/a@1", "t/a@3"]
+        );
+        assert!(super::tagged(&snaps, &[], "fjord-data").is_empty());
+    }
 }

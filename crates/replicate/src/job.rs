@@ -9,7 +9,8 @@ use crate::report::{DatasetReport, DatasetResult, JobReport, JobResult};
 use crate::status::{self, JobStatus, StatusError};
 use crate::{metrics, tripwire, JobContext};
 use fjord_zfs::snapname;
-use std::collections::BTreeSet;
+use fjord_zfs::SnapshotInfo;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -133,21 +134,26 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
 ) -> JobReport {
     let job = &ctx.job;
     let mut report = JobReport::new(&job.name, JobResult::Failed);
-    let datasets = match ctx.pool.datasets(&job.source, job.recursive).await {
-        Ok(d) if d.is_empty() => {
+    // the tree and the source's demotion marker in one query
+    let listed = ctx
+        .pool
+        .datasets_with_property(&job.source, job.recursive, fjord_config::DEMOTED_PROP)
+        .await;
+    let (datasets, marker) = match listed {
+        Ok((d, _)) if d.is_empty() => {
             report.error = Some(format!(
                 "the source dataset {} does not exist: check source in the config",
                 job.source
             ));
             return report;
         }
-        Ok(d) => d,
+        Ok(listed) => listed,
         Err(e) => {
             report.error = Some(format!("listing {} and its children: {e}", job.source));
             return report;
         }
     };
-    if let Some(why) = demoted(ctx).await {
+    if let Some(why) = demoted(&job.source, marker.as_deref()) {
         report.error = Some(why);
         return report;
     }
@@ -184,13 +190,10 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
 
 /// Why this job must not snapshot or send its source: it was demoted
 /// (`fjord-recv demote`, failback) and receives from the promoted copy now.
-/// A failure to read the property is no reason to stop: the snapshot
-/// step reports a broken pool itself.
-async fn demoted<P: Pool, D: DrNode>(ctx: &JobContext<P, D>) -> Option<String> {
+/// `value` is the source's `fjord:demoted` (`None` when unset).
+fn demoted(source: &str, value: Option<&str>) -> Option<String> {
     use fjord_config::DEMOTED_PROP;
-    let source = &ctx.job.source;
-    let value = ctx.pool.property(source, DEMOTED_PROP).await.ok()??;
-    let value = value.trim();
+    let value = value?.trim();
     (!value.is_empty() && value != "-").then(|| {
         format!(
             "{source} was demoted ({DEMOTED_PROP}={value}): it receives from the promoted copy now and is not snapshotted or sent; `fjord-recv promote {source}` makes it the primary again (README, \"Game day\")"
@@ -297,6 +300,19 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
     datasets: Vec<String>,
     book: Arc<tripwire::Book>,
 ) -> Vec<DatasetReport> {
+    // the snapshots of the whole tree in one query; if it fails (a dataset
+    // vanished since the tree was listed), each dataset lists its own
+    let mut listed: HashMap<String, Vec<SnapshotInfo>> = match ctx
+        .pool
+        .snapshots_many(&datasets)
+        .await
+    {
+        Ok(all) => datasets.iter().cloned().zip(all).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "listing the snapshots of the tree; each dataset lists its own");
+            HashMap::new()
+        }
+    };
     let root_depth = ctx.job.source.matches('/').count();
     let mut by_depth: Vec<Vec<String>> = Vec::new();
     for d in datasets {
@@ -333,9 +349,10 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
             let ctx = ctx.clone();
             let limit = limit.clone();
             let book = book.clone();
+            let src = listed.remove(&source);
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                replicate_dataset(&ctx, &source, &target, &book).await
+                replicate_dataset(&ctx, &source, &target, &book, src).await
             });
         }
         let mut level_reports = Vec::new();
@@ -488,4 +505,19 @@ pub fn verdict<'a>(outcomes: impl IntoIterator<Item = &'a JobOutcome>) -> Verdic
         })
         .max()
         .unwrap_or(Verdict::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_set_marker_means_demoted() {
+        assert_eq!(super::demoted("tank/a", None), None);
+        assert_eq!(super::demoted("tank/a", Some("-")), None);
+        assert_eq!(super::demoted("tank/a", Some("  ")), None);
+        let why = super::demoted("tank/a", Some("2026-12-03T12:13:20Z @fjord_x")).unwrap();
+        assert!(
+            why.starts_with("tank/a was demoted (fjord:demoted=2026-12-03T12:13:20Z @fjord_x)"),
+            "{why}"
+        );
+    }
 }

@@ -57,6 +57,41 @@ pub trait Pool: Send + Sync {
         dataset: &str,
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>, PoolError>> + Send;
 
+    /// [`Pool::datasets`], with the value of `prop` on `root` (`None`
+    /// when unset): one `zfs get` for both. By default, the two queries
+    /// (a property that cannot be read counts as unset).
+    fn datasets_with_property(
+        &self,
+        root: &str,
+        recursive: bool,
+        prop: &str,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), PoolError>> + Send {
+        async move {
+            let datasets = self.datasets(root, recursive).await?;
+            let value = if datasets.is_empty() {
+                None
+            } else {
+                self.property(root, prop).await.ok().flatten()
+            };
+            Ok((datasets, value))
+        }
+    }
+
+    /// The snapshots of each of `datasets`, in their order, oldest first:
+    /// one `zfs list` for all. By default, [`Pool::snapshots`] of each.
+    fn snapshots_many(
+        &self,
+        datasets: &[String],
+    ) -> impl Future<Output = Result<Vec<Vec<SnapshotInfo>>, PoolError>> + Send {
+        async move {
+            let mut all = Vec::new();
+            for d in datasets {
+                all.push(self.snapshots(d).await?);
+            }
+            Ok(all)
+        }
+    }
+
     /// The value of the property `prop` of `dataset` (`None` when unset,
     /// `-`, or the dataset does not exist).
     fn property(
@@ -103,6 +138,37 @@ pub trait Pool: Send + Sync {
         snapshot: &str,
     ) -> impl Future<Output = Result<(), PoolError>> + Send;
 
+    /// The holds on several snapshots in one query (`zfs holds S...`):
+    /// (snapshot, tag) pairs. By default, [`Pool::holds`] of each.
+    fn holds_many(
+        &self,
+        snapshots: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, PoolError>> + Send {
+        async move {
+            let mut all = Vec::new();
+            for s in snapshots {
+                all.extend(self.holds(s).await?.into_iter().map(|t| (s.clone(), t)));
+            }
+            Ok(all)
+        }
+    }
+
+    /// Releases `tag` on several snapshots in one command (`zfs release
+    /// tag S...`). By default, [`Pool::release`] of each, stopping at the
+    /// first failure.
+    fn release_many(
+        &self,
+        tag: &str,
+        snapshots: &[String],
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
+        async move {
+            for s in snapshots {
+                self.release(tag, s).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// `zfs destroy dataset@snap`.
     fn destroy_snapshot(
         &self,
@@ -136,6 +202,20 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
         prop: &str,
     ) -> impl Future<Output = Result<Option<String>, PoolError>> + Send {
         (**self).property(dataset, prop)
+    }
+    fn datasets_with_property(
+        &self,
+        root: &str,
+        recursive: bool,
+        prop: &str,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<String>), PoolError>> + Send {
+        (**self).datasets_with_property(root, recursive, prop)
+    }
+    fn snapshots_many(
+        &self,
+        datasets: &[String],
+    ) -> impl Future<Output = Result<Vec<Vec<SnapshotInfo>>, PoolError>> + Send {
+        (**self).snapshots_many(datasets)
     }
     fn snapshot(
         &self,
@@ -171,6 +251,19 @@ impl<T: Pool> Pool for std::sync::Arc<T> {
         snapshot: &str,
     ) -> impl Future<Output = Result<(), PoolError>> + Send {
         (**self).release(tag, snapshot)
+    }
+    fn holds_many(
+        &self,
+        snapshots: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, PoolError>> + Send {
+        (**self).holds_many(snapshots)
+    }
+    fn release_many(
+        &self,
+        tag: &str,
+        snapshots: &[String],
+    ) -> impl Future<Output = Result<(), PoolError>> + Send {
+        (**self).release_many(tag, snapshots)
     }
     fn destroy_snapshot(
         &self,

@@ -211,6 +211,34 @@ pub fn list_snapshots_argv(dataset: &str) -> Vec<String> {
     ])
 }
 
+/// `zfs list -H -p -t snapshot -o name,guid,createtxg,creation -s createtxg -d 1 DATASET...`:
+/// the snapshots of several datasets in one command.
+pub fn list_snapshots_of_argv(datasets: &[String]) -> Vec<String> {
+    let mut argv = list_snapshots_argv("");
+    argv.pop();
+    argv.extend(datasets.iter().cloned());
+    argv
+}
+
+/// `zfs get -H -p -o name,value -t filesystem,volume [-r] PROPERTY DATASET`:
+/// one property of the dataset (and, with `recursive`, of each descendant).
+pub fn get_tree_argv(property: &str, dataset: &str, recursive: bool) -> Vec<String> {
+    let mut argv = strings([
+        "get",
+        "-H",
+        "-p",
+        "-o",
+        "name,value",
+        "-t",
+        "filesystem,volume",
+    ]);
+    if recursive {
+        argv.push("-r".into());
+    }
+    argv.extend([property.to_string(), dataset.to_string()]);
+    argv
+}
+
 /// `zfs list -H -o name -t filesystem,volume -r DATASET`: the dataset and
 /// its descendants.
 pub fn list_children_argv(dataset: &str) -> Vec<String> {
@@ -272,6 +300,13 @@ pub fn holds_of_argv(full_snaps: &[String]) -> Vec<String> {
 /// `zfs hold TAG SNAPSHOT...`: atomic, every snapshot or none.
 pub fn hold_many_argv(tag: &str, full_snaps: &[String]) -> Vec<String> {
     let mut argv = strings(["hold", tag]);
+    argv.extend(full_snaps.iter().cloned());
+    argv
+}
+
+/// `zfs release TAG SNAPSHOT...`.
+pub fn release_many_argv(tag: &str, full_snaps: &[String]) -> Vec<String> {
+    let mut argv = strings(["release", tag]);
     argv.extend(full_snaps.iter().cloned());
     argv
 }
@@ -452,6 +487,7 @@ impl Zfs {
     }
 
     pub(crate) async fn run(&self, args: Vec<String>) -> Result<Output, ZfsError> {
+        let started = std::time::Instant::now();
         let output = tokio::process::Command::new(&self.binary)
             .args(&args)
             .envs(Self::locale_env())
@@ -460,6 +496,14 @@ impl Zfs {
             .output()
             .await
             .map_err(|e| self.spawn_error(&args, e))?;
+        // one event per zfs invocation: counting them (and their cost)
+        // is how the fixed cost of a push is measured
+        tracing::debug!(
+            argv = %self.display(&args),
+            status = output.status.code(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "zfs"
+        );
         if !output.status.success() {
             return Err(ZfsError::Command {
                 argv: self.display(&args),
@@ -496,6 +540,45 @@ impl Zfs {
         validate_dataset(dataset)?;
         match self.run_if_exists(list_snapshots_argv(dataset)).await? {
             Some(out) => parse_snapshot_list(dataset, &out.stdout),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The snapshots of each of `datasets` (in their order), oldest first,
+    /// in one `zfs list`. Fails, for all, when one of them does not exist.
+    pub async fn snapshots_of(
+        &self,
+        datasets: &[String],
+    ) -> Result<Vec<Vec<SnapshotInfo>>, ZfsError> {
+        if datasets.is_empty() {
+            return Ok(Vec::new());
+        }
+        for d in datasets {
+            validate_dataset(d)?;
+        }
+        let out = self.run(list_snapshots_of_argv(datasets)).await?;
+        datasets
+            .iter()
+            .map(|d| parse_snapshot_list(d, &out.stdout))
+            .collect()
+    }
+
+    /// `dataset` (and, with `recursive`, its descendant filesystems and
+    /// volumes), parents first, each with the value of `property` (`None`
+    /// for `-`), in one `zfs get`; empty when `dataset` does not exist.
+    pub async fn property_tree(
+        &self,
+        dataset: &str,
+        recursive: bool,
+        property: &str,
+    ) -> Result<Vec<(String, Option<String>)>, ZfsError> {
+        validate_dataset(dataset)?;
+        crate::command::validate_property_name(property)?;
+        match self
+            .run_if_exists(get_tree_argv(property, dataset, recursive))
+            .await?
+        {
+            Some(out) => Ok(crate::snapshot::parse_name_values(dataset, &out.stdout)),
             None => Ok(Vec::new()),
         }
     }
@@ -602,6 +685,20 @@ impl Zfs {
         self.run(hold_many_argv(tag, full_snaps)).await.map(drop)
     }
 
+    /// Releases the hold `tag` on every snapshot of `full_snaps` in one
+    /// command (fails if one of them lacks the tag or is gone). Nothing
+    /// runs for an empty list.
+    pub async fn release_many(&self, tag: &str, full_snaps: &[String]) -> Result<(), ZfsError> {
+        if full_snaps.is_empty() {
+            return Ok(());
+        }
+        validate_hold_tag(tag)?;
+        for s in full_snaps {
+            validate_full_snapshot(s)?;
+        }
+        self.run(release_many_argv(tag, full_snaps)).await.map(drop)
+    }
+
     /// Destroys exactly one snapshot. A name without '@' is refused before
     /// anything runs (`zfs destroy tank/fs` would destroy the dataset), and
     /// so are the '%' ranges and ',' lists `zfs destroy` would expand.
@@ -682,6 +779,18 @@ mod tests {
             "get -H -p -o value receive_resume_token backup/a"
         );
         assert_eq!(holds_argv("tank/a@s").join(" "), "holds -H tank/a@s");
+        assert_eq!(
+            list_snapshots_of_argv(&["tank/a".into(), "tank/a/b".into()]).join(" "),
+            "list -H -p -t snapshot -o name,guid,createtxg,creation -s createtxg -d 1 tank/a tank/a/b"
+        );
+        assert_eq!(
+            get_tree_argv("fjord:demoted", "tank/a", true).join(" "),
+            "get -H -p -o name,value -t filesystem,volume -r fjord:demoted tank/a"
+        );
+        assert_eq!(
+            get_tree_argv("fjord:demoted", "tank/a", false).join(" "),
+            "get -H -p -o name,value -t filesystem,volume fjord:demoted tank/a"
+        );
     }
 
     #[test]
@@ -702,6 +811,10 @@ mod tests {
         assert_eq!(
             release_argv("fjord", "tank/a@s1"),
             ["release", "fjord", "tank/a@s1"]
+        );
+        assert_eq!(
+            release_many_argv("fjord", &["tank/a@s1".into(), "tank/a@s2".into()]),
+            ["release", "fjord", "tank/a@s1", "tank/a@s2"]
         );
         assert_eq!(destroy_snapshot_argv("tank/a@s1"), ["destroy", "tank/a@s1"]);
         assert_eq!(rollback_argv("b/a@s1", false), ["rollback", "b/a@s1"]);

@@ -220,6 +220,9 @@ impl Write for RecvProcess {
 
 impl Zfs {
     fn spawn(&self, args: &[String], stdin: Stdio, stdout: Stdio) -> Result<Child, ZfsError> {
+        // one event per zfs invocation (the streaming ones run on; the
+        // short ones log their elapsed time in `run`)
+        tracing::debug!(argv = %self.display(args), "zfs spawn");
         Command::new(self.binary())
             .args(args)
             .envs(Self::locale_env())

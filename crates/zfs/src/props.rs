@@ -121,6 +121,16 @@ pub fn mount_argv(dataset: &str) -> Vec<String> {
     vec!["mount".into(), dataset.into()]
 }
 
+/// The effective value of the property `name` among `props` (`None` when
+/// absent or `-`, as [`crate::snapshot::parse_property_value`] reads it).
+pub fn value_of<'a>(props: &'a [Property], name: &str) -> Option<&'a str> {
+    props
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.value.as_str())
+        .filter(|v| !v.is_empty() && *v != "-")
+}
+
 /// Parses [`get_props_argv`]'s output.
 pub fn parse_props(text: &str) -> Result<Vec<Property>, ZfsError> {
     text.lines()
@@ -179,6 +189,24 @@ impl Zfs {
         }
         let out = self.run(get_props_argv(props, dataset)).await?;
         parse_props(&out.stdout)
+    }
+
+    /// `props` of `dataset` in one `zfs get`, as [`Zfs::properties`];
+    /// `None` when the dataset does not exist (so that one command both
+    /// probes for it and reads what is wanted of it).
+    pub async fn properties_if_exists(
+        &self,
+        dataset: &str,
+        props: &[&str],
+    ) -> Result<Option<Vec<Property>>, ZfsError> {
+        validate_dataset(dataset)?;
+        for p in props {
+            validate_property_name(p)?;
+        }
+        match self.run_if_exists(get_props_argv(props, dataset)).await? {
+            Some(out) => parse_props(&out.stdout).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The effective value of one property (`None` for `-`, or when the
@@ -270,6 +298,9 @@ mod tests {
         assert_eq!(p[3].source, PropSource::None);
         assert_eq!(p[4].source, PropSource::Default);
         assert!(parse_props("readonly\ton\n").is_err());
+        assert_eq!(value_of(&p, "readonly"), Some("on"));
+        assert_eq!(value_of(&p, "fjord:promoted"), None);
+        assert_eq!(value_of(&p, "written"), None);
     }
 
     #[test]

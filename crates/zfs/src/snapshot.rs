@@ -96,6 +96,21 @@ pub fn parse_dataset_names(dataset: &str, text: &str) -> Vec<String> {
     names
 }
 
+/// Parses `zfs get -H -p -o name,value [-r] PROP DATASET` output: each
+/// dataset within `dataset` with its value (`None` for `-`), sorted by
+/// name so that every parent comes before its children.
+pub fn parse_name_values(dataset: &str, text: &str) -> Vec<(String, Option<String>)> {
+    let mut rows: Vec<(String, Option<String>)> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(name, _)| is_within_prefix(name, dataset))
+        .map(|(name, value)| (name.to_string(), parse_property_value(value)))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.dedup_by(|a, b| a.0 == b.0);
+    rows
+}
+
 /// Parses `zfs get -H -p -o value PROP DATASET` output: the value, or
 /// `None` when `zfs` prints "-" (the property has no value).
 pub fn parse_property_value(text: &str) -> Option<String> {
@@ -220,6 +235,23 @@ tank/homework@a\t3\t12\t100
         let snaps = parse_snapshot_list("tank/home", text).unwrap();
         assert_eq!(snaps.len(), 1);
         assert_eq!(snaps[0].guid, 1);
+    }
+
+    #[test]
+    fn name_values_keep_the_tree_parents_first_with_dash_as_none() {
+        let text =
+            "tank/home/alice\t-\ntank/home\t2026-12-03T12:13:20Z @fjord_x\ntank/homework\tx\n";
+        assert_eq!(
+            parse_name_values("tank/home", text),
+            vec![
+                (
+                    "tank/home".to_string(),
+                    Some("2026-12-03T12:13:20Z @fjord_x".to_string())
+                ),
+                ("tank/home/alice".to_string(), None),
+            ]
+        );
+        assert_eq!(parse_name_values("tank/home", ""), vec![]);
     }
 
     #[test]

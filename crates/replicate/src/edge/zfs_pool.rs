@@ -129,6 +129,31 @@ impl Pool for ZfsPool {
         self.zfs.snapshots(dataset).await.map_err(typed)
     }
 
+    async fn datasets_with_property(
+        &self,
+        root: &str,
+        recursive: bool,
+        prop: &str,
+    ) -> Result<(Vec<String>, Option<String>), PoolError> {
+        let rows = self
+            .zfs
+            .property_tree(root, recursive, prop)
+            .await
+            .map_err(typed)?;
+        let value = rows
+            .iter()
+            .find(|(name, _)| name == root)
+            .and_then(|(_, v)| v.clone());
+        Ok((rows.into_iter().map(|(name, _)| name).collect(), value))
+    }
+
+    async fn snapshots_many(
+        &self,
+        datasets: &[String],
+    ) -> Result<Vec<Vec<SnapshotInfo>>, PoolError> {
+        self.zfs.snapshots_of(datasets).await.map_err(typed)
+    }
+
     async fn snapshot(
         &self,
         root: &str,
@@ -152,6 +177,14 @@ impl Pool for ZfsPool {
 
     async fn release(&self, tag: &str, snapshot: &str) -> Result<(), PoolError> {
         self.zfs.release(tag, snapshot).await.map_err(typed)
+    }
+
+    async fn holds_many(&self, snapshots: &[String]) -> Result<Vec<(String, String)>, PoolError> {
+        self.zfs.holds_of(snapshots).await.map_err(typed)
+    }
+
+    async fn release_many(&self, tag: &str, snapshots: &[String]) -> Result<(), PoolError> {
+        self.zfs.release_many(tag, snapshots).await.map_err(typed)
     }
 
     async fn destroy_snapshot(&self, snapshot: &str) -> Result<(), PoolError> {
