@@ -285,6 +285,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "tripwire",
         "drill",
         "reload",
+        "quickstart",
     ];
     let mut required = vec![
         // full
@@ -474,6 +475,16 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "fb-repromote-undemoted",
         "fb-dr-unfenced",
         "fb-resume",
+        // the README's Quick start with the package
+        "quickstart-package",
+        "quickstart-dpkg-install",
+        "quickstart-lines",
+        "quickstart-dry-run-reached-zfs",
+        "quickstart-replicated",
+        "quickstart-copy",
+        "quickstart-copy-inert",
+        "quickstart-serve-user",
+        "quickstart-dr-status",
         // game day with PostgreSQL under load
         "gd-push3-exit",
         "gd-drill-during-replication",

@@ -985,17 +985,21 @@ export as_fjord
 # fjord_user_setup: the fjord user and what the package's postinst makes for it, the
 # receiver's key and binary where it can read them, and exactly the README's `zfs allow`
 # set on the target tree (the guest's /etc is a writable overlay: no dpkg here)
-fjord_user_setup() {
-    set -e
-    local perms
-    perms=$(sed -n 's/^ *zfs allow -u fjord \([a-z,]*\) backup$/\1/p' "$LAB_REPO/README.md" | head -n1)
-    [[ -n $perms ]] || { echo "no 'zfs allow -u fjord PERMS' line in $LAB_REPO/README.md" >&2; return 1; }
-    # the lines adduser --system writes (useradd cannot replace the guest's /etc/shadow)
+# fjord_account: the fjord user and group, as the package's adduser --system makes them
+# (useradd cannot replace the guest's /etc/shadow, so the postinst finds them made)
+fjord_account() {
     local id=990
     while getent passwd "$id" >/dev/null || getent group "$id" >/dev/null; do id=$((id - 1)); done
     getent group fjord >/dev/null || echo "fjord:x:$id:" >>/etc/group
     getent passwd fjord >/dev/null ||
         echo "fjord:x:$id:$(getent group fjord | cut -d: -f3):fjord:/var/lib/fjord:/usr/sbin/nologin" >>/etc/passwd
+}
+fjord_user_setup() {
+    set -e
+    local perms
+    perms=$(sed -n 's/^ *zfs allow -u fjord \([a-z,]*\) backup$/\1/p' "$LAB_REPO/README.md" | head -n1)
+    [[ -n $perms ]] || { echo "no 'zfs allow -u fjord PERMS' line in $LAB_REPO/README.md" >&2; return 1; }
+    fjord_account
     rm -rf "$work/fjord"
     install -d -o fjord -g fjord -m 0750 "$work/fjord"
     install -o fjord -g fjord -m 0600 "$work/recv.key" "$work/fjord/recv.key"
@@ -1601,9 +1605,102 @@ case_drill() {
     lab_assert drill-copy-inert inert dst/backup/data
 }
 
+# ---------------------------------------------------------------- the Quick start
+# The README's Quick start, word for word, with the package built from these binaries and
+# installed with dpkg -i in the VM (/usr is a writable overlay there): pools named as in the
+# examples (tank, backup), the example configs with only the edits the README's comments
+# name, the receiver started as fjord-recv.service starts it (its ExecStartPre and
+# ExecStart, as User=fjord with no capability: the lab VM has no systemd), a dry run and the
+# first push from the primary, and the DR node's own status of the copy.
+
+# quickstart_lines: the Quick start's commands, comments cut off
+quickstart_lines() {
+    sed -n '/^## Quick start$/,/^## Commands$/p' "$LAB_REPO/README.md" |
+        sed -n 's/^    \(.*[^ ]\) *# .*$/\1/p; t; s/^    \([^ ].*\)$/\1/p' | sed 's/ *$//'
+}
+# quickstart_edit LINE: the edits the README's comment on LINE asks for
+quickstart_edit() {
+    case $1 in
+    "cp /usr/share/doc/fjord/examples/recv.toml /etc/fjord/recv.toml")
+        # the client's key: the sender's public key (the example's listen and prefixes fit)
+        sed -i "0,/^key = \"BASE64PUBKEY=\"/s||key = \"$(fjord-send pubkey --key /etc/fjord/send.key)\"|" /etc/fjord/recv.toml
+        ;;
+    "cp /usr/share/doc/fjord/examples/send.toml /etc/fjord/send.toml")
+        sed -i "s|^target_key = \"BASE64PUBKEY=\"|target_key = \"$(fjord-recv pubkey --key /etc/fjord/recv.key)\"|" /etc/fjord/send.toml
+        ;;
+    esac
+}
+# quickstart_serve: what `systemctl enable --now fjord-recv` starts, from the installed unit
+quickstart_serve() {
+    local unit=/lib/systemd/system/fjord-recv.service pre start env
+    pre=$(sed -n 's/^ExecStartPre=//p' "$unit")
+    start=$(sed -n 's/^ExecStart=//p' "$unit")
+    env=$(sed -n 's/^Environment=//p' "$unit")
+    [[ -n $pre && -n $start ]] || return 1
+    # shellcheck disable=SC2086 # the unit's command lines are words
+    ip netns exec dr $as_fjord env $env $pre || return 1
+    # shellcheck disable=SC2086
+    ip netns exec dr $as_fjord env $env $start >>"$R/quickstart-serve.log" 2>&1 </dev/null &
+    echo $! >"$work/quickstart-serve.pid"
+    lab_wait_udp dr 7450 90
+}
+case_quickstart() {
+    serve_stop
+    local deb rc=0 line side=primary n=0 failed=""
+    rm -rf "$work/deb"
+    deb=$(DEBFULLNAME="fjord lab" DEBEMAIL=lab@fjord.test "$LAB_REPO/scripts/deb" \
+        --bin-dir "$(dirname "$recv")" --out "$work/deb" --fast 2>"$R/quickstart-deb.err" | tail -n1)
+    lab_assert quickstart-package test -f "$deb"
+    fjord_account
+    dpkg -i "$deb" >"$R/quickstart-dpkg.log" 2>&1 || rc=$?
+    lab_assert_eq quickstart-dpkg-install 0 "$rc"
+    lab_pools tank backup
+    zfs create tank/home
+    lab_fill "$(lab_mountpoint tank/home)" 2M >/dev/null
+    # udev's rule (90-zfs.rules) makes /dev/zfs 0666 on a real system; the lab has no udev
+    chmod 0666 /dev/zfs
+    : >"$R/quickstart.log"
+    while IFS= read -r line; do
+        n=$((n + 1))
+        case $line in
+        "fjord-recv keygen"*) side=dr ;;
+        "cp /usr/share/doc/fjord/examples/send.toml"*) side=primary ;;
+        esac
+        echo "=== [$side] $line" >>"$R/quickstart.log"
+        rc=0
+        case $line in
+        "systemctl enable --now fjord-recv") quickstart_serve >>"$R/quickstart.log" 2>&1 || rc=$? ;;
+        # no systemd in the VM: the timer's unit is checked by systemd-analyze in tests/deb.rs
+        "systemctl enable --now fjord-push.timer") continue ;;
+        *)
+            ip netns exec "$side" bash -c "$line" >>"$R/quickstart.log" 2>&1 || rc=$?
+            quickstart_edit "$line"
+            ;;
+        esac
+        echo "=== exit $rc" >>"$R/quickstart.log"
+        ((rc == 0)) || failed+="$n: $line (exit $rc); "
+    done < <(quickstart_lines)
+    lab_assert_eq quickstart-lines "13 " "$n $failed"
+    lab_assert quickstart-dry-run-reached-zfs grep -q 'tank/home' "$R/quickstart.log"
+    local snap
+    snap=$(zfs list -H -t snapshot -o name -s createtxg tank/home 2>/dev/null | tail -n1)
+    lab_assert quickstart-replicated test -n "$snap"
+    lab_assert_eq quickstart-copy "${snap#*@}" \
+        "$(zfs list -H -t snapshot -o name -s createtxg backup/oslo/home 2>/dev/null | tail -n1 | cut -d@ -f2)"
+    lab_assert quickstart-copy-inert inert backup/oslo/home
+    lab_assert_eq quickstart-serve-user fjord "$(ps -o user= -p "$(cat "$work/quickstart-serve.pid")" | tr -d ' ')"
+    rc=0
+    fjord-recv status --config /etc/fjord/recv.toml --check >"$R/quickstart-status.out" 2>&1 || rc=$?
+    lab_assert_eq quickstart-dr-status 0 "$rc"
+    kill "$(cat "$work/quickstart-serve.pid")" 2>/dev/null || true
+    tail --pid="$(cat "$work/quickstart-serve.pid")" -f /dev/null &
+    wait $! || true
+    lab_destroy_pools tank backup
+}
+
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote reload tripwire drill failback gameday-pg)
+    recv-as-fjord-user promote reload tripwire drill failback gameday-pg quickstart)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
