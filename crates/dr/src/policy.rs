@@ -150,6 +150,17 @@ pub enum Refusal {
         /// The prefix.
         dataset: String,
     },
+    /// The dataset has none of the client's snapshots: nothing shows that
+    /// the client's pushes made it.
+    #[error("refused by the DR node's policy: {dataset} has no snapshot of client {client} (named {prefix}_<time>), so it is not known to be this client's copy; only the DR node's operator destroys it")]
+    NotACopy {
+        /// The client.
+        client: String,
+        /// The dataset.
+        dataset: String,
+        /// The client's snapshot prefix.
+        prefix: String,
+    },
     /// The copy (or a dataset below it) was promoted on the DR node.
     #[error("refused by the DR node's policy: {dataset} was promoted on the DR node (fjord:promoted): it is a primary now, never destroyed at a client's request")]
     PromotedCopy {

@@ -13,7 +13,9 @@
 //! Even granted, a copy goes only when pruning could take each of its
 //! snapshots one by one (see [`crate::policy`]): every snapshot, in the
 //! copy and below it, is the client's own, older than `min_age` and held by
-//! no one but the DR node. A stolen key can then destroy nothing a
+//! no one but the DR node, and the copy itself carries at least one of the
+//! client's snapshots (an operator's own dataset, or one with no snapshot
+//! at all, is not known to be a copy). A stolen key can then destroy nothing a
 //! ransomware attacker needs gone (the recent history); a copy removed
 //! recently is destroyed by the first push after `min_age`. A client's
 //! prefix itself and a promoted copy are never destroyed.
@@ -21,6 +23,7 @@
 use crate::policy::{destroyable, Grants, Refusal};
 use crate::TargetSnapshot;
 use fjord_zfs::names::check_target;
+use fjord_zfs::snapname::parse_snapshot_time;
 use std::time::Duration;
 
 /// One dataset of a copy's tree (the copy itself or one below it).
@@ -62,6 +65,18 @@ pub fn decide_destroy_copy(
         return Err(Refusal::DestroyRemovedNotGranted {
             client: grants.client.into(),
             dataset: dataset.into(),
+        });
+    }
+    let ours = |m: &Member| {
+        m.snapshots
+            .iter()
+            .any(|s| parse_snapshot_time(grants.snapshot_prefix, &s.name).is_some())
+    };
+    if !tree.iter().any(|m| m.dataset == dataset && ours(m)) {
+        return Err(Refusal::NotACopy {
+            client: grants.client.into(),
+            dataset: dataset.into(),
+            prefix: grants.snapshot_prefix.into(),
         });
     }
     let within = |m: &&Member| {
@@ -181,6 +196,12 @@ mod tests {
         assert!(matches!(
             decide_destroy_copy(&g, COPY, &promoted, WEEK, NOW),
             Err(Refusal::PromotedCopy { .. })
+        ));
+        let mut bare = tree();
+        bare[0].snapshots.clear();
+        assert!(matches!(
+            decide_destroy_copy(&g, COPY, &bare, WEEK, NOW),
+            Err(Refusal::NotACopy { .. })
         ));
         assert!(matches!(
             decide_destroy_copy(&g, "backup/oslo", &tree(), WEEK, NOW),
