@@ -285,6 +285,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "tripwire",
         "drill",
         "reload",
+        "tree",
         "quickstart",
     ];
     let mut required = vec![
@@ -547,6 +548,24 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "drill-status-check-warning",
         "drill-metrics",
         "drill-copy-untouched",
+        // tree
+        "tree-new-exit",
+        "tree-new-full",
+        "tree-deep-guid",
+        "tree-removed-exit",
+        "tree-deep-incremental",
+        "tree-removed-reported",
+        "tree-removed-says-grant",
+        "tree-removed-kept",
+        "tree-status-warning",
+        "tree-destroyed-exit",
+        "tree-destroyed-reported",
+        "tree-destroyed-gone",
+        "tree-destroyed-rest-kept",
+        "tree-nested-exit",
+        "tree-nested-parent-inert",
+        "tree-nested-site-inert",
+        "tree-nested-guid",
         // reload
         "reload-added-accepted",
         "reload-removed-refused",

@@ -40,6 +40,7 @@ fn emitted() -> BTreeSet<String> {
         bytes_resent: 1,
         duration_secs: 1.0,
         newest_replicated_snapshot_time: Some(NOW - 120),
+        warnings: Vec::new(),
     };
     let copy = assess(
         &Observation {

@@ -64,6 +64,10 @@
 #                    dataset, a check compares the file hashes with the source's and passes; a
 #                    leftover of an interrupted drill goes first; a failing check is recorded
 #                    failed and its clone destroyed all the same; status shows the last drill
+#   tree             whole trees: a child three levels deep arrives full, then incremental; a
+#                    child destroyed on the primary is reported and kept, then destroyed under
+#                    a receiver granting allow_destroy_removed; a target whose parents do
+#                    not exist gets them created inert (canmount=off, readonly)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -1605,6 +1609,72 @@ case_drill() {
     lab_assert drill-copy-inert inert dst/backup/data
 }
 
+# jremoved NAME FIELD: FIELD of each copy in the job's "removed" (children destroyed on the
+# primary), joined by spaces
+jremoved() {
+    jq -r --arg f "$2" 'select(.type == "job") | [.removed[]? | .[$f] | tostring] | join(" ")' \
+        "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+# parent_inert DATASET: a parent the DR node created: never mounted, read-only
+parent_inert() {
+    [[ $(zfs get -H -o value canmount,readonly,mounted "$1" | tr '\n' ' ') == "off on no " ]]
+}
+
+# whole trees: a tree three levels deep with a new child (full, then incremental), a child
+# destroyed on the primary (reported and kept by default, destroyed under a receiver config
+# that grants allow_destroy_removed), and a target whose parents do not exist (created inert)
+case_tree() {
+    start_from golden
+    serve_use default
+    local rc=0
+    zfs create src/data/child/deep
+    zfs create src/data/gone
+    lab_fill "$cmnt/deep" 23 256K >/dev/null
+    push tree-new "$work/send.toml" || rc=$?
+    lab_assert_eq tree-new-exit 0 "$rc"
+    lab_assert_eq tree-new-full "ok full ok full" \
+        "$(jds tree-new src/data/child/deep result) $(jactions tree-new src/data/child/deep) $(jds tree-new src/data/gone result) $(jactions tree-new src/data/gone)"
+    local s
+    s=$(newest src/data/child/deep)
+    lab_assert_eq tree-deep-guid "$(lab_guid "$s")" "$(lab_guid "dst/backup/${s#src/}" 2>/dev/null || echo none)"
+    # the child goes on the primary; the new one changes
+    destroy_tree src/data/gone
+    lab_fill "$cmnt/deep/more" 24 128K >/dev/null
+    rc=0
+    push tree-removed "$work/send.toml" || rc=$?
+    lab_assert_eq tree-removed-exit 0 "$rc"
+    lab_assert_eq tree-deep-incremental "ok incremental" \
+        "$(jds tree-removed src/data/child/deep result) $(jactions tree-removed src/data/child/deep)"
+    lab_assert_eq tree-removed-reported "dst/backup/data/gone false" \
+        "$(jremoved tree-removed target) $(jremoved tree-removed destroyed)"
+    lab_assert tree-removed-says-grant jsays tree-removed allow_destroy_removed
+    lab_assert tree-removed-kept zfs list -H dst/backup/data/gone
+    ip netns exec primary "$send" status --config "$work/send.toml" >"$R/tree-status.txt" 2>&1 || true
+    lab_assert tree-status-warning grep -q 'warning: dst/backup/data/gone: its source was destroyed' "$R/tree-status.txt"
+    # a receiver that grants it (and min_age 0: the copy's snapshots are seconds old)
+    serve_use tree-destroy
+    rc=0
+    push tree-destroyed "$work/send.toml" || rc=$?
+    lab_assert_eq tree-destroyed-exit 0 "$rc"
+    lab_assert_eq tree-destroyed-reported "dst/backup/data/gone true" \
+        "$(jremoved tree-destroyed target) $(jremoved tree-destroyed destroyed)"
+    lab_assert tree-destroyed-gone sh -c '! zfs list -H dst/backup/data/gone 2>/dev/null'
+    lab_assert tree-destroyed-rest-kept zfs list -H dst/backup/data/child/deep
+    # a target whose parents do not exist: created inert under the client's prefix
+    send_config "$work/nested.toml" "$work/send.key" "" "$work/state-nested"
+    sed -i 's|^target_dataset = .*|target_dataset = "dst/backup/nested/site/data"|' "$work/nested.toml"
+    rm -rf "$work/state-nested" && mkdir -p "$work/state-nested"
+    rc=0
+    push tree-nested "$work/nested.toml" || rc=$?
+    lab_assert_eq tree-nested-exit 0 "$rc"
+    lab_assert tree-nested-parent-inert parent_inert dst/backup/nested
+    lab_assert tree-nested-site-inert parent_inert dst/backup/nested/site
+    s=$(newest src/data/child/deep)
+    lab_assert_eq tree-nested-guid "$(lab_guid "$s")" \
+        "$(lab_guid "dst/backup/nested/site/${s#src/}" 2>/dev/null || echo none)"
+    destroy_tree dst/backup/nested
+}
+
 # ---------------------------------------------------------------- the Quick start
 # The README's Quick start, word for word, with the package built from these binaries and
 # installed with dpkg -i in the VM (/usr is a writable overlay there): pools named as in the
@@ -1700,7 +1770,7 @@ case_quickstart() {
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote reload tripwire drill failback gameday-pg quickstart)
+    recv-as-fjord-user promote reload tripwire drill failback gameday-pg tree quickstart)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others
@@ -1758,6 +1828,8 @@ recv_config rollback "" "allow_rollback = true"
 recv_config rollback-now 'min_age = "0s"' "allow_rollback = true"
 recv_config prune 'min_age = "0s"' "allow_rollback = true
 allow_prune = true"
+# recv-tree-destroy.toml: the primary may have copies of children destroyed on it destroyed
+recv_config tree-destroy 'min_age = "0s"' "allow_destroy_removed = true"
 recv_config dr-retention 'min_age = "0s"
 [retention]
 hourly = 2' ""

@@ -405,6 +405,15 @@ pub struct Client {
     /// be able to fence the real primary off.
     #[serde(default)]
     pub allow_promote: bool,
+    /// Let its recursive pushes destroy a copy whose source child was
+    /// destroyed on the primary (recursively, with the DR node's holds
+    /// released): only when pruning could take every snapshot in it (its
+    /// own, older than `min_age`, held by no one else), never a prefix
+    /// itself, never a promoted copy. Default false: the copy is kept and
+    /// the push reports it. A grant of its own, not `allow_prune`'s: that
+    /// thins history, this erases whole datasets on the sender's word.
+    #[serde(default)]
+    pub allow_destroy_removed: bool,
     /// The DR node's retention for this client's datasets, instead of the
     /// top-level `[retention]`.
     #[serde(default)]

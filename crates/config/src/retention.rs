@@ -54,6 +54,35 @@ impl Retention {
     }
 }
 
+impl Retention {
+    /// What the policy keeps, in words (`check-config`): "the newest
+    /// snapshot of each of the last 24 hours, 7 days, 12 months and 5
+    /// years that have one, and always the newest".
+    pub fn describe(&self) -> String {
+        let classes: Vec<String> = [
+            (self.hourly, "hour", "hours"),
+            (self.daily, "day", "days"),
+            (self.weekly, "week", "weeks"),
+            (self.monthly, "month", "months"),
+            (self.yearly, "year", "years"),
+        ]
+        .iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, one, many)| format!("{n} {}", if *n == 1 { one } else { many }))
+        .collect();
+        match classes.split_last() {
+            None => "only the newest snapshot".into(),
+            Some((last, [])) => format!(
+                "the newest snapshot of each of the last {last} that have one (UTC), and always the newest"
+            ),
+            Some((last, rest)) => format!(
+                "the newest snapshot of each of the last {} and {last} that have one (UTC), and always the newest",
+                rest.join(", ")
+            ),
+        }
+    }
+}
+
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
@@ -182,6 +211,31 @@ mod tests {
 
     fn names(list: &[SnapshotInfo]) -> Vec<String> {
         list.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_policy_describes_its_classes_monthly_and_yearly_included() {
+        let p = Retention {
+            hourly: 24,
+            daily: 1,
+            monthly: 12,
+            yearly: 5,
+            ..Retention::default()
+        };
+        assert_eq!(
+            p.describe(),
+            "the newest snapshot of each of the last 24 hours, 1 day, 12 months and 5 years that have one (UTC), and always the newest"
+        );
+        let y = Retention {
+            yearly: 1,
+            ..Retention::default()
+        };
+        assert!(
+            y.describe().contains("last 1 year that"),
+            "{}",
+            y.describe()
+        );
+        assert_eq!(Retention::default().describe(), "only the newest snapshot");
     }
 
     #[test]

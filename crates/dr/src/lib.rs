@@ -14,6 +14,9 @@
 //!   diverged writes aside and becomes a receive target again.
 //! - [`promote`]: failover: the plan that makes a copy the primary, and
 //!   the fence that refuses pushes into a promoted copy.
+//! - [`removed`]: may this client destroy a whole copy whose source was
+//!   destroyed on the primary? Only with `allow_destroy_removed`, and
+//!   only what pruning could take snapshot by snapshot.
 //! - [`retention`]: the DR node's own pruning plan, by its own counts.
 //! - [`status`]: how fresh each copy is, as the DR node itself sees it
 //!   (report, Prometheus textfile, Nagios-style check).
@@ -23,6 +26,7 @@ pub mod demote;
 pub mod drill;
 pub mod policy;
 pub mod promote;
+pub mod removed;
 pub mod retention;
 pub mod serve_metrics;
 pub mod status;

@@ -32,6 +32,9 @@ pub struct Grants<'a> {
     pub allow_prune: bool,
     /// `allow_rollback`.
     pub allow_rollback: bool,
+    /// `allow_destroy_removed`: may destroy a whole copy whose source was
+    /// destroyed on the primary ([`crate::removed`]).
+    pub allow_destroy_removed: bool,
 }
 
 /// What a client asks of a target.
@@ -131,6 +134,39 @@ pub enum Refusal {
         /// The foreign tags, comma-separated.
         tags: String,
     },
+    /// Destroying removed copies was not granted.
+    #[error("refused by the DR node's policy: client {client} may not destroy {dataset}, whose source was destroyed on the primary; the copy is kept (to let this client's pushes destroy such copies, set allow_destroy_removed = true in its [[client]] of recv.toml, or zfs destroy -r it on the DR node by hand)")]
+    DestroyRemovedNotGranted {
+        /// The client.
+        client: String,
+        /// The copy.
+        dataset: String,
+    },
+    /// One of the client's prefixes itself: only the operator destroys it.
+    #[error("refused by the DR node's policy: {dataset} is a prefix of client {client} in recv.toml; only the DR node's operator destroys it")]
+    PrefixRoot {
+        /// The client.
+        client: String,
+        /// The prefix.
+        dataset: String,
+    },
+    /// The dataset has none of the client's snapshots: nothing shows that
+    /// the client's pushes made it.
+    #[error("refused by the DR node's policy: {dataset} has no snapshot of client {client} (named {prefix}_<time>), so it is not known to be this client's copy; only the DR node's operator destroys it")]
+    NotACopy {
+        /// The client.
+        client: String,
+        /// The dataset.
+        dataset: String,
+        /// The client's snapshot prefix.
+        prefix: String,
+    },
+    /// The copy (or a dataset below it) was promoted on the DR node.
+    #[error("refused by the DR node's policy: {dataset} was promoted on the DR node (fjord:promoted): it is a primary now, never destroyed at a client's request")]
+    PromotedCopy {
+        /// The promoted dataset.
+        dataset: String,
+    },
     /// The rollback's base is not on the target.
     #[error("cannot roll {dataset} back to @{to}: the DR node has no such snapshot")]
     UnknownBase {
@@ -210,7 +246,7 @@ pub fn decide(
 }
 
 /// The checks every snapshot a client's request destroys must pass.
-fn destroyable(
+pub(crate) fn destroyable(
     grants: &Grants<'_>,
     dataset: &str,
     s: &TargetSnapshot,
@@ -265,6 +301,7 @@ mod tests {
             snapshot_prefix: "fjord",
             allow_prune: prune,
             allow_rollback: rollback,
+            allow_destroy_removed: false,
         }
     }
 

@@ -160,6 +160,20 @@ pub enum Request {
         /// The recovery point's short name: the primary's final snapshot.
         snapshot: String,
     },
+    /// List the datasets at and below `dataset` (a recursive job's target
+    /// root), answered by [`Response::Tree`]: the sender finds the copies
+    /// whose source children were destroyed on the primary.
+    ListTree {
+        /// The target root.
+        dataset: String,
+    },
+    /// Destroy the copy `dataset` and everything below it: its source was
+    /// destroyed on the primary. The DR node's policy decides
+    /// (`allow_destroy_removed`); a refusal keeps the copy.
+    DestroyCopy {
+        /// The copy.
+        dataset: String,
+    },
     /// Which chunks does the receiver's chunk cache promise to hold for the
     /// packed transfer `session` (sent next)? Answered by the transport
     /// itself, not by the receiver's control service.
@@ -177,7 +191,9 @@ impl Request {
             Request::TargetState { dataset }
             | Request::AbortResume { dataset }
             | Request::DestroySnapshots { dataset, .. }
-            | Request::Promote { dataset, .. } => dataset,
+            | Request::Promote { dataset, .. }
+            | Request::ListTree { dataset }
+            | Request::DestroyCopy { dataset } => dataset,
             Request::ChunkInventory { .. } => "",
         }
     }
@@ -194,6 +210,12 @@ pub enum Response {
     ChunkInventory {
         /// BLAKE3 addresses (32 bytes each), at most [`MAX_INVENTORY`].
         hashes: Vec<[u8; 32]>,
+    },
+    /// Answer to [`Request::ListTree`]: the datasets at and below it, by
+    /// full name, parents first (empty when it does not exist).
+    Tree {
+        /// Full dataset names.
+        datasets: Vec<String>,
     },
     /// The request was carried out.
     Done {
@@ -467,6 +489,9 @@ mod tag {
     pub const REQ_CHUNK_INVENTORY: u8 = 18;
     pub const RESP_CHUNK_INVENTORY: u8 = 19;
     pub const REQ_PROMOTE: u8 = 20;
+    pub const REQ_LIST_TREE: u8 = 21;
+    pub const RESP_TREE: u8 = 22;
+    pub const REQ_DESTROY_COPY: u8 = 23;
 }
 
 /// Why bytes are not a valid message.
@@ -652,6 +677,21 @@ impl Message {
                 out.put_u8(tag::REQ_PROMOTE);
                 put_str(out, dataset);
                 put_str(out, snapshot);
+            }
+            Message::Request(Request::ListTree { dataset }) => {
+                out.put_u8(tag::REQ_LIST_TREE);
+                put_str(out, dataset);
+            }
+            Message::Request(Request::DestroyCopy { dataset }) => {
+                out.put_u8(tag::REQ_DESTROY_COPY);
+                put_str(out, dataset);
+            }
+            Message::Response(Response::Tree { datasets }) => {
+                out.put_u8(tag::RESP_TREE);
+                out.put_u32(datasets.len() as u32);
+                for d in datasets {
+                    put_str(out, d);
+                }
             }
             Message::Response(Response::TargetState(t)) => {
                 out.put_u8(tag::RESP_TARGET_STATE);
@@ -853,6 +893,21 @@ impl Message {
                 dataset: r.string("dataset")?,
                 snapshot: r.string("snapshot")?,
             }),
+            tag::REQ_LIST_TREE => Message::Request(Request::ListTree {
+                dataset: r.string("dataset")?,
+            }),
+            tag::REQ_DESTROY_COPY => Message::Request(Request::DestroyCopy {
+                dataset: r.string("dataset")?,
+            }),
+            tag::RESP_TREE => {
+                let count = r.u32("dataset_count")?;
+                // Grown one by one: the count is untrusted, the body bounds it.
+                let mut datasets = Vec::new();
+                for _ in 0..count {
+                    datasets.push(r.string("dataset")?);
+                }
+                Message::Response(Response::Tree { datasets })
+            }
             tag::RESP_TARGET_STATE => {
                 let dataset = r.string("dataset")?;
                 let exists = r.bool("exists")?;
@@ -1131,6 +1186,16 @@ mod tests {
                 written: 4096,
             })),
             Message::Response(Response::TargetState(TargetState::default())),
+            Message::Request(Request::ListTree {
+                dataset: "backup/oslo/home".into(),
+            }),
+            Message::Request(Request::DestroyCopy {
+                dataset: "backup/oslo/home/old".into(),
+            }),
+            Message::Response(Response::Tree {
+                datasets: vec!["backup/oslo/home".into(), "backup/oslo/home/a".into()],
+            }),
+            Message::Response(Response::Tree { datasets: vec![] }),
             Message::Request(Request::ChunkInventory {
                 session: SessionId(u128::MAX - 3),
             }),

@@ -29,6 +29,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod tree;
+
 /// What the DR node refused or did on its own, for the operator (logged as
 /// it happens; read with [`ZfsTarget::counts`]).
 #[derive(Debug, Default)]
@@ -552,6 +554,7 @@ fn grants(client: &Client) -> Grants<'_> {
         snapshot_prefix: &client.snapshot_prefix,
         allow_prune: client.allow_prune,
         allow_rollback: client.allow_rollback,
+        allow_destroy_removed: client.allow_destroy_removed,
     }
 }
 
@@ -606,6 +609,7 @@ impl SinkFactory for SharedTarget {
             })?;
             handle.block_on(t.rollback(&client, &offer.dataset, base))?;
         }
+        handle.block_on(t.create_parents(&client, &offer.dataset))?;
         let spec = t.config().recv.spec(&offer.dataset, force);
         let target = format!("{}@{short}", offer.dataset);
         let child = t.zfs.spawn_recv(&spec).map_err(|e| match zfs_failure(e) {
@@ -683,6 +687,14 @@ impl Control for SharedTarget {
                     .map(|message| Response::Done { message }),
                 Request::DestroySnapshots { dataset, snapshots } => t
                     .destroy(&client, &dataset, &snapshots)
+                    .await
+                    .map(|message| Response::Done { message }),
+                Request::ListTree { dataset } => t
+                    .list_tree(&dataset)
+                    .await
+                    .map(|datasets| Response::Tree { datasets }),
+                Request::DestroyCopy { dataset } => t
+                    .destroy_copy(&client, &dataset)
                     .await
                     .map(|message| Response::Done { message }),
                 Request::Promote { dataset, snapshot } => t
@@ -1203,13 +1215,13 @@ esac
     fn a_zfs_recv_that_cannot_start_is_a_downstream_failure_not_a_bad_dataset() {
         use std::os::unix::fs::PermissionsExt;
         let key = Identity::generate().expect("keygen").public_key();
-        // A `zfs` that answers the fence's queries, then vanishes before
-        // `zfs recv` is started.
+        // A `zfs` that answers the fence's queries and the parent check
+        // (`list backup/oslo`), then vanishes before `zfs recv` is started.
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("zfs");
         std::fs::write(
             &path,
-            "#!/bin/sh\ncase \"$1\" in\n  list) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n'; rm -f \"$0\" ;;\nesac\n",
+            "#!/bin/sh\nfor last; do :; done\ncase \"$1\" in\n  list) [ \"$last\" = backup/oslo ] && rm -f \"$0\"; exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n' ;;\nesac\n",
         )
         .expect("write the fake zfs");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");

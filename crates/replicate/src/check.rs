@@ -162,6 +162,7 @@ mod tests {
             bytes_resent: 0,
             duration_secs: 1.0,
             newest_replicated_snapshot_time: lag.map(|l| NOW - l),
+            warnings: Vec::new(),
         }
     }
 

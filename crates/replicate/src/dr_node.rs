@@ -99,6 +99,15 @@ pub trait DrNode: Send + Sync {
         snapshots: &[String],
     ) -> impl Future<Output = Result<(), DrError>> + Send;
 
+    /// The datasets at and below `root` on the DR node, by full name
+    /// (empty when `root` does not exist).
+    fn list_tree(&self, root: &str) -> impl Future<Output = Result<Vec<String>, DrError>> + Send;
+
+    /// Asks the DR node to destroy the copy `target` and everything below
+    /// it, whose source was destroyed on the primary; its policy decides
+    /// (`allow_destroy_removed`). Returns what the DR node did.
+    fn destroy_copy(&self, target: &str) -> impl Future<Output = Result<String, DrError>> + Send;
+
     /// Asks the DR node to promote `target` to `snapshot` (a planned
     /// switchover); its policy must grant it. Promoting again to the same
     /// snapshot finishes an interrupted promotion; to another is refused
@@ -141,6 +150,12 @@ impl<T: DrNode> DrNode for std::sync::Arc<T> {
         snapshot: &str,
     ) -> impl Future<Output = Result<String, DrError>> + Send {
         (**self).promote(target, snapshot)
+    }
+    fn list_tree(&self, root: &str) -> impl Future<Output = Result<Vec<String>, DrError>> + Send {
+        (**self).list_tree(root)
+    }
+    fn destroy_copy(&self, target: &str) -> impl Future<Output = Result<String, DrError>> + Send {
+        (**self).destroy_copy(target)
     }
     fn transfer(
         &self,

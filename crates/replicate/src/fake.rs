@@ -215,6 +215,14 @@ impl FakePool {
         destroy(&mut s, full)
     }
 
+    /// `zfs destroy -r DATASET` by the operator: the dataset, its children
+    /// and their snapshots are gone from the primary.
+    pub fn destroy_dataset(&self, dataset: &str) {
+        lock(&self.state)
+            .datasets
+            .retain(|d, _| !within(d, dataset));
+    }
+
     fn take_fault(&self, pred: impl Fn(&PoolFault) -> bool) -> bool {
         take(&mut lock(&self.state).faults, pred)
     }
@@ -541,6 +549,11 @@ struct DrState {
     promoted_to: BTreeMap<String, String>,
     /// The next promote request is refused by the DR node's policy.
     refuse_promote: bool,
+    /// The DR node's policy grants `allow_destroy_removed`.
+    allow_destroy_removed: bool,
+    /// The datasets the DR node was made with: like a client's prefixes,
+    /// a full receive below one creates its missing parents.
+    roots: Vec<String>,
 }
 
 /// The DR node, in memory: `zfs recv`'s rules, a permissive policy.
@@ -557,6 +570,7 @@ impl FakeDrNode {
             let mut s = lock(&dr.state);
             s.next_guid = 0xd000_0000;
             for r in roots {
+                s.roots.push((*r).into());
                 s.targets.insert((*r).into(), FakeTarget::default());
             }
         }
@@ -668,6 +682,14 @@ impl FakeDrNode {
     }
 }
 
+/// `dataset` is `root` or below it.
+fn within(dataset: &str, root: &str) -> bool {
+    dataset == root
+        || dataset
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 fn refused(msg: impl Into<String>) -> DrError {
     DrError::Refused(msg.into())
 }
@@ -676,6 +698,16 @@ impl FakeDrNode {
     /// The snapshot a switchover promoted `root` to, if it did.
     pub fn promoted_to(&self, root: &str) -> Option<String> {
         lock(&self.state).promoted_to.get(root).cloned()
+    }
+
+    /// The DR node's policy grants (or not) `allow_destroy_removed`.
+    pub fn allow_destroy_removed(&self, allow: bool) {
+        lock(&self.state).allow_destroy_removed = allow;
+    }
+
+    /// Every target, by full name.
+    pub fn targets(&self) -> Vec<String> {
+        lock(&self.state).targets.keys().cloned().collect()
     }
 
     /// The next promote request is refused (no `allow_promote`).
@@ -750,6 +782,30 @@ impl DrNode for FakeDrNode {
             s.targets.remove(target);
         }
         Ok(())
+    }
+
+    async fn list_tree(&self, root: &str) -> Result<Vec<String>, DrError> {
+        self.unreachable()?;
+        self.fenced(root)?;
+        Ok(lock(&self.state)
+            .targets
+            .keys()
+            .filter(|t| within(t, root))
+            .cloned()
+            .collect())
+    }
+
+    async fn destroy_copy(&self, target: &str) -> Result<String, DrError> {
+        self.unreachable()?;
+        self.fenced(target)?;
+        let mut s = lock(&self.state);
+        if !s.allow_destroy_removed {
+            return Err(refused(format!(
+                "refused by the DR node's policy: {target} is kept; set allow_destroy_removed = true"
+            )));
+        }
+        s.targets.retain(|t, _| !within(t, target));
+        Ok(format!("destroyed {target}"))
     }
 
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
@@ -835,7 +891,16 @@ impl DrNode for FakeDrNode {
                     return Err(refused(format!("destination {target} exists")));
                 }
                 if !parent_exists {
-                    return Err(refused(format!("{target}: parent does not exist")));
+                    // Like fjord-recv: missing parents below a prefix are
+                    // created (inert); above or outside, refused.
+                    let Some(root) = s.roots.iter().find(|r| within(target, r)).cloned() else {
+                        return Err(refused(format!("{target}: parent does not exist")));
+                    };
+                    let mut at = root;
+                    for part in target[at.len()..].split('/').filter(|p| !p.is_empty()) {
+                        s.targets.entry(at.clone()).or_default();
+                        at = format!("{at}/{part}");
+                    }
                 }
             }
             (false, Some(from)) => {

@@ -172,8 +172,23 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             }
         }
     }
-    let reports = replicate_tree(ctx.clone(), datasets, book).await;
+    let reports = replicate_tree(ctx.clone(), datasets.clone(), book).await;
+    let root_replicated = reports.first().is_some_and(|r| {
+        matches!(
+            r.result,
+            DatasetResult::Ok | DatasetResult::UpToDate | DatasetResult::Planned
+        )
+    });
     summarize(&mut report, reports, ctx.options.dry_run);
+    if ctx.job.recursive && root_replicated {
+        match crate::removed::handle_removed(ctx.as_ref(), &datasets).await {
+            Ok(removed) => {
+                report.warnings.extend(removed.iter().map(|r| r.warning()));
+                report.removed = removed;
+            }
+            Err(w) => report.warnings.push(w),
+        }
+    }
     if let Some(p) = post_error {
         // The snapshot and its replication stand; the job still fails, as
         // the application may be left frozen or locked.
@@ -442,6 +457,7 @@ fn record<P: Pool, D: DrNode>(
         duration_secs: report.duration_secs,
         newest_replicated_snapshot_time: replicated
             .or(previous.and_then(|p| p.newest_replicated_snapshot_time)),
+        warnings: report.warnings.clone(),
     };
     status::save(&state.state_dir, &st).map_err(status_error)?;
     if report.dataset_reports.iter().any(|d| d.tripwire.is_some()) {

@@ -12,6 +12,8 @@
 //!   pure).
 //! - [`dataset`]: one dataset's push, over the traits.
 //! - [`job`]: a job's lock, snapshot, tree, status and metrics.
+//! - [`removed`]: children destroyed on the primary, found on the DR
+//!   node, reported, and destroyed there when its policy allows.
 //! - [`report`]: what happened, per dataset and per job (`--json`).
 //! - [`lock`], [`status`], [`metrics`]: the job's local state.
 //! - [`tripwire`]: the ransomware tripwire (stream meter, verdict, alarm).
@@ -28,6 +30,7 @@ pub mod lock;
 pub mod metrics;
 pub mod plan;
 pub mod pool;
+pub mod removed;
 pub mod report;
 pub mod status;
 pub mod switchover;

@@ -115,6 +115,7 @@ mod tests {
                 bytes_resent: 4096,
                 duration_secs: 12.5,
                 newest_replicated_snapshot_time: Some(1_769_860_790),
+                warnings: Vec::new(),
             },
             JobStatus {
                 job: "we\"ird\\".into(),
@@ -126,6 +127,7 @@ mod tests {
                 bytes_resent: 0,
                 duration_secs: 3.0,
                 newest_replicated_snapshot_time: None,
+                warnings: Vec::new(),
             },
         ]
     }

@@ -268,6 +268,12 @@ pub struct JobReport {
     /// Why the job failed, in one line (each dataset's error is in its own
     /// report).
     pub error: Option<String>,
+    /// Copies on the DR node whose source child was destroyed on the
+    /// primary: destroyed there or kept, by the DR node's policy.
+    pub removed: Vec<crate::removed::RemovedCopy>,
+    /// What went wrong or needs a look without failing the job (a removed
+    /// child's copy kept or destroyed on the DR node).
+    pub warnings: Vec<String>,
     /// Each dataset's report, parents first.
     #[serde(skip)]
     pub dataset_reports: Vec<DatasetReport>,
@@ -297,6 +303,8 @@ impl JobReport {
             reconnects: 0,
             duration_secs: 0.0,
             error: None,
+            removed: Vec::new(),
+            warnings: Vec::new(),
             dataset_reports: Vec::new(),
         }
     }

@@ -65,6 +65,11 @@ pub struct JobStatus {
     pub duration_secs: f64,
     /// Creation time of the newest snapshot known to be on the target.
     pub newest_replicated_snapshot_time: Option<i64>,
+    /// The last run's warnings that need a look without failing it (a
+    /// child destroyed on the primary whose copy the DR node kept).
+    /// Absent in status files of older versions.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 const SUFFIX: &str = ".status.json";
@@ -159,6 +164,7 @@ mod tests {
             bytes_resent: 0,
             duration_secs: 12.5,
             newest_replicated_snapshot_time: Some(1_769_860_790),
+            warnings: Vec::new(),
         }
     }
 

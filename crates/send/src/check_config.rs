@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 /// sender's key file (and its mode), that state_dir exists and is
 /// writable, that the metrics file's directory is writable, that every
 /// target_host resolves, and that `zfs` is on the PATH. Prints one line
-/// per job and exits 0, or names the file, the key and the fix and exits
-/// 5. Nothing is written but a probe file in state_dir, removed at once.
+/// per job, with what its retention keeps on each side (hourly, daily,
+/// weekly, monthly and yearly buckets, UTC), and exits 0, or names the
+/// file, the key and the fix and exits 5. Nothing is written but a probe file in state_dir, removed at once.
 ///
 /// Example:
 ///   fjord-send check-config --config /etc/fjord/send.toml
@@ -69,6 +70,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
             p.job.target_dataset,
             p.server_key
         );
+        let retention = &p.job.retention;
+        for (side, keep) in [
+            ("the source", &retention.source),
+            ("the DR node (asked; its policy decides)", &retention.target),
+        ] {
+            if let Some(keep) = keep {
+                println!("  retention on {side}: {}", keep.describe());
+            }
+        }
     }
     println!(
         "{file}: ok: {} job(s), sender key {}, state_dir {}, zfs {}",

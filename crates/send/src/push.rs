@@ -214,6 +214,9 @@ fn show(outcome: &JobOutcome, args: &Args, talk: bool) {
                 println!("{}: {l}", report.job);
             }
         }
+        for w in &report.warnings {
+            println!("{}: warning: {w}", report.job);
+        }
         if report.result == JobResult::Ok {
             println!(
                 "{}: ok in {:.1}s, {} bytes sent, {} re-sent",

@@ -19,6 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// `never` in the table and, with --json, as
 /// {"job": NAME, "last_result": "never", ...}: it has no DR copy yet.
 ///
+/// The last push's warnings (a child destroyed on the primary whose copy
+/// the DR node kept, or destroyed) are printed under the table and listed
+/// in "warnings" with --json; they do not change the exit status.
+///
 /// A ransomware tripwire alarm that waits for `fjord-send tripwire ack`
 /// is printed under the table and listed in each job's
 /// "tripwire_alarms" with --json.
@@ -144,6 +148,7 @@ fn job_status(state_dir: &std::path::Path, job: &str) -> JobStatus {
         bytes_resent: 0,
         duration_secs: 0.0,
         newest_replicated_snapshot_time: None,
+        warnings: Vec::new(),
     };
     match status::load(state_dir, job) {
         Ok(Some(s)) => s,
@@ -211,6 +216,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 s.duration_secs,
                 s.last_error.as_deref().unwrap_or("")
             );
+        }
+        for s in &all {
+            for w in &s.warnings {
+                println!("{}: warning: {w}", s.job);
+            }
         }
     }
     let mut unhealthy: Vec<String> = all

@@ -22,6 +22,7 @@
 
 pub mod clone;
 pub mod command;
+pub mod create;
 pub mod error;
 pub mod lineage;
 pub mod names;

@@ -209,6 +209,34 @@ impl DrNode for QuicDrNode {
         }
     }
 
+    async fn list_tree(&self, root: &str) -> Result<Vec<String>, DrError> {
+        match self
+            .ask(Request::ListTree {
+                dataset: root.to_string(),
+            })
+            .await?
+        {
+            Response::Tree { datasets } => Ok(datasets),
+            other => Err(DrError::Protocol(format!(
+                "a tree listing was answered with {other:?}"
+            ))),
+        }
+    }
+
+    async fn destroy_copy(&self, target: &str) -> Result<String, DrError> {
+        match self
+            .ask(Request::DestroyCopy {
+                dataset: target.to_string(),
+            })
+            .await?
+        {
+            Response::Done { message } => Ok(message),
+            other => Err(DrError::Protocol(format!(
+                "a destroy-copy request was answered with {other:?}"
+            ))),
+        }
+    }
+
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
         self.ask(Request::DestroySnapshots {
             dataset: target.to_string(),
