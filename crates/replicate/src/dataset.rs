@@ -217,6 +217,20 @@ pub(crate) fn fail(report: &mut DatasetReport, error: &DatasetError) {
     report.error = Some(error.to_string());
 }
 
+/// The snapshot a push (not a dry run) would take now: named as it would
+/// be, with a guid no real snapshot has (0), so it never matches a target's.
+fn would_take<P: Pool, D: DrNode>(ctx: &JobContext<P, D>) -> SnapshotInfo {
+    SnapshotInfo {
+        name: fjord_zfs::snapname::format_snapshot_name(
+            &ctx.job.snapshot_prefix,
+            ctx.options.now_unix,
+        ),
+        guid: 0,
+        createtxg: 0,
+        creation: ctx.options.now_unix,
+    }
+}
+
 async fn carry_out<P: Pool, D: DrNode>(
     ctx: &JobContext<P, D>,
     source: &str,
@@ -227,7 +241,7 @@ async fn carry_out<P: Pool, D: DrNode>(
     let dry_run = ctx.options.dry_run;
     let mut sent_any = false;
     for pass in 0..MAX_PASSES {
-        let src = match listed.take() {
+        let mut src = match listed.take() {
             Some(src) => src,
             None => ctx
                 .pool
@@ -238,6 +252,11 @@ async fn carry_out<P: Pool, D: DrNode>(
                     cause,
                 })?,
         };
+        if dry_run && src.is_empty() {
+            // A first push snapshots a source that has none yet: plan the
+            // full send of the snapshot it would take.
+            src.push(would_take(ctx));
+        }
         let tgt = ctx
             .dr
             .target_state(target)

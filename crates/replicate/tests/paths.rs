@@ -568,3 +568,33 @@ async fn json_lines_carry_each_dataset_then_the_job() {
         assert!(job.get(key).is_some(), "job line lacks {key}");
     }
 }
+
+/// The Quick start's `push --dry-run` on a dataset that has no snapshot yet:
+/// it plans the full send of the snapshot the push would take (it failed,
+/// "the source has no snapshot to send", found by the lab case
+/// `quickstart`).
+#[tokio::test]
+async fn a_first_dry_run_plans_the_full_send_of_the_snapshot_it_would_take() {
+    let mut w = World::new("");
+    let state = w.state();
+    let o = w.push_with(false, true, state).await;
+    assert_eq!(o.report.result, JobResult::DryRun, "{:?}", o.report);
+    let d = &o.report.dataset_reports[0];
+    assert_eq!(d.result, DatasetResult::Planned, "{d:?}");
+    assert_eq!(d.steps.len(), 1);
+    assert_eq!(d.steps[0].action, Action::Full);
+    assert!(!d.steps[0].done);
+    assert!(
+        d.steps[0]
+            .to
+            .as_deref()
+            .is_some_and(|t| t.starts_with("fjord_")),
+        "{:?}",
+        d.steps[0]
+    );
+    assert!(
+        w.source_names("tank/home").is_empty(),
+        "a dry run takes no snapshot"
+    );
+    assert!(!w.dr.exists("backup/home"));
+}
