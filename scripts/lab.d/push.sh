@@ -1754,7 +1754,7 @@ case_quickstart() {
         ((rc == 0)) || failed+="$n: $line (exit $rc); "
     done < <(quickstart_lines)
     lab_assert_eq quickstart-lines "13 " "$n $failed"
-    lab_assert quickstart-dry-run-reached-zfs grep -q 'tank/home' "$R/quickstart.log"
+    lab_assert quickstart-dry-run-reached-zfs grep -q '^home: would: tank/home -> backup/oslo/home: full @fjord_' "$R/quickstart.log"
     local snap
     snap=$(zfs list -H -t snapshot -o name -s createtxg tank/home 2>/dev/null | tail -n1)
     lab_assert quickstart-replicated test -n "$snap"
