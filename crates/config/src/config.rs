@@ -252,6 +252,63 @@ pub const INERT_PROPS: &[(&str, &str)] = &[
     ("readonly", "on"),
 ];
 
+/// What a stream creates, from its BEGIN record's `drr_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A file system (`DMU_OST_ZFS`), and anything not a volume.
+    Filesystem,
+    /// A volume, a zvol (`DMU_OST_ZVOL`).
+    Volume,
+}
+
+impl StreamKind {
+    /// The kind for a BEGIN record's `drr_type` (3 is `DMU_OST_ZVOL`).
+    pub fn from_objset_type(objset_type: u32) -> StreamKind {
+        if objset_type == 3 {
+            StreamKind::Volume
+        } else {
+            StreamKind::Filesystem
+        }
+    }
+}
+
+/// What a received volume gets besides `readonly=on`: no device node
+/// (`/dev/zvol/...`), so that nothing on the DR node (udev, blkid, an
+/// auto-activated LVM or RAID) reads what a sender wrote into it until the
+/// copy is promoted.
+pub const VOLUME_INERT_PROPS: &[(&str, &str)] = &[("volmode", "none")];
+
+/// Properties that do not apply to volumes, left out of a volume's
+/// `zfs recv` (which refuses `-o` and `-x` of them, "property does not
+/// apply to datasets of this type").
+pub const FILESYSTEM_ONLY_PROPS: &[&str] = &[
+    "aclinherit",
+    "aclmode",
+    "acltype",
+    "atime",
+    "canmount",
+    "casesensitivity",
+    "devices",
+    "dnodesize",
+    "exec",
+    "mountpoint",
+    "nbmand",
+    "normalization",
+    "overlay",
+    "quota",
+    "recordsize",
+    "refquota",
+    "relatime",
+    "setuid",
+    "sharenfs",
+    "sharesmb",
+    "snapdir",
+    "utf8only",
+    "vscan",
+    "xattr",
+    "zoned",
+];
+
 /// Properties never taken from a stream: the DR node's space is the DR
 /// node's to reserve and limit. (`mountpoint` is excluded too unless
 /// `mountpoint_root` confines it.)
@@ -265,12 +322,26 @@ pub const EXCLUDED_PROPS: &[&str] = &["reservation", "refreservation", "quota", 
 pub const ROLE_PROPS: &[&str] = &["fjord:promoted", crate::DEMOTED_PROP, "fjord:kept_from"];
 
 impl RecvOptions {
-    /// The `zfs recv` to run for `target` with these flags and the forced
-    /// inert set; `force` adds `-F` (a rollback the policy allowed).
+    /// The `zfs recv` to run for `target`, a file system, with these flags
+    /// and the forced inert set; `force` adds `-F` (a rollback the policy
+    /// allowed). See [`spec_for`](Self::spec_for).
     pub fn spec(&self, target: &str, force: bool) -> RecvSpec {
+        self.spec_for(target, force, StreamKind::Filesystem)
+    }
+
+    /// The `zfs recv` for a stream of `kind` (its BEGIN record says which).
+    /// A volume gets `volmode=none` ([`VOLUME_INERT_PROPS`]) instead of the
+    /// file-system-only part of the inert set: `zfs recv` refuses `-o` and
+    /// `-x` of a property that does not apply to the stream's type.
+    pub fn spec_for(&self, target: &str, force: bool, kind: StreamKind) -> RecvSpec {
         let unforced = |p: &str| self.unforce.iter().any(|u| u == p);
+        let for_kind: &[(&str, &str)] = match kind {
+            StreamKind::Filesystem => &[],
+            StreamKind::Volume => VOLUME_INERT_PROPS,
+        };
         let mut set_props: Vec<(String, String)> = INERT_PROPS
             .iter()
+            .chain(for_kind)
             .filter(|(p, _)| !unforced(p) && !self.set_props.contains_key(*p))
             .map(|(p, v)| (p.to_string(), v.to_string()))
             .collect();
@@ -295,6 +366,10 @@ impl RecvOptions {
                 exclude_props.push(p.clone());
             }
         }
+        if kind == StreamKind::Volume {
+            set_props.retain(|(p, _)| !FILESYSTEM_ONLY_PROPS.contains(&p.as_str()));
+            exclude_props.retain(|p| !FILESYSTEM_ONLY_PROPS.contains(&p.as_str()));
+        }
         RecvSpec {
             target: target.into(),
             force,
@@ -314,7 +389,7 @@ impl RecvOptions {
                 "false is not allowed: a received dataset is never mounted by the receive (mount it yourself, or at failover)".into(),
             ));
         }
-        for (prop, forced) in INERT_PROPS {
+        for (prop, forced) in INERT_PROPS.iter().chain(VOLUME_INERT_PROPS) {
             if self.unforce.iter().any(|u| u == prop) {
                 continue;
             }
@@ -328,7 +403,11 @@ impl RecvOptions {
             }
         }
         for prop in self.exclude_props.iter() {
-            if INERT_PROPS.iter().any(|(p, _)| p == prop) && !self.unforce.contains(prop) {
+            let forced = INERT_PROPS
+                .iter()
+                .chain(VOLUME_INERT_PROPS)
+                .any(|(p, _)| p == prop);
+            if forced && !self.unforce.contains(prop) {
                 return Err((
                     "recv.exclude_props".into(),
                     format!("{prop} is forced on received datasets and cannot be excluded; list it in recv.unforce to take the stream's value"),
@@ -910,6 +989,34 @@ mod tests {
     }
 
     #[test]
+    fn a_volume_is_received_with_volmode_none_and_without_file_system_properties() {
+        let c = RecvConfig::from_toml(Path::new("examples/recv.toml"), SHIPPED_RECV)
+            .expect("examples/recv.toml");
+        let spec = c.recv.spec_for("backup/oslo/vm", false, StreamKind::Volume);
+        let argv = fjord_zfs::command::recv_argv(&spec).join(" ");
+        for kept in [
+            "-u",
+            "-o readonly=on",
+            "-o volmode=none",
+            "-x fjord:promoted",
+        ] {
+            assert!(argv.contains(kept), "{argv}");
+        }
+        for gone in ["canmount", "setuid", "mountpoint", "sharenfs", "quota"] {
+            assert!(
+                !argv.contains(gone),
+                "{gone} does not apply to a volume: {argv}"
+            );
+        }
+        // refreservation applies to volumes: still never taken from a stream
+        assert!(argv.contains("-x refreservation"), "{argv}");
+        let fs = fjord_zfs::command::recv_argv(&c.recv_spec("backup/oslo/home", false)).join(" ");
+        assert!(!fs.contains("volmode"), "{fs}");
+        assert_eq!(StreamKind::from_objset_type(3), StreamKind::Volume);
+        assert_eq!(StreamKind::from_objset_type(2), StreamKind::Filesystem);
+    }
+
+    #[test]
     fn loosening_the_inert_set_needs_unforce() {
         let text = |recv: &str| {
             format!("listen = \"127.0.0.1:1\"\nkey = \"/k\"\n{recv}\n[[client]]\nname = \"a\"\nkey = \"k\"\nprefixes = [\"b/a\"]\n")
@@ -928,6 +1035,10 @@ mod tests {
             argv.contains("-o readonly=off") && !argv.contains("readonly=on"),
             "{argv}"
         );
+        let e = load("[recv]\nset_props = { volmode = \"dev\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("volmode") && e.contains("unforce"), "{e}");
         let e = load("[retention]\nhourly = 0").unwrap_err().to_string();
         assert!(e.contains("keep only the newest"), "{e}");
     }

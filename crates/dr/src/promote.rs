@@ -35,7 +35,14 @@ pub const LOG_POSITION_PROPS: &[&str] = &["fjord:wal_lsn", "fjord:binlog_pos"];
 /// The properties the receiver forces on every received dataset that a
 /// promotion reverts (`zfs inherit -S`). `sharenfs` and `sharesmb` stay
 /// off: sharing a promoted copy is the operator's decision.
-pub const RESTORED_PROPS: &[&str] = &["readonly", "canmount", "mountpoint", "setuid", "devices"];
+pub const RESTORED_PROPS: &[&str] = &[
+    "readonly",
+    "canmount",
+    "mountpoint",
+    "setuid",
+    "devices",
+    "volmode",
+];
 
 /// A promotion's record: when, and to which snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -148,6 +155,9 @@ pub struct CopyState {
     pub props: Vec<PropState>,
     /// Mounted now.
     pub mounted: bool,
+    /// A volume (zvol): nothing to mount; its device node comes back with
+    /// `volmode`.
+    pub volume: bool,
     /// (snapshot short name, property, value) of [`LOG_POSITION_PROPS`].
     pub log_positions: Vec<(String, String, String)>,
 }
@@ -452,7 +462,7 @@ pub fn plan(tree: &TreeState, req: &Request) -> Result<Plan, PromoteError> {
             log_position: log_position(copy, &point.name),
         });
         property_actions(copy, i == 0, req.mountpoint.as_deref(), &mut out.actions);
-        if !copy.mounted {
+        if !copy.mounted && !copy.volume {
             out.actions.push(Action::Mount {
                 dataset: copy.dataset.clone(),
             });

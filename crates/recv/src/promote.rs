@@ -390,14 +390,14 @@ async fn read_copy(zfs: &Zfs, dataset: &str) -> anyhow::Result<CopyState> {
     };
     let (snapshots, dr_held) = fjord_dr::target_snapshots(&infos, holds);
     let mut wanted: Vec<&str> = RESTORED_PROPS.to_vec();
-    wanted.push("mounted");
+    wanted.extend(["mounted", "type"]);
     let props = zfs.properties(dataset, &wanted).await?;
-    let mounted = props
-        .iter()
-        .any(|p| p.name == "mounted" && p.value == "yes");
+    let is = |name: &str, value: &str| props.iter().any(|p| p.name == name && p.value == value);
+    let mounted = is("mounted", "yes");
+    let volume = is("type", "volume");
     let props = props
         .into_iter()
-        .filter(|p| p.name != "mounted")
+        .filter(|p| p.name != "mounted" && p.name != "type")
         .map(|p| PropState {
             local: p.source == PropSource::Local,
             name: p.name,
@@ -419,6 +419,7 @@ async fn read_copy(zfs: &Zfs, dataset: &str) -> anyhow::Result<CopyState> {
         written: zfs.written(dataset).await?,
         props,
         mounted,
+        volume,
         log_positions,
     })
 }

@@ -10,7 +10,6 @@
 //! request ([`fjord_dr::promote::fence`]).
 
 use crate::reload::Policy;
-use bytes::Bytes;
 use fjord_config::config::{Client, RecvConfig};
 use fjord_dr::policy::{decide, Ask, Grants, Refusal};
 use fjord_dr::promote::{fence, PROMOTED_PROP};
@@ -18,18 +17,18 @@ use fjord_dr::{retention, DR_HOLD_TAG};
 use fjord_proto::message::offer_flags;
 use fjord_proto::{Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState};
 use fjord_transport::control::{Control, ResponseFuture};
-use fjord_transport::sink::{
-    advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
-};
+use fjord_transport::sink::{Sink, SinkError, SinkFactory, Verifier};
 use fjord_zfs::props::{value_of, PropSource, Property};
 use fjord_zfs::snapshot::parse_property_u64;
-use fjord_zfs::{names, RecvProcess, RecvResult, Zfs, ZfsError};
+use fjord_zfs::{names, Zfs, ZfsError};
 use std::collections::HashSet;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod sink;
 mod tree;
+
+use sink::{AfterCommit, PendingRecv, ReceivingGuard, TripwireMeter, ZfsSink};
 
 /// What the DR node refused or did on its own, for the operator (logged as
 /// it happens; read with [`ZfsTarget::counts`]).
@@ -610,41 +609,35 @@ impl SinkFactory for SharedTarget {
             handle.block_on(t.rollback(&client, &offer.dataset, base))?;
         }
         handle.block_on(t.create_parents(&client, &offer.dataset))?;
-        let spec = t.config().recv.spec(&offer.dataset, force);
         let target = format!("{}@{short}", offer.dataset);
-        let child = t.zfs.spawn_recv(&spec).map_err(|e| match zfs_failure(e) {
-            SinkError::Downstream { status, stderr, .. } => SinkError::Downstream {
-                what: recv_what(&target),
-                status,
-                stderr,
-            },
-            other => other,
-        })?;
         let resume = offer.flags & offer_flags::RESUME_TOKEN != 0;
-        tracing::info!(client = %client.name, dataset = %offer.dataset, snapshot = %offer.to.name, force, resume, "zfs recv started");
-        let meter = TripwireMeter::for_offer(&t.config(), offer.from.is_some() && !resume);
-        Ok(Box::new(ZfsSink {
-            child: Some(child),
-            // `-I` streams are packages: accepted, the newest snapshot held back
-            // until the proof (see `Verifier`).
-            verifier: Verifier::with_options(
-                t.held_limit,
-                fjord_transport::sink::VerifierOptions {
-                    accept_compound: true,
-                },
-            ),
-            next: 0,
-            target,
-            flowing: false,
-            meter,
-            commit: Some(AfterCommit {
-                handle,
-                target: t.clone(),
-                client,
-                dataset: offer.dataset.clone(),
-            }),
-            _guard: guard,
-        }))
+        tracing::info!(client = %client.name, dataset = %offer.dataset, snapshot = %offer.to.name, force, resume, "offer accepted; zfs recv starts with the first verified bytes");
+        let config = t.config();
+        let meter = TripwireMeter::for_offer(&config, offer.from.is_some() && !resume);
+        let pending = PendingRecv {
+            zfs: t.zfs.clone(),
+            options: config.recv.clone(),
+            dataset: offer.dataset.clone(),
+            force,
+            early: Vec::new(),
+        };
+        // `-I` streams are packages: accepted, the newest snapshot held back
+        // until the proof (see `Verifier`).
+        let verifier = Verifier::with_options(
+            t.held_limit,
+            fjord_transport::sink::VerifierOptions {
+                accept_compound: true,
+            },
+        );
+        let commit = AfterCommit {
+            handle,
+            target: t.clone(),
+            client,
+            dataset: offer.dataset.clone(),
+        };
+        Ok(Box::new(ZfsSink::new(
+            target, pending, verifier, meter, commit, guard,
+        )))
     }
 }
 
@@ -714,275 +707,10 @@ impl Control for SharedTarget {
     }
 }
 
-/// Frees the dataset for the next receive when the sink goes away.
-struct ReceivingGuard {
-    set: Arc<Mutex<HashSet<String>>>,
-    dataset: String,
-}
-
-impl Drop for ReceivingGuard {
-    fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.dataset);
-    }
-}
-
-/// One stream on its way into `zfs recv`: only verified bytes are written
-/// to its standard input.
-struct ZfsSink {
-    child: Option<RecvProcess>,
-    verifier: Verifier,
-    next: u64,
-    target: String,
-    /// Whether verified bytes have reached `zfs recv` yet (logged once).
-    flowing: bool,
-    /// What runs once `zfs recv` committed: holds and DR retention.
-    commit: Option<AfterCommit>,
-    /// The DR node's tripwire meter, when it judges this stream.
-    meter: Option<TripwireMeter>,
-    _guard: ReceivingGuard,
-}
-
-/// The DR node's own tripwire over one stream: measures the verified bytes
-/// given to `zfs recv`; once the snapshot is committed, judges them.
-struct TripwireMeter {
-    meter: fjord_tripwire::Meter,
-    state_dir: std::path::PathBuf,
-    config: fjord_config::tripwire::TripwireConfig,
-}
-
-impl TripwireMeter {
-    /// A meter when the DR node keeps a tripwire (`state_dir`, enabled) and
-    /// the stream is `judgeable`: an incremental from its start (a full
-    /// stream has no history to compare with; a resumed one starts
-    /// mid-record).
-    fn for_offer(config: &RecvConfig, judgeable: bool) -> Option<TripwireMeter> {
-        let state_dir = config.state_dir.clone()?;
-        (config.tripwire.enabled && judgeable).then(|| TripwireMeter {
-            meter: fjord_tripwire::Meter::new(None),
-            state_dir,
-            config: config.tripwire.clone(),
-        })
-    }
-
-    /// Judges the committed `target` (`dataset@snapshot`) and records it;
-    /// a failure to keep the page is logged, never the receive's failure.
-    fn judge(self, target: &str) {
-        let Some(figures) = self.meter.figures() else {
-            return;
-        };
-        let (dataset, snapshot) = target.split_once('@').unwrap_or((target, ""));
-        match crate::tripwire::record(
-            &self.state_dir,
-            &self.config,
-            dataset,
-            figures,
-            now(),
-            snapshot,
-        ) {
-            Ok((sample, j)) if j.verdict == fjord_tripwire::Verdict::Tripped => {
-                tracing::error!(dataset, snapshot, incompressible = ?sample.incompressible, reason = %j.reason, "ransomware tripwire: the DR node's alarm is raised (fjord-recv status; fjord-recv tripwire ack after checking)");
-            }
-            Ok((sample, j)) => {
-                tracing::info!(dataset, snapshot, incompressible = ?sample.incompressible, verdict = ?j.verdict, "tripwire measured the receive");
-            }
-            Err(e) => {
-                tracing::warn!(
-                    dataset,
-                    snapshot,
-                    "the DR node's tripwire page could not be kept: {e:#}"
-                );
-            }
-        }
-    }
-}
-
-/// The DR node's work after a committed receive.
-struct AfterCommit {
-    handle: tokio::runtime::Handle,
-    target: Arc<ZfsTarget>,
-    client: Client,
-    dataset: String,
-}
-
-/// What the sender reads before a `zfs recv` failure: `zfs recv into
-/// backup/fs@b`.
-fn recv_what(target: &str) -> String {
-    format!("zfs recv into {target}")
-}
-
-/// How `zfs recv` ended, as a downstream failure (`None` unless it failed).
-fn recv_failure(target: &str, r: &RecvResult) -> Option<SinkError> {
-    (r.status != 0).then(|| SinkError::Downstream {
-        what: recv_what(target),
-        // -1: neither an exit code nor a signal is known.
-        status: (r.status >= 0).then_some(r.status),
-        stderr: r.stderr.clone(),
-    })
-}
-
-/// Waiting for `zfs recv` failed: no status, the reason instead.
-fn recv_wait_failure(target: &str, e: &ZfsError) -> SinkError {
-    SinkError::Downstream {
-        what: recv_what(target),
-        status: None,
-        stderr: e.to_string(),
-    }
-}
-
-impl ZfsSink {
-    /// `zfs recv` stopped reading: collect why, for the sender's report.
-    fn child_failed(&mut self, write_error: std::io::Error) -> SinkError {
-        match self.child.take() {
-            Some(child) => match child.finish() {
-                Ok(r) => recv_failure(&self.target, &r).unwrap_or_else(|| {
-                    // It exited 0 without reading everything: still a failure.
-                    SinkError::Downstream {
-                        what: recv_what(&self.target),
-                        status: Some(0),
-                        stderr: format!("stopped reading its input ({write_error})"),
-                    }
-                }),
-                Err(e) => recv_wait_failure(&self.target, &e),
-            },
-            None => SinkError::Internal(format!(
-                "zfs recv into {} was already collected: {write_error}",
-                self.target
-            )),
-        }
-    }
-}
-
-impl Sink for ZfsSink {
-    fn write(&mut self, start: u64, data: Bytes) -> Result<(), SinkError> {
-        advance_contiguous(&mut self.next, start, data.len())?;
-        let Some(child) = self.child.as_mut() else {
-            return Err(SinkError::Internal(format!(
-                "zfs recv into {} has already ended",
-                self.target
-            )));
-        };
-        let mut failed = None;
-        let mut meter = self.meter.as_mut().map(|m| &mut m.meter);
-        let r = self.verifier.push(data, &mut |b| {
-            if let Some(m) = meter.as_mut() {
-                m.feed(b);
-            }
-            child.write_all(b).map_err(|e| {
-                // Replaced by `child_failed` with zfs recv's own words.
-                let msg = e.to_string();
-                failed = Some(e);
-                SinkError::Internal(msg)
-            })
-        });
-        match (r, failed) {
-            (Err(_), Some(e)) => Err(self.child_failed(e)),
-            (r, _) => {
-                if r.is_ok() && !self.flowing && self.verifier.released() > 0 {
-                    self.flowing = true;
-                    tracing::info!(target = %self.target, "verified bytes flowing into zfs recv");
-                }
-                r
-            }
-        }
-    }
-
-    fn finish(&mut self, length: u64) -> Result<SinkOutcome, SinkError> {
-        let Some(mut child) = self.child.take() else {
-            return Err(SinkError::Internal(format!(
-                "zfs recv into {} has already ended",
-                self.target
-            )));
-        };
-        let mut failed = None;
-        // The verifier releases the stream's END (which makes zfs recv
-        // commit the snapshot) only if the whole stream verified and is
-        // exactly the `length` the sender announced.
-        let mut meter = self.meter.as_mut().map(|m| &mut m.meter);
-        let guid = self.verifier.finish(length, &mut |b| {
-            if let Some(m) = meter.as_mut() {
-                m.feed(b);
-            }
-            child.write_all(b).map_err(|e| {
-                // Replaced by `child_failed` with zfs recv's own words.
-                let msg = e.to_string();
-                failed = Some(e);
-                SinkError::Internal(msg)
-            })
-        });
-        let guid = match (guid, failed) {
-            (Ok(g), _) => g,
-            (Err(e), None) => {
-                // The stream is bad or its length is wrong. zfs recv has
-                // only verified records and no END for the snapshot, so it
-                // cannot commit it: closing its input mid-stream leaves a
-                // resumable partial receive (`-s`).
-                match child.finish() {
-                    Ok(r) => {
-                        tracing::warn!(target = %self.target, error = %e, status = r.status, "zfs recv ended without the stream's END")
-                    }
-                    Err(z) => {
-                        tracing::warn!(target = %self.target, error = %e, wait_error = %z, "zfs recv ended without the stream's END")
-                    }
-                }
-                return Err(e);
-            }
-            (Err(e), Some(_)) => {
-                self.child = Some(child);
-                return Err(self.child_failed(std::io::Error::other(e.to_string())));
-            }
-        };
-        let r = child
-            .finish()
-            .map_err(|e| recv_wait_failure(&self.target, &e))?;
-        if let Some(e) = recv_failure(&self.target, &r) {
-            return Err(e);
-        }
-        if let Some(meter) = self.meter.take() {
-            meter.judge(&self.target);
-        }
-        // The sink runs on its own thread, outside the runtime: waiting
-        // for the short zfs commands here blocks no async worker.
-        let after = match self.commit.take() {
-            Some(c) => c
-                .handle
-                .block_on(c.target.after_receive(&c.client, &c.dataset)),
-            None => String::new(),
-        };
-        Ok(SinkOutcome {
-            status: 0,
-            snapshot_guid: guid,
-            message: format!("received {} ({length} stream bytes){after}", self.target),
-        })
-    }
-
-    fn abort(&mut self, why: &str) {
-        if let Some(child) = self.child.take() {
-            // End of input mid-stream: `zfs recv -s` keeps what it received
-            // (verified records only) as a resumable partial receive.
-            match child.finish() {
-                Ok(r) => {
-                    tracing::warn!(target = %self.target, why, status = r.status, stderr = %r.stderr.trim(), "zfs recv stopped")
-                }
-                Err(e) => {
-                    tracing::warn!(target = %self.target, why, error = %e, "zfs recv stopped")
-                }
-            }
-        }
-    }
-}
-
-impl Drop for ZfsSink {
-    fn drop(&mut self) {
-        self.abort("receiver dropped the session");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use fjord_proto::Snapshot;
     use fjord_transport::Identity;
 
@@ -1232,9 +960,14 @@ esac
             .build()
             .expect("runtime");
         let _in_runtime = rt.enter();
-        let Err(e) = t.open(&offer("backup/oslo/fs"), &key) else {
-            panic!("expected a failure")
-        };
+        // zfs recv starts with the first verified bytes (its flags depend
+        // on the stream's type), so that is where it fails
+        let mut sink = t.open(&offer("backup/oslo/fs"), &key).expect("open");
+        let s = stream();
+        let e = sink
+            .write(0, Bytes::from(s))
+            .expect_err("zfs recv cannot start");
+        drop(sink);
         match &e {
             SinkError::Downstream {
                 what,
@@ -1252,6 +985,67 @@ esac
         assert_eq!(e.refuse_code(), RefuseCode::SinkFailed);
         // The dataset is free again for the next offer.
         assert!(!t.0.receiving().contains("backup/oslo/fs"));
+    }
+
+    #[test]
+    fn a_volume_stream_starts_zfs_recv_with_the_volumes_inert_set() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("zfs");
+        let argv = dir.path().join("recv-argv");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n  list|holds) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n' ;;\n  recv|receive) echo \"$@\" >'{}'; cat >/dev/null ;;\nesac\n",
+                argv.display()
+            ),
+        )
+        .expect("write the fake zfs");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let key = Identity::generate().expect("keygen").public_key();
+        let t = target_with(key, Zfs::with_binary(&path));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_runtime = rt.enter();
+        for (volume, want, never) in [
+            (true, "-o volmode=none", "canmount"),
+            (false, "-o canmount=noauto", "volmode"),
+        ] {
+            let _ = std::fs::remove_file(&argv);
+            let mut sink = t.open(&offer("backup/oslo/vm"), &key).expect("open");
+            let mut b = if volume {
+                fjord_stream::builder::StreamBuilder::volume(
+                    fjord_stream::ByteOrder::Little,
+                    "tank/vm@a",
+                    0x55,
+                )
+            } else {
+                fjord_stream::builder::StreamBuilder::full(
+                    fjord_stream::ByteOrder::Little,
+                    "tank/vm@a",
+                    0x55,
+                )
+            };
+            b.object(1, 8192, &[]);
+            b.write(1, 0, &[7u8; 8192]);
+            let s = b.finish();
+            // nothing is verified yet: zfs recv has not started
+            sink.write(0, Bytes::copy_from_slice(&s[..100]))
+                .expect("write");
+            assert!(!argv.exists(), "zfs recv started before the BEGIN");
+            sink.write(100, Bytes::copy_from_slice(&s[100..]))
+                .expect("write");
+            sink.abort("test");
+            let args = std::fs::read_to_string(&argv).expect("zfs recv ran");
+            assert!(
+                args.contains(want) && args.contains("-o readonly=on"),
+                "{args}"
+            );
+            assert!(!args.contains(never), "{args}");
+        }
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl StreamBuilder {
         StreamBuilder::with(order, toname, toguid, 0, FeatureFlags::default(), None)
     }
 
+    /// A full stream of the volume (zvol) `toname`.
+    pub fn volume(order: ByteOrder, toname: &str, toguid: u64) -> StreamBuilder {
+        StreamBuilder::begin(order, toname, toguid, 0, FeatureFlags::default(), None, 3)
+    }
+
     /// A stream with every BEGIN field chosen: `fromguid` non-zero makes it
     /// incremental, `nvlist` is packed NATIVE as the BEGIN payload.
     pub fn with(
@@ -43,6 +48,19 @@ impl StreamBuilder {
         fromguid: u64,
         features: FeatureFlags,
         nvlist: Option<&NvList>,
+    ) -> StreamBuilder {
+        StreamBuilder::begin(order, toname, toguid, fromguid, features, nvlist, 2)
+    }
+
+    /// The BEGIN record, of a file system (`objset_type` 2) or a volume (3).
+    fn begin(
+        order: ByteOrder,
+        toname: &str,
+        toguid: u64,
+        fromguid: u64,
+        features: FeatureFlags,
+        nvlist: Option<&NvList>,
+        objset_type: u32,
     ) -> StreamBuilder {
         let mut b = StreamBuilder {
             enc: Encoder::new(order),
@@ -57,7 +75,7 @@ impl StreamBuilder {
             magic: BACKUP_MAGIC,
             versioninfo: join_versioninfo(HeaderType::Substream, features),
             creation_time: 1_764_000_000,
-            objset_type: 2,
+            objset_type,
             flags: 4, // DRR_FLAG_FREERECORDS, as modern zfs send sets
             toguid,
             fromguid,

@@ -227,6 +227,8 @@ pub struct Verifier {
     released: u64,
     limit: u64,
     toguid: Option<u64>,
+    /// The first snapshot's `drr_type` (a package's header has none).
+    objset_type: Option<u32>,
     opts: VerifierOptions,
     /// Stream offset of the final END record, once decoded: nothing from
     /// there on is released before `finish`.
@@ -251,6 +253,7 @@ impl Verifier {
             released: 0,
             limit,
             toguid: None,
+            objset_type: None,
             opts,
             end_at: None,
             closed: false,
@@ -260,6 +263,13 @@ impl Verifier {
     /// Bytes released (verified) so far.
     pub fn released(&self) -> u64 {
         self.released
+    }
+
+    /// What the stream creates (`drr_type` of its first snapshot's BEGIN:
+    /// 2 a file system, 3 a volume), once that BEGIN has been decoded. A
+    /// package's header BEGIN names no snapshot and is skipped.
+    pub fn objset_type(&self) -> Option<u32> {
+        self.objset_type
     }
 
     /// True once the stream's final END has been read and verified; it is
@@ -304,6 +314,7 @@ impl Verifier {
                 Body::Begin(b) => {
                     if b.toguid != 0 {
                         self.toguid = Some(b.toguid);
+                        self.objset_type.get_or_insert(b.objset_type);
                     }
                     self.end_at = None;
                 }
@@ -687,6 +698,24 @@ mod tests {
             assert_eq!(out, s);
             assert_eq!(guid, Some(0x77));
             assert_eq!(v.released(), s.len() as u64);
+        }
+    }
+
+    #[test]
+    fn the_verifier_tells_a_volume_from_a_file_system_past_a_package_header() {
+        let mut volume = StreamBuilder::volume(ByteOrder::Big, "tank/vm@a", 0x79);
+        volume.object(1, 8192, &[]);
+        let volume = volume.finish();
+        for (s, want) in [(stream(), 2), (package(), 2), (volume, 3)] {
+            let mut v = Verifier::with_options(
+                1 << 30,
+                VerifierOptions {
+                    accept_compound: true,
+                },
+            );
+            assert_eq!(v.objset_type(), None);
+            push_all(&mut v, &s, 97);
+            assert_eq!(v.objset_type(), Some(want));
         }
     }
 

@@ -42,6 +42,7 @@ fn received(dataset: &str, snaps: &[(&str, u64, i64)]) -> CopyState {
             local("devices", "off"),
         ],
         mounted: false,
+        volume: false,
         log_positions: Vec::new(),
     }
 }
@@ -124,6 +125,47 @@ fn a_fresh_copy_is_fenced_first_then_made_usable_parents_first() {
     );
     assert_eq!(p.recovery_points[1].log_position, None);
     assert!(p.actions[1].describe().contains("readonly on -> inherited"));
+}
+
+#[test]
+fn a_volume_gets_its_device_node_back_and_is_not_mounted() {
+    let s = [("a", 10, 3600)];
+    let mut vol = received("dst/vm", &s);
+    // what `zfs recv` of a volume leaves: readonly and volmode local, the
+    // file system properties not applicable
+    vol.props = vec![
+        PropState {
+            name: "readonly".into(),
+            value: "on".into(),
+            local: true,
+            received: None,
+        },
+        PropState {
+            name: "volmode".into(),
+            value: "none".into(),
+            local: true,
+            received: Some("dev".into()),
+        },
+    ];
+    vol.volume = true;
+    let t = TreeState {
+        copies: vec![vol],
+        ..TreeState::default()
+    };
+    let p = plan(&t, &req()).expect("plan");
+    assert_eq!(
+        kinds(&p),
+        [
+            "fence dst/vm",
+            "restore_property dst/vm readonly",
+            "restore_property dst/vm volmode",
+        ]
+    );
+    assert!(
+        p.actions[2].describe().contains("volmode none -> dev"),
+        "{}",
+        p.actions[2].describe()
+    );
 }
 
 #[test]
