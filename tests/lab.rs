@@ -286,6 +286,7 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "drill",
         "reload",
         "tree",
+        "zvol",
         "quickstart",
     ];
     let mut required = vec![
@@ -566,6 +567,17 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "tree-nested-parent-inert",
         "tree-nested-site-inert",
         "tree-nested-guid",
+        // zvol
+        "zvol-source-device",
+        "zvol-full",
+        "zvol-type",
+        "zvol-inert",
+        "zvol-no-device",
+        "zvol-incr",
+        "zvol-guid",
+        "zvol-promote-exit",
+        "zvol-promoted",
+        "zvol-promoted-bytes",
         // reload
         "reload-added-accepted",
         "reload-removed-refused",
