@@ -714,6 +714,15 @@ mod tests {
     use fjord_proto::Snapshot;
     use fjord_transport::Identity;
 
+    /// A one-worker runtime to open sinks in (their factory blocks on it).
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
     /// A target whose `zfs` does not exist: anything that got past the
     /// authorization would fail with "not found", not with the refusal.
     fn target(client: PublicKey) -> SharedTarget {
@@ -814,11 +823,7 @@ esac
             key,
             fake_zfs_promoted(dir.path(), marker, "inherited from backup/oslo/fs"),
         );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let _in_runtime = rt.enter();
         let Err(e) = t.open(&offer("backup/oslo/fs/child"), &key) else {
             panic!("expected a refusal")
@@ -864,11 +869,7 @@ esac
         let dir = tempfile::tempdir().expect("tempdir");
         let key = Identity::generate().expect("keygen").public_key();
         let t = target_with(key, fake_zfs(dir.path()));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let _in_runtime = rt.enter();
         let mut o = offer("backup/oslo/fs");
         o.flags = offer_flags::FORCE_ROLLBACK;
@@ -898,11 +899,7 @@ esac
         let dir = tempfile::tempdir().expect("tempdir");
         let key = Identity::generate().expect("keygen").public_key();
         let t = target_with(key, fake_zfs(dir.path()));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let _in_runtime = rt.enter();
         let mut sink = t.open(&offer("backup/oslo/fs"), &key).expect("open");
         let s = stream();
@@ -954,11 +951,7 @@ esac
         .expect("write the fake zfs");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let t = target_with(key, Zfs::with_binary(&path));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let _in_runtime = rt.enter();
         // zfs recv starts with the first verified bytes (its flags depend
         // on the stream's type), so that is where it fails
@@ -1004,11 +997,7 @@ esac
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let key = Identity::generate().expect("keygen").public_key();
         let t = target_with(key, Zfs::with_binary(&path));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let _in_runtime = rt.enter();
         for (volume, want, never) in [
             (true, "-o volmode=none", "canmount"),
