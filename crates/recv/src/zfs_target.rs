@@ -1038,6 +1038,44 @@ esac
     }
 
     #[test]
+    fn a_dropped_sink_frees_its_dataset_only_once_zfs_recv_exited() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("zfs");
+        let release = dir.path().join("release");
+        // a zfs recv that exits only when the test says so
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n  list|holds) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n' ;;\n  recv|receive) cat >/dev/null; while [ ! -e '{}' ]; do sleep 0.05; done ;;\nesac\n",
+                release.display()
+            ),
+        )
+        .expect("write the fake zfs");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let key = Identity::generate().expect("keygen").public_key();
+        let t = target_with(key, Zfs::with_binary(&path));
+        let rt = runtime();
+        let _in_runtime = rt.enter();
+        let mut sink = t.open(&offer("backup/oslo/fs"), &key).expect("open");
+        let s = stream();
+        sink.write(0, Bytes::copy_from_slice(&s[..s.len() - 400]))
+            .expect("write");
+        // returns at once although zfs recv is still running
+        drop(sink);
+        assert!(
+            t.0.receiving().contains("backup/oslo/fs"),
+            "freed before zfs recv exited"
+        );
+        std::fs::write(&release, b"").expect("release");
+        let freed = (0..400).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            !t.0.receiving().contains("backup/oslo/fs")
+        });
+        assert!(freed, "the dataset stays busy after zfs recv exited");
+    }
+
+    #[test]
     fn offers_outside_the_clients_prefix_are_refused_before_zfs_runs() {
         let key = Identity::generate().expect("keygen").public_key();
         let t = target(key);

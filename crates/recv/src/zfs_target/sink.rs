@@ -50,7 +50,9 @@ pub(super) struct ZfsSink {
     commit: Option<AfterCommit>,
     /// The DR node's tripwire meter, when it judges this stream.
     meter: Option<TripwireMeter>,
-    _guard: ReceivingGuard,
+    /// Frees the dataset for the next receive: dropped with the sink, or
+    /// once `zfs recv` exited when the sink is dropped while it runs.
+    guard: Option<ReceivingGuard>,
 }
 
 /// The DR node's own tripwire over one stream: measures the verified bytes
@@ -169,7 +171,7 @@ impl ZfsSink {
             flowing: false,
             meter,
             commit: Some(commit),
-            _guard: guard,
+            guard: Some(guard),
         }
     }
 
@@ -369,22 +371,42 @@ impl Sink for ZfsSink {
 
     fn abort(&mut self, why: &str) {
         if let Some(child) = self.child.take() {
-            // End of input mid-stream: `zfs recv -s` keeps what it received
-            // (verified records only) as a resumable partial receive.
-            match child.finish() {
-                Ok(r) => {
-                    tracing::warn!(target = %self.target, why, status = r.status, stderr = %r.stderr.trim(), "zfs recv stopped")
-                }
-                Err(e) => {
-                    tracing::warn!(target = %self.target, why, error = %e, "zfs recv stopped")
-                }
-            }
+            end_recv(child, &self.target, why);
         }
     }
 }
 
 impl Drop for ZfsSink {
+    /// Never waits: a `zfs recv` still running (the session was dropped,
+    /// not aborted) is ended and collected on a thread of its own, which
+    /// frees the dataset only once it has exited, so that the next receive
+    /// into it never finds it busy.
     fn drop(&mut self) {
-        self.abort("receiver dropped the session");
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let guard = self.guard.take();
+        let target = std::mem::take(&mut self.target);
+        let reaper = std::thread::Builder::new()
+            .name("zfs-recv-reaper".into())
+            .spawn(move || {
+                end_recv(child, &target, "receiver dropped the session");
+                drop(guard);
+            });
+        if let Err(e) = reaper {
+            tracing::warn!(error = %e, "no thread to collect an abandoned zfs recv; it exits once its input is closed");
+        }
+    }
+}
+
+/// Closes `zfs recv`'s input mid-stream and waits for it: `zfs recv -s`
+/// keeps what it received (verified records only) as a resumable partial
+/// receive.
+fn end_recv(child: RecvProcess, target: &str, why: &str) {
+    match child.finish() {
+        Ok(r) => {
+            tracing::warn!(target, why, status = r.status, stderr = %r.stderr.trim(), "zfs recv stopped")
+        }
+        Err(e) => tracing::warn!(target, why, error = %e, "zfs recv stopped"),
     }
 }
