@@ -16,8 +16,8 @@ use fjord_dr::promote::{fence, PROMOTED_PROP};
 use fjord_dr::{retention, DR_HOLD_TAG};
 use fjord_proto::message::offer_flags;
 use fjord_proto::{Offer, PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState};
+use fjord_sink::{Sink, SinkError, SinkFactory, Verifier};
 use fjord_transport::control::{Control, ResponseFuture};
-use fjord_transport::sink::{Sink, SinkError, SinkFactory, Verifier};
 use fjord_zfs::props::{value_of, PropSource, Property};
 use fjord_zfs::snapshot::parse_property_u64;
 use fjord_zfs::{names, Zfs, ZfsError};
@@ -625,7 +625,7 @@ impl SinkFactory for SharedTarget {
         // until the proof (see `Verifier`).
         let verifier = Verifier::with_options(
             t.held_limit,
-            fjord_transport::sink::VerifierOptions {
+            fjord_sink::VerifierOptions {
                 accept_compound: true,
             },
         );

@@ -1021,7 +1021,7 @@ impl Link {
     }
 
     /// Asks the receiver which chunks its cache promises to hold for
-    /// transfer `session` (offer it next; see [`crate::chunk_cache`]): the
+    /// transfer `session` (offer it next; see [`fjord_sink::chunk_cache`]): the
     /// sender's pack then references them instead of sending them. A
     /// receiver without a chunk cache promises nothing.
     pub async fn chunk_inventory(

@@ -3,7 +3,7 @@
 //! receive, pruning snapshots). The server decodes them and hands them to
 //! a [`Control`] implementation; fjord-recv's answers with `zfs`. Chunk
 //! inventories are answered by the transport itself, from its
-//! [`chunk_cache`](crate::chunk_cache).
+//! [`chunk_cache`](fjord_sink::chunk_cache).
 
 use crate::server::{read_message, write, Shared};
 use fjord_proto::message::{Message, MessageReader, RefuseCode, Request, Response, SessionId};

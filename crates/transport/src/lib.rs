@@ -1,8 +1,8 @@
 //! # fjord-transport
 //!
 //! fjord's QUIC layer: the tokio + quinn driver of the session protocol
-//! in `fjord-proto`, with pinned keys, and the receiver's side of a
-//! transfer (sinks, the chunk cache).
+//! in `fjord-proto`, with pinned keys. The receiver's side below the
+//! network (sinks, the chunk caches) is `fjord-sink`.
 //!
 //! - [`identity`]: Ed25519 keys, self-signed certificates, and the rustls
 //!   verifiers that pin the peer's public key.
@@ -10,12 +10,7 @@
 //! - [`client`] and [`server`]: the thin drivers.
 //! - [`control`]: how a receiver answers control requests (target
 //!   state, abort a resumable receive, prune snapshots).
-//! - [`packed`]: packed transfers (fjord-pack frames over the transport).
-//! - [`chunk_cache`]: the receiver's per-sender chunk caches and the
-//!   inventories that let a sender reference what they hold.
-//! - [`sink`]: where a receiver puts a stream (a verifying file sink today).
 //! - [`source`]: what a transfer sends, raw or packed frame by frame.
-//! - [`threaded`]: a sink on its own thread, overlapping network and disk.
 //!
 //! A sender keeps one connection per receiver ([`client::Link`]): each
 //! transfer and each batch of control requests is a bidirectional stream
@@ -35,16 +30,12 @@
 //! its connection timed out.
 #![warn(missing_docs)]
 
-pub mod chunk_cache;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod identity;
-pub mod packed;
 pub mod server;
-pub mod sink;
 pub mod source;
-pub mod threaded;
 
 pub use config::{Congestion, LinkConfig};
 pub use identity::{Identity, IdentityError};

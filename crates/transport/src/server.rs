@@ -21,11 +21,9 @@ pub mod refusals;
 mod session;
 mod table;
 
-use crate::chunk_cache::{ChunkCacheOptions, ChunkCaches};
 use crate::config::LinkConfig;
 use crate::control::{Control, NoControl};
 use crate::identity::{peer_key, AllowedKeys, Identity, IdentityError};
-use crate::sink::SinkFactory;
 use fjord_proto::admission::{Admission, Limits, ServerCounters};
 use fjord_proto::message::{
     offer_flags, DecodeError, Message, MessageReader, RefuseCode, SessionId,
@@ -33,6 +31,8 @@ use fjord_proto::message::{
 use fjord_proto::receiver::{refuse, Handshake, ReceiverStats};
 use fjord_proto::PublicKey;
 use fjord_proto::{close_code, SessionError};
+use fjord_sink::chunk_cache::{ChunkCacheOptions, ChunkCaches};
+use fjord_sink::SinkFactory;
 use session::{serve_offer, Io};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -242,7 +242,7 @@ impl Server {
     }
 
     /// The chunk caches' size, hits and stores; none without a cache.
-    pub fn chunk_cache_stats(&self) -> Option<crate::chunk_cache::ChunkCacheStats> {
+    pub fn chunk_cache_stats(&self) -> Option<fjord_sink::chunk_cache::ChunkCacheStats> {
         self.shared.caches.as_ref().map(|c| c.stats())
     }
 

@@ -14,12 +14,10 @@ use fjord_pack::format::{FrameHeader, FrameKind, Receipt, END_LEN, HEADER_LEN};
 use fjord_pack::PackOptions;
 use fjord_proto::message::{offer_flags, Answer, DataFrame, FrameEncoding, Message, MessageReader};
 use fjord_proto::{Offer, PublicKey};
+use fjord_sink::{advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier};
 use fjord_stream::RECORD_SIZE;
 use fjord_transport::client::Counters;
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
-use fjord_transport::sink::{
-    advance_contiguous, Sink, SinkError, SinkFactory, SinkOutcome, Verifier,
-};
 use fjord_transport::{Identity, LinkConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

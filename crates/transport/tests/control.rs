@@ -6,10 +6,10 @@ mod support;
 
 use fjord_proto::admission::ServerCounters;
 use fjord_proto::{PublicKey, RefuseCode, Request, Response, TargetSnapshot, TargetState};
+use fjord_sink::FileSinkFactory;
 use fjord_transport::client::{request, RequestOptions, SendError};
 use fjord_transport::control::{Control, ResponseFuture};
 use fjord_transport::server::{ServeOptions, Server};
-use fjord_transport::sink::FileSinkFactory;
 use fjord_transport::Identity;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

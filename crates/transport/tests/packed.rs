@@ -11,7 +11,7 @@ mod support;
 
 use fjord_pack::PackOptions;
 use fjord_proto::message::offer_flags;
-use fjord_transport::chunk_cache::ChunkCacheOptions;
+use fjord_sink::chunk_cache::ChunkCacheOptions;
 use fjord_transport::client::{chunk_inventory, Counters, RequestOptions};
 use fjord_transport::server::ServerEvent;
 use fjord_transport::source::PackSource;

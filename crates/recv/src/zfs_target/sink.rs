@@ -9,7 +9,7 @@
 use super::{now, zfs_failure, ZfsTarget};
 use bytes::Bytes;
 use fjord_config::config::{Client, RecvConfig, RecvOptions, StreamKind};
-use fjord_transport::sink::{advance_contiguous, Sink, SinkError, SinkOutcome, Verifier};
+use fjord_sink::{advance_contiguous, Sink, SinkError, SinkOutcome, Verifier};
 use fjord_zfs::{RecvProcess, RecvResult, Zfs, ZfsError};
 use std::collections::HashSet;
 use std::io::Write;

@@ -8,7 +8,7 @@ use super::{now, policy_refusal, zfs_failure, ZfsTarget};
 use fjord_config::config::Client;
 use fjord_dr::promote::PROMOTED_PROP;
 use fjord_dr::removed::{decide_destroy_copy, Member};
-use fjord_transport::sink::SinkError;
+use fjord_sink::SinkError;
 use fjord_zfs::names::is_within_prefix;
 use fjord_zfs::props::PropSource;
 

@@ -8,13 +8,13 @@
 
 use super::table::{Attached, Entry, Plan, Shared, SharedSlot, Slot};
 use super::{read_message, refuse_stream, write, ReadError, ServerEvent};
-use crate::sink::{Sink, SinkError};
 use bytes::BytesMut;
 use fjord_proto::admission::ServerCounters;
 use fjord_proto::message::{offer_flags, Message, MessageReader, Offer, RefuseCode, SessionId};
 use fjord_proto::receiver::{refuse, Action, ReceiverSession};
 use fjord_proto::PublicKey;
 use fjord_proto::{close_code, SessionError};
+use fjord_sink::{Sink, SinkError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -264,7 +264,7 @@ async fn open_session(
         other => other,
     }?;
     // Decoding, verifying and writing run beside the network loop.
-    let sink = crate::threaded::ThreadedSink::spawn(sink)
+    let sink = fjord_sink::threaded::ThreadedSink::spawn(sink)
         .map_err(|e| SinkError::Internal(format!("cannot start the sink thread: {e}")))?;
     let session = ReceiverSession::new(offer.clone(), key.0, version, shared.grace);
     Ok(Arc::new(tokio::sync::Mutex::new(Slot { session, sink })))
@@ -290,7 +290,7 @@ fn packed_sink(
         ),
     };
     let store = store.map(|s| Box::new(s) as Box<dyn fjord_pack::ChunkStore + Send>);
-    Ok(Box::new(crate::packed::PackedSink::new(inner, store)))
+    Ok(Box::new(fjord_sink::packed::PackedSink::new(inner, store)))
 }
 
 enum RunEnd {

@@ -4,11 +4,8 @@
 //! application of an admission decision to the table.
 
 use super::ServerEvent;
-use crate::chunk_cache::ChunkCaches;
 use crate::control::Control;
 use crate::identity::AllowedKeys;
-use crate::sink::SinkFactory;
-use crate::threaded::ThreadedSink;
 use fjord_proto::admission::{
     Admission, Busy, ClientLoad, Decision, GlobalLoad, Holder, Refusal, ServerCounters, SessionView,
 };
@@ -16,6 +13,9 @@ use fjord_proto::ended::EndedSessions;
 use fjord_proto::message::{Offer, Report, SessionId};
 use fjord_proto::receiver::ReceiverSession;
 use fjord_proto::PublicKey;
+use fjord_sink::chunk_cache::ChunkCaches;
+use fjord_sink::threaded::ThreadedSink;
+use fjord_sink::SinkFactory;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use fjord_proto::admission::Limits;
 use fjord_proto::message::{Message, MessageReader};
 use fjord_proto::{BackoffConfig, Offer, PublicKey, Snapshot};
+use fjord_sink::{FileSinkFactory, Sink, SinkError, SinkFactory, SinkOutcome};
 use fjord_stream::builder::StreamBuilder;
 use fjord_stream::ByteOrder;
 use fjord_transport::client::{Counters, SendError, SendOptions, SendOutcome};
 use fjord_transport::server::{ServeOptions, Server, ServerEvent};
-use fjord_transport::sink::{FileSinkFactory, Sink, SinkError, SinkFactory, SinkOutcome};
 use fjord_transport::{Identity, LinkConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -53,7 +53,7 @@ pub fn start_receiver_with_cache(
     allowed: &[&Identity],
     link: LinkConfig,
     grace: Duration,
-    chunk_cache: Option<fjord_transport::chunk_cache::ChunkCacheOptions>,
+    chunk_cache: Option<fjord_sink::chunk_cache::ChunkCacheOptions>,
 ) -> Receiver {
     let identity = Identity::generate().expect("keygen");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,5 +1,5 @@
 //! Packed transfers: the sender runs the send stream through `fjord-pack`
-//! ([`PackSource`](crate::source::PackSource))
+//! (`fjord_transport::source::PackSource`)
 //! (record-aligned frames, BLAKE3 dedup within the stream, adaptive zstd)
 //! and the transport carries the pack bytes like any stream; offsets,
 //! acks and resumes count pack bytes. The receiver decodes them back
@@ -7,7 +7,7 @@
 //! before its sink sees a byte. Offers say so with
 //! [`offer_flags::PACKED`](fjord_proto::message::offer_flags::PACKED).
 
-use crate::sink::{advance_contiguous, Sink, SinkError, SinkOutcome};
+use crate::{advance_contiguous, Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
 use fjord_pack::{ChunkStore, NoCache, PackDecoder, UnpackOptions};
 
@@ -15,7 +15,7 @@ use fjord_pack::{ChunkStore, NoCache, PackDecoder, UnpackOptions};
 /// original stream, verified, at stream offsets.
 ///
 /// The commit waits for the proof: `inner.finish` (which alone lets a
-/// [`Verifier`](crate::sink::Verifier)-based sink release the stream's
+/// [`Verifier`](crate::Verifier)-based sink release the stream's
 /// final END downstream) is called only once the pack length the sender
 /// announced, the pack's END frame and its BLAKE3 receipt have matched.
 /// The decoded END record itself reaches `inner.write` earlier, as soon as
@@ -104,7 +104,7 @@ impl Sink for PackedSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::Verifier;
+    use crate::Verifier;
     use fjord_pack::format::{FrameHeader, FrameKind, Receipt, END_LEN, HEADER_LEN};
     use fjord_pack::{PackOptions, UnpackError};
     use fjord_stream::builder::StreamBuilder;

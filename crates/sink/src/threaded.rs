@@ -8,7 +8,7 @@
 //! which is then refused as unknown and sent again from the start or from
 //! ZFS's resume token.
 
-use crate::sink::{Sink, SinkError, SinkOutcome};
+use crate::{Sink, SinkError, SinkOutcome};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
