@@ -1785,7 +1785,7 @@ case_zvol() {
     serve_use default
     local rc=0 snap src_dev dr_dev
     zfs create -V 8M -o volblocksize=16K src/vm
-    send_config "$work/vm.toml" "$work/send.key"
+    send_config "$work/vm.toml" "$work/send.key" ""
     sed -i -e 's#^name = "data"#name = "vm"#' -e 's#^source = "src/data"#source = "src/vm"#' \
         -e 's#^recursive = true#recursive = false#' \
         -e 's#^target_dataset = "dst/backup/data"#target_dataset = "dst/backup/vm"#' "$work/vm.toml"
