@@ -87,7 +87,11 @@ async fn a_reload_keeps_running_transfers_pins_added_keys_and_refuses_removed_on
         ),
         "{err}"
     );
-    assert!(ServerCounters::get(&rx.server.counters().refused_other) > refused_before);
+    // the server counts the refusal after sending it: wait, do not race it
+    wait_until("the refusal is counted", GUARD, || {
+        ServerCounters::get(&rx.server.counters().refused_other) > refused_before
+    })
+    .await;
     // A new connection of the removed key: refused in the handshake.
     let err = link_to(&old, &rx)
         .send(

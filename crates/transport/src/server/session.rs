@@ -252,17 +252,24 @@ async fn open_session(
     version: u16,
     offer: &Offer,
 ) -> Result<SharedSlot, SinkError> {
-    // Opening may start a process and wait for it: off the runtime.
-    let (factory, o, k) = (shared.factory.clone(), offer.clone(), *key);
-    let opened = tokio::task::spawn_blocking(move || factory.open(&o, &k))
-        .await
-        .map_err(|e| SinkError::Internal(format!("opening the sink failed: {e}")))?;
-    let sink = match opened {
-        Ok(s) if offer.flags & offer_flags::PACKED != 0 => {
-            tokio::task::block_in_place(|| packed_sink(shared, s, offer, key))
+    // Opening may run zfs and wait for it, and a packed offer opens its
+    // chunk cache on disk: both off the runtime.
+    let (factory, caches, o, k) = (
+        shared.factory.clone(),
+        shared.caches.clone(),
+        offer.clone(),
+        *key,
+    );
+    let sink = tokio::task::spawn_blocking(move || {
+        let sink = factory.open(&o, &k)?;
+        if o.flags & offer_flags::PACKED != 0 {
+            packed_sink(caches.as_deref(), sink, &o, &k)
+        } else {
+            Ok(sink)
         }
-        other => other,
-    }?;
+    })
+    .await
+    .map_err(|e| SinkError::Internal(format!("opening the sink failed: {e}")))??;
     // Decoding, verifying and writing run beside the network loop.
     let sink = fjord_sink::threaded::ThreadedSink::spawn(sink)
         .map_err(|e| SinkError::Internal(format!("cannot start the sink thread: {e}")))?;
@@ -273,12 +280,12 @@ async fn open_session(
 /// The decoder in front of `inner` for a packed offer, with the sender's
 /// chunk cache when the receiver keeps one.
 fn packed_sink(
-    shared: &Shared,
+    caches: Option<&fjord_sink::chunk_cache::ChunkCaches>,
     inner: Box<dyn Sink>,
     offer: &Offer,
     key: &PublicKey,
 ) -> Result<Box<dyn Sink>, SinkError> {
-    let store = match &shared.caches {
+    let store = match caches {
         None => None,
         Some(caches) => Some(
             caches
