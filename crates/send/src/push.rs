@@ -29,10 +29,13 @@ use tracing::Instrument;
 /// the target's receive_resume_token. A stale token (its snapshot was
 /// destroyed here) is discarded and the push falls back to the common
 /// snapshot. After a successful transfer the new base is held (`zfs
-/// holds`, tag fjord-JOB) and the old one released; then retention prunes
-/// old PREFIX_ snapshots on both sides (the DR node's policy decides on
-/// its side). A target that was changed or has snapshots newer than the
-/// common one is refused; --force asks the DR node to roll it back.
+/// holds`, tag fjord-JOB, or fjord-JOB-NAME for a [[job.target]] table)
+/// and the old one released; then retention prunes old PREFIX_ snapshots
+/// on both sides (the DR node's policy decides on its side; the source
+/// keeps every target's base). A job with several targets pushes to each
+/// at its own pace; one with none only snapshots and prunes. A target
+/// that was changed or has snapshots newer than the common one is refused;
+/// --force asks the DR node to roll it back.
 ///
 /// Silent on success unless --verbose or stdout is a terminal, so cron
 /// mails only failures. --json prints one JSON object per dataset and one
