@@ -263,7 +263,12 @@ fn show(outcome: &JobOutcome, args: &Args, talk: bool) {
     }
     for d in &report.dataset_reports {
         if let Some(e) = &d.error {
-            eprintln!("fjord-send: job {}: {}: {e}", report.job, d.source);
+            // With several targets, the same dataset may fail on one only.
+            let target = match d.target_name.as_deref() {
+                Some(name) if report.targets.len() > 1 => format!("target {name}: "),
+                _ => String::new(),
+            };
+            eprintln!("fjord-send: job {}: {target}{}: {e}", report.job, d.source);
         }
     }
     if let Some(e) = &report.error {
