@@ -225,13 +225,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
             // A fan-out job: one row per target, under the job's.
             for t in s.targets.iter().filter(|_| s.targets.len() > 1) {
                 println!(
-                    "{:<16} {:<8} {:<14} {:<10}",
+                    "{:<16} {:<8} {:<14} {:<10} {:>14} {:>9}  {}",
                     format!("  {}", t.name),
                     t.last_result,
                     age(now, t.last_success),
                     t.newest_replicated_snapshot_time
                         .map(|x| format!("{}s", (now - x).max(0)))
                         .unwrap_or_else(|| "-".into()),
+                    "",
+                    "",
+                    t.last_error.as_deref().unwrap_or("")
                 );
             }
         }
