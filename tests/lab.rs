@@ -287,6 +287,8 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "reload",
         "tree",
         "zvol",
+        "fanout",
+        "snaponly",
         "quickstart",
     ];
     let mut required = vec![
@@ -578,6 +580,28 @@ fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
         "zvol-promote-exit",
         "zvol-promoted",
         "zvol-promoted-bytes",
+        // fanout
+        "fan-first-exit",
+        "fan-first-targets",
+        "fan-first-dr-guid",
+        "fan-first-dr2-guid",
+        "fan-held-per-target",
+        "fan-offline-3-exit",
+        "fan-offline-3-targets",
+        "fan-offline-3-base-held",
+        "fan-offline-names-target",
+        "fan-offline-pruned",
+        "fan-offline-base-kept",
+        "fan-back-exit",
+        "fan-back-dr2-incremental",
+        "fan-back-dr-guid",
+        "fan-back-dr2-guid",
+        // snaponly
+        "snaponly-2-exit",
+        "snaponly-2-json",
+        "snaponly-old-pruned",
+        "snaponly-newest-kept",
+        "snaponly-check-ok",
         // reload
         "reload-added-accepted",
         "reload-removed-refused",

@@ -41,6 +41,8 @@ fn emitted() -> BTreeSet<String> {
         duration_secs: 1.0,
         newest_replicated_snapshot_time: Some(NOW - 120),
         warnings: Vec::new(),
+        targets: Vec::new(),
+        snapshot_only: false,
     };
     let copy = assess(
         &Observation {

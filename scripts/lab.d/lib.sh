@@ -21,6 +21,8 @@ LAB_STEP_TIMEOUT=${LAB_STEP_TIMEOUT:-300}
 LAB_POOL_SIZE=${LAB_POOL_SIZE:-512M}
 LAB_PRIMARY_VETH_IP=192.168.77.1
 LAB_DR_VETH_IP=192.168.77.2
+LAB_PRIMARY_DR2_IP=192.168.78.1
+LAB_DR2_IP=192.168.78.2
 LAB_PRIMARY_WG_IP=10.10.0.1
 LAB_DR_WG_IP=10.10.0.2
 export LAB_RESULTS LAB_LIB LAB_STEP_TIMEOUT LAB_POOL_SIZE
@@ -172,7 +174,26 @@ lab_topology() {
     ip netns exec primary wg show wg0
 }
 
+# lab_topology_dr2: a third namespace "dr2", a second DR node, on a plain veth pair from the
+# primary ($LAB_PRIMARY_DR2_IP <-> $LAB_DR2_IP; no WireGuard: QUIC authenticates and encrypts
+# on its own, and a third WireGuard peer would buy nothing the second one does not test)
+lab_topology_dr2() {
+    set -e
+    ip netns del dr2 2>/dev/null || true
+    ip netns add dr2
+    ip -n dr2 link set lo up
+    ip link add veth-p2 type veth peer name veth-d2
+    ip link set veth-p2 netns primary
+    ip link set veth-d2 netns dr2
+    ip -n primary addr add "$LAB_PRIMARY_DR2_IP/24" dev veth-p2
+    ip -n dr2 addr add "$LAB_DR2_IP/24" dev veth-d2
+    ip -n primary link set veth-p2 up
+    ip -n dr2 link set veth-d2 up
+    lab_ping primary "$LAB_DR2_IP" 2
+}
+
 lab_topology_destroy() {
+    ip netns del dr2 2>/dev/null || true
     ip netns del primary 2>/dev/null || true
     ip netns del dr 2>/dev/null || true
 }

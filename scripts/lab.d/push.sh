@@ -68,6 +68,12 @@
 #                    child destroyed on the primary is reported and kept, then destroyed under
 #                    a receiver granting allow_destroy_removed; a target whose parents do
 #                    not exist gets them created inert (canmount=off, readonly)
+#   zvol             a volume: received readonly with volmode=none (no device node), then
+#                    incrementally; a promotion gives the device back with the primary's bytes
+#   fanout           one job, two DR nodes (dr2: a third namespace): both get the snapshot,
+#                    each base held with its own tag; dr2 offline for 3 pushes while source
+#                    retention runs keeps its base held; back, it catches up incrementally
+#   snaponly         a job with no target: snapshots and source retention, status --check ok
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
@@ -1675,6 +1681,168 @@ case_tree() {
     destroy_tree dst/backup/nested
 }
 
+# ---------------------------------------------------------------- fan-out and snapshot-only
+
+fmnt=/tmp/mnt-src/src/fan
+export fmnt
+# fan_config FILE: the job "fan" (src/fan) to two DR nodes: "dr" (the receiver of every case,
+# over WireGuard) and "dr2" (the third namespace, plain veth); source retention hourly = 2
+fan_config() {
+    cat >"$1" <<EOF
+key = "$work/send.key"
+state_dir = "$work/state-fan"
+
+[[job]]
+name = "fan"
+source = "src/fan"
+grace = "5s"
+idle_timeout = "3s"
+
+[job.retention.source]
+hourly = 2
+
+[[job.target]]
+name = "dr"
+host = "$LAB_DR_WG_IP:7450"
+key = "$rpub"
+dataset = "dst/backup/fan"
+
+[[job.target]]
+name = "dr2"
+host = "$LAB_DR2_IP:7450"
+key = "$rpub2"
+dataset = "dst/dr2/fan"
+EOF
+}
+# serve2_start / serve2_stop: the second DR node's fjord-recv serve, in dr2
+serve2_start() {
+    FJORD_LOG=info ip netns exec dr2 "$recv" serve --config "$work/recv-dr2.toml" \
+        >>"$R/serve2.log" 2>&1 </dev/null &
+    echo $! >"$work/serve2.pid"
+    lab_wait_udp dr2 7450 90
+}
+serve2_stop() {
+    local pid
+    pid=$(cat "$work/serve2.pid" 2>/dev/null || true)
+    [[ $pid =~ ^[1-9][0-9]*$ ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    timeout 30 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$work/serve2.pid"
+}
+# jtarget NAME TARGET FIELD: FIELD of TARGET in the job object's targets
+jtarget() {
+    jq -r --arg t "$2" --arg f "$3" 'select(.type == "job") | .targets[]? | select(.name == $t)
+        | .[$f] | tostring' "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+# jtsteps NAME TARGET FIELD: FIELD of each step of TARGET's dataset object, comma-separated
+jtsteps() {
+    jq -r --arg t "$2" --arg f "$3" 'select(.type == "dataset" and .target_name == $t)
+        | [.steps[]? | .[$f] | tostring] | join(",")' "$R/$1.json" 2>/dev/null | head -n1 || true
+}
+# held_by SNAPSHOT TAG
+held_by() { zfs holds -H "$1" 2>/dev/null | cut -f2 | grep -qx "$2"; }
+# next_second: snapshot names have a resolution of a second; two pushes never share one
+next_second() { lab_wait 5 "the next second" _past "$(date +%s)"; }
+_past() { (($(date +%s) > $1)); }
+
+case_fanout() {
+    serve_use default
+    local rc i base s
+    serve2_stop
+    destroy_tree src/fan
+    destroy_tree dst/backup/fan
+    destroy_tree dst/dr2
+    zfs create dst/dr2
+    zfs create src/fan
+    lab_fill "$fmnt" 51 256K >/dev/null
+    rm -rf "$work/state-fan" && mkdir -p "$work/state-fan"
+    lab_topology_dr2
+    rpub2=$("$recv" keygen --key "$work/recv2.key")
+    sed -e "s|^listen = .*|listen = \"$LAB_DR2_IP:7450\"|" \
+        -e "s|^key = \"$work/recv.key\"|key = \"$work/recv2.key\"|" \
+        -e "s|$work/chunks|$work/chunks2|" -e 's|prefixes = \["dst/backup"\]|prefixes = ["dst/dr2"]|' \
+        "$work/recv-default.toml" >"$work/recv-dr2.toml"
+    fan_config "$work/fan.toml"
+    serve2_start
+    rc=0
+    push fan-first "$work/fan.toml" || rc=$?
+    lab_assert_eq fan-first-exit 0 "$rc"
+    lab_assert_eq fan-first-targets "ok ok" "$(jtarget fan-first dr result) $(jtarget fan-first dr2 result)"
+    base=$(newest src/fan)
+    lab_assert_eq fan-first-dr-guid "$(lab_guid "$base")" "$(lab_guid "dst/backup/fan@${base#*@}" 2>/dev/null || echo none)"
+    lab_assert_eq fan-first-dr2-guid "$(lab_guid "$base")" "$(lab_guid "dst/dr2/fan@${base#*@}" 2>/dev/null || echo none)"
+    lab_assert fan-held-per-target sh -c "held() { zfs holds -H '$base' | cut -f2 | grep -qx \"\$1\"; }; held fjord-fan-dr && held fjord-fan-dr2"
+    # dr2 goes offline for three pushes while the source's retention runs
+    serve2_stop
+    for i in 1 2 3; do
+        next_second
+        lab_mutate "$fmnt" $((52 + i)) 64K >/dev/null
+        rc=0
+        push "fan-offline-$i" "$work/fan.toml" || rc=$?
+        lab_assert_eq "fan-offline-$i-exit" 4 "$rc"
+        lab_assert_eq "fan-offline-$i-targets" "ok failed" \
+            "$(jtarget "fan-offline-$i" dr result) $(jtarget "fan-offline-$i" dr2 result)"
+        lab_assert "fan-offline-$i-base-held" held_by "$base" fjord-fan-dr2
+    done
+    lab_log "source after dr2's absence: $(snaps src/fan)"
+    lab_assert fan-offline-names-target grep -q 'target dr2' "$R/fan-offline-3.err"
+    lab_assert fan-offline-pruned sh -c "[ \$(zfs list -H -t snapshot -d 1 -o name src/fan | wc -l) -le 3 ]"
+    lab_assert fan-offline-base-kept zfs list "$base"
+    s=$(newest src/fan)
+    lab_assert_eq fan-offline-dr-current "$(lab_guid "$s")" "$(lab_guid "dst/backup/fan@${s#*@}" 2>/dev/null || echo none)"
+    # dr2 back: one incremental from its own base, no full
+    serve2_start
+    next_second
+    rc=0
+    push fan-back "$work/fan.toml" || rc=$?
+    lab_assert_eq fan-back-exit 0 "$rc"
+    lab_assert_eq fan-back-dr2-incremental "incremental ${base#*@}" \
+        "$(jtsteps fan-back dr2 action) $(jtsteps fan-back dr2 from)"
+    s=$(newest src/fan)
+    lab_assert_eq fan-back-dr-guid "$(lab_guid "$s")" "$(lab_guid "$(newest dst/backup/fan)" 2>/dev/null || echo none)"
+    lab_assert_eq fan-back-dr2-guid "$(lab_guid "$s")" "$(lab_guid "$(newest dst/dr2/fan)" 2>/dev/null || echo none)"
+    serve2_stop
+    ip netns del dr2 2>/dev/null || true
+    destroy_tree dst/dr2
+    destroy_tree dst/backup/fan
+    destroy_tree src/fan
+}
+
+# a job with no target: snapshots and source retention only (hourly = 2 over two old
+# hours' snapshots: the older one goes, the pushes' newest stays)
+case_snaponly() {
+    local rc i
+    destroy_tree src/snap
+    zfs create src/snap
+    rm -rf "$work/state-snap" && mkdir -p "$work/state-snap"
+    zfs snapshot src/snap@fjord_2026-01-01T000000Z
+    zfs snapshot src/snap@fjord_2026-01-01T010000Z
+    cat >"$work/snap.toml" <<EOF
+key = "$work/send.key"
+state_dir = "$work/state-snap"
+
+[[job]]
+name = "snap"
+source = "src/snap"
+
+[job.retention.source]
+hourly = 2
+EOF
+    for i in 1 2; do
+        next_second
+        rc=0
+        push "snaponly-$i" "$work/snap.toml" || rc=$?
+        lab_assert_eq "snaponly-$i-exit" 0 "$rc"
+        lab_assert_eq "snaponly-$i-json" "true ok" "$(jjob "snaponly-$i" snapshot_only) $(jjob "snaponly-$i" result)"
+    done
+    lab_log "snapshot-only source: $(snaps src/snap)"
+    lab_assert snaponly-old-pruned sh -c '! zfs list src/snap@fjord_2026-01-01T000000Z 2>/dev/null'
+    lab_assert snaponly-newest-kept zfs list "src/snap@$(jjob snaponly-2 snapshot)"
+    ip netns exec primary "$send" status --config "$work/snap.toml" --check >"$R/snaponly-check.txt" 2>&1 || true
+    lab_assert snaponly-check-ok grep -q 'FJORD-SEND OK' "$R/snaponly-check.txt"
+    destroy_tree src/snap
+}
+
 # ---------------------------------------------------------------- the Quick start
 # The README's Quick start, word for word, with the package built from these binaries and
 # installed with dpkg -i in the VM (/usr is a writable overlay there): pools named as in the
@@ -1818,7 +1986,8 @@ case_zvol() {
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote reload tripwire drill failback gameday-pg tree zvol quickstart)
+    recv-as-fjord-user promote reload tripwire drill failback gameday-pg tree zvol fanout
+    snaponly quickstart)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others

@@ -103,8 +103,10 @@ pub enum CongestionChoice {
     Bbr,
 }
 
-/// One `[[job]]`: replicate `source` (and, if `recursive`, its
-/// descendants) to `target_dataset` on `target_host`.
+/// One `[[job]]`: snapshot `source` (and, if `recursive`, its
+/// descendants) and replicate it to each of its targets ([`Job::targets`]):
+/// `target_dataset` on `target_host`, or each `[[job.target]]` table; a
+/// job with neither is snapshot-only.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
@@ -116,12 +118,21 @@ pub struct Job {
     /// Also replicate the descendants of `source`.
     #[serde(default)]
     pub recursive: bool,
-    /// The receiver, `host:port`.
+    /// The one-target shorthand: the receiver, `host:port` (empty when not
+    /// given; see [`Job::targets`]).
+    #[serde(default)]
     pub target_host: String,
-    /// The receiver's public key (the transport parses it).
+    /// The shorthand's receiver's public key (the transport parses it).
+    #[serde(default)]
     pub target_key: String,
-    /// Where `source` lands; its descendants land below it.
+    /// The shorthand's target: where `source` lands; its descendants land
+    /// below it.
+    #[serde(default)]
     pub target_dataset: String,
+    /// `[[job.target]]`: several DR nodes (fan-out). Not with the
+    /// shorthand; use [`Job::targets`], which gives either form.
+    #[serde(rename = "target", default)]
+    pub target_tables: Vec<crate::targets::Target>,
     /// fjord's snapshots are `{snapshot_prefix}_{UTC time}` (default `fjord`).
     #[serde(default = "default_prefix")]
     pub snapshot_prefix: String,
@@ -179,11 +190,18 @@ pub struct Job {
 
 impl Job {
     /// Where the source dataset `source_child` (`source` itself or one of
-    /// its descendants) lands: `tank/home/a/b` → `backup/oslo/home/a/b`.
-    /// `None` if `source_child` is not within `source`, or the mapped name
-    /// is not a valid dataset name (too long, say).
+    /// its descendants) lands on the job's first target: `tank/home/a/b` →
+    /// `backup/oslo/home/a/b`. `None` if `source_child` is not within
+    /// `source`, the mapped name is not a valid dataset name (too long,
+    /// say), or the job has no target.
     pub fn target_for(&self, source_child: &str) -> Option<String> {
         target_for(self, source_child)
+    }
+
+    /// The DR nodes this job replicates to, in config order; empty for a
+    /// snapshot-only job. See [`crate::targets`].
+    pub fn targets(&self) -> Vec<crate::targets::Target> {
+        crate::targets::targets(self)
     }
 
     /// The `zfs send` flags of this job applied to `kind`.
@@ -203,12 +221,7 @@ impl Job {
 
 /// See [`Job::target_for`].
 pub fn target_for(job: &Job, source_child: &str) -> Option<String> {
-    if !is_within_prefix(source_child, &job.source) {
-        return None;
-    }
-    let below = &source_child[job.source.len()..]; // "" or "/a/b"
-    let target = format!("{}{below}", job.target_dataset);
-    validate_dataset(&target).ok().map(|()| target)
+    job.targets().first()?.target_for(&job.source, source_child)
 }
 
 /// `[recv]` of the receiver's config: the `zfs recv` flags.
@@ -711,7 +724,8 @@ impl Checker<'_> {
     }
 }
 
-fn valid_job_name(name: &str) -> bool {
+/// A job's or a target's name: `[A-Za-z0-9_-]+`.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -745,7 +759,7 @@ impl SendConfig {
         let mut names = HashSet::new();
         for (i, job) in self.jobs.iter().enumerate() {
             let key = |field: &str| format!("job[{}].{field}", i + 1);
-            if !valid_job_name(&job.name) {
+            if !valid_name(&job.name) {
                 return Err(check.fail(
                     key("name"),
                     format!(
@@ -770,14 +784,15 @@ impl SendConfig {
             job.tripwire
                 .check()
                 .map_err(|(k, why)| check.fail(key(&format!("tripwire.{k}")), why))?;
-            if job.hooks.database.is_some() && !job.properties {
+            let has_targets = !job.targets().is_empty();
+            // Only a target needs the log position the hook records.
+            if job.hooks.database.is_some() && !job.properties && has_targets {
                 return Err(check.fail(
                     key("properties"),
                     "hooks.database records the log position as a property of the snapshot, which reaches the DR node only with properties = true (zfs send -p): set it",
                 ));
             }
-            validate_dataset(&job.target_dataset)
-                .map_err(|e| check.fail(key("target_dataset"), e.to_string()))?;
+            crate::targets::check(job).map_err(|(k, why)| check.fail(key(&k), why))?;
             // The timestamp adds 19 bytes; the result must be a valid name.
             let sample = fjord_zfs::snapname::format_snapshot_name(&job.snapshot_prefix, 0);
             validate_snapshot_short_name(&job.snapshot_prefix)
@@ -786,39 +801,34 @@ impl SendConfig {
             if job.parallelism == 0 {
                 return Err(check.fail(key("parallelism"), "must be at least 1"));
             }
-            let port_ok = job
-                .target_host
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(check.fail(
-                    key("target_host"),
-                    format!(
-                        "{:?} is not host:port, such as \"10.10.0.2:7450\"",
-                        job.target_host
-                    ),
-                ));
-            }
-            if job.target_key.trim().is_empty() {
-                return Err(check.fail(
-                    key("target_key"),
-                    "is empty: give the receiver's public key",
-                ));
+        }
+        // The hold tag is how a target finds (and releases) its base: one
+        // tag per target ("fjord-a-b" is job "a" target "b" and job "a-b").
+        let mut tags = std::collections::HashMap::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            for t in job.targets() {
+                if let Some(other) = tags.insert(t.hold_tag(&job.name), job.name.as_str()) {
+                    return Err(check.fail(
+                        format!("job[{}].name", i + 1),
+                        format!(
+                            "jobs {other:?} and {:?} would both hold their bases with the tag {}: rename a job or a target",
+                            job.name,
+                            t.hold_tag(&job.name)
+                        ),
+                    ));
+                }
             }
         }
         // Two jobs writing the same target (or one inside a recursive
         // other's) would roll back and prune each other's snapshots.
         for (i, a) in self.jobs.iter().enumerate() {
             for b in &self.jobs[i + 1..] {
-                let clash = a.target_dataset == b.target_dataset
-                    || (a.recursive && is_within_prefix(&b.target_dataset, &a.target_dataset))
-                    || (b.recursive && is_within_prefix(&a.target_dataset, &b.target_dataset));
-                if clash && a.target_host == b.target_host {
+                if let Some((dataset, host)) = crate::targets::clash(a, b) {
                     return Err(check.fail(
                         format!("job[{}].target_dataset", i + 1),
                         format!(
-                            "jobs {:?} and {:?} would both write {} on {}: give each job its own target",
-                            a.name, b.name, b.target_dataset, b.target_host
+                            "jobs {:?} and {:?} would both write {dataset} on {host}: give each job its own target",
+                            a.name, b.name
                         ),
                     ));
                 }

@@ -102,10 +102,12 @@ pub mod config;
 pub mod drill;
 pub mod hooks;
 pub mod retention;
+pub mod targets;
 pub mod textfile;
 pub mod tripwire;
 pub mod units;
 
 pub use config::{ConfigError, Job, RecvConfig, SendConfig};
 pub use retention::Retention;
+pub use targets::Target;
 pub use units::{parse_bwlimit, parse_duration, parse_size};

@@ -46,7 +46,30 @@ pub const NEVER: &str = "never";
 pub const UNREADABLE: &str = "unreadable";
 
 /// One job's level and, if not ok, why.
+/// A job with `[[job.target]]` tables is as healthy as its worst target,
+/// named in the reason; a snapshot-only job has no lag to judge.
 pub fn assess_job(s: &JobStatus, t: &LagThresholds, now: i64) -> (Level, Option<String>) {
+    if s.targets.iter().any(|t| !t.name.is_empty()) && s.last_result != NEVER {
+        let worst = s
+            .targets
+            .iter()
+            .map(|target| {
+                let mut view = s.clone();
+                view.targets.clear();
+                view.last_result = target.last_result.clone();
+                view.newest_replicated_snapshot_time = target.newest_replicated_snapshot_time;
+                let (level, why) = assess_one(&view, t, now);
+                (level, why.map(|w| format!("target {}: {w}", target.name)))
+            })
+            .max_by_key(|(level, _)| *level);
+        if let Some(w) = worst {
+            return w;
+        }
+    }
+    assess_one(s, t, now)
+}
+
+fn assess_one(s: &JobStatus, t: &LagThresholds, now: i64) -> (Level, Option<String>) {
     match s.last_result.as_str() {
         NEVER => return (Level::Critical, Some("never ran: no DR copy".into())),
         UNREADABLE => return (Level::Unknown, Some("status file unreadable".into())),
@@ -54,6 +77,7 @@ pub fn assess_job(s: &JobStatus, t: &LagThresholds, now: i64) -> (Level, Option<
     }
     let lag = s.newest_replicated_snapshot_time.map(|t| (now - t).max(0));
     let by_lag = match lag {
+        None if s.snapshot_only => (Level::Ok, None),
         None => (
             Level::Critical,
             Some("no snapshot known on the DR node".to_string()),
@@ -163,6 +187,8 @@ mod tests {
             duration_secs: 1.0,
             newest_replicated_snapshot_time: lag.map(|l| NOW - l),
             warnings: Vec::new(),
+            targets: Vec::new(),
+            snapshot_only: false,
         }
     }
 
@@ -224,5 +250,37 @@ mod tests {
             check_line(&[], &T, NOW),
             (Level::Ok, "FJORD-SEND OK - 0 jobs".into())
         );
+    }
+
+    #[test]
+    fn a_fan_out_job_is_as_healthy_as_its_worst_target_named() {
+        use crate::status::TargetStatus;
+        let target = |name: &str, result: &str, lag: i64| TargetStatus {
+            name: name.into(),
+            last_result: result.into(),
+            last_error: None,
+            last_success: Some(NOW - 60),
+            newest_replicated_snapshot_time: Some(NOW - lag),
+        };
+        let mut s = job("home", "failed", Some(10_800));
+        s.targets = vec![target("oslo", "ok", 60), target("bergen", "failed", 10_800)];
+        assert_eq!(
+            assess_job(&s, &T, NOW),
+            (
+                Level::Critical,
+                Some("target bergen: last push failed, lag 3h > 2h".into())
+            )
+        );
+        s.targets[1] = target("bergen", "ok", 60);
+        assert_eq!(assess_job(&s, &T, NOW), (Level::Ok, None));
+    }
+
+    #[test]
+    fn a_snapshot_only_job_has_no_lag_to_judge() {
+        let mut s = job("scratch", "ok", None);
+        s.snapshot_only = true;
+        assert_eq!(assess_job(&s, &T, NOW), (Level::Ok, None));
+        s.last_result = "failed".into();
+        assert_eq!(assess_job(&s, &T, NOW).0, Level::Warning);
     }
 }

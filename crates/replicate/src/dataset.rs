@@ -8,7 +8,7 @@ use crate::dr_node::{DrError, DrNode, SnapshotRef, Transfer};
 use crate::plan::{plan, Plan, PlanError};
 use crate::pool::{Pool, PoolError};
 use crate::report::{Action, DatasetReport, DatasetResult, Step};
-use crate::{tripwire, JobContext};
+use crate::{tripwire, Leg};
 use fjord_config::retention::plan_pruning;
 use fjord_zfs::{SendKind, SendSpec, SnapshotInfo};
 use std::time::Instant;
@@ -151,7 +151,7 @@ const MAX_PASSES: usize = 4;
 /// query for the whole tree); the first pass uses them instead of listing
 /// again.
 pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     source: &str,
     target: &str,
     book: &tripwire::Book,
@@ -159,12 +159,15 @@ pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
 ) -> DatasetReport {
     let started = Instant::now();
     let mut report = DatasetReport::new(&ctx.job.name, source, target);
+    report.target_name = Some(ctx.target.label().to_string());
     let outcome = carry_out(ctx, source, target, &mut report, listed).await;
     match outcome {
         Ok(src) => {
             if !ctx.options.dry_run {
-                let paused = judge_push(ctx, source, book, &mut report);
-                prune(ctx, source, target, &mut report, paused, &src).await;
+                // The source's own retention runs once for every target,
+                // after all of them (crate::fanout), from this verdict.
+                judge_push(ctx, source, book, &mut report);
+                prune_target(ctx, target, &mut report, &src).await;
             }
         }
         Err(e) => fail(&mut report, &e),
@@ -174,13 +177,13 @@ pub(crate) async fn replicate_dataset<P: Pool, D: DrNode>(
 }
 
 /// The tripwire's verdict on this push (into the report, with a warning
-/// when it trips); returns whether source-side pruning is paused.
+/// when it trips or pauses source-side pruning).
 fn judge_push<P, D>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     source: &str,
     book: &tripwire::Book,
     report: &mut DatasetReport,
-) -> bool {
+) {
     let config = &ctx.job.tripwire;
     let snapshot = report.replicated.clone().unwrap_or_default();
     let now = ctx.options.now_unix;
@@ -203,7 +206,6 @@ fn judge_push<P, D>(
             ctx.job.name
         ));
     }
-    paused
 }
 
 /// Marks `report` as failed (or diverged) by `error`.
@@ -219,7 +221,7 @@ pub(crate) fn fail(report: &mut DatasetReport, error: &DatasetError) {
 
 /// The snapshot a push (not a dry run) would take now: named as it would
 /// be, with a guid no real snapshot has (0), so it never matches a target's.
-fn would_take<P: Pool, D: DrNode>(ctx: &JobContext<P, D>) -> SnapshotInfo {
+fn would_take<P: Pool, D: DrNode>(ctx: &Leg<'_, P, D>) -> SnapshotInfo {
     SnapshotInfo {
         name: fjord_zfs::snapname::format_snapshot_name(
             &ctx.job.snapshot_prefix,
@@ -232,7 +234,7 @@ fn would_take<P: Pool, D: DrNode>(ctx: &JobContext<P, D>) -> SnapshotInfo {
 }
 
 async fn carry_out<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     source: &str,
     target: &str,
     report: &mut DatasetReport,
@@ -371,7 +373,7 @@ async fn carry_out<P: Pool, D: DrNode>(
 
 /// The `zfs send`, the transfer and the report's step for a plan that sends.
 fn prepare<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     source: &str,
     target: &str,
     src: &[SnapshotInfo],
@@ -466,7 +468,7 @@ fn prepare<P: Pool, D: DrNode>(
 }
 
 async fn send_one<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     spec: &SendSpec,
     mut transfer: Transfer,
     step: &Step,
@@ -508,7 +510,7 @@ async fn send_one<P: Pool, D: DrNode>(
 /// after the transfer succeeded; failures are warnings, as the
 /// replication itself succeeded.
 async fn protect_base<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     source: &str,
     src: &[SnapshotInfo],
     to: &SnapshotInfo,
@@ -578,22 +580,19 @@ fn tagged(snapshots: &[String], pairs: &[(String, String)], tag: &str) -> Vec<St
         .collect()
 }
 
-/// Applies retention on both sides after a successful push. The base (the
+/// Applies the target's retention after a successful push. The base (the
 /// newest snapshot both sides have) is never a candidate. Failures are
-/// warnings. `src`: the source's snapshots as the push last listed them
-/// (the push itself only added its hold since: no need to list again).
-async fn prune<P: Pool, D: DrNode>(
-    ctx: &JobContext<P, D>,
-    source: &str,
+/// warnings. `src`: the source's snapshots as the push last listed them.
+async fn prune_target<P: Pool, D: DrNode>(
+    ctx: &Leg<'_, P, D>,
     target: &str,
     report: &mut DatasetReport,
-    pause_source: bool,
     src: &[SnapshotInfo],
 ) {
-    let keep = &ctx.job.retention;
-    if keep.source.is_none() && keep.target.is_none() {
+    let prefix = &ctx.job.snapshot_prefix;
+    let Some(policy) = &ctx.job.retention.target else {
         return;
-    }
+    };
     let tgt = match ctx.dr.target_state(target).await {
         Ok(t) => t,
         Err(e) => {
@@ -606,29 +605,16 @@ async fn prune<P: Pool, D: DrNode>(
     let Some(base) = common_base(src, &tgt.snapshots) else {
         return; // nothing replicated yet: prune nothing
     };
-    let protected = [base];
-    let prefix = &ctx.job.snapshot_prefix;
-    if let Some(policy) = keep.source.as_ref().filter(|_| !pause_source) {
-        for s in plan_pruning(src, prefix, policy, &protected) {
-            let full = s.full_name(source);
-            match ctx.pool.destroy_snapshot(&full).await {
-                Ok(()) => report.pruned_source.push(s.name),
-                Err(e) => report.warnings.push(format!("could not prune {full}: {e}")),
-            }
-        }
-    }
-    if let Some(policy) = &keep.target {
-        let doomed: Vec<String> = plan_pruning(&tgt.snapshots, prefix, policy, &protected)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        if !doomed.is_empty() {
-            match ctx.dr.destroy_snapshots(target, &doomed).await {
-                Ok(()) => report.pruned_target = doomed,
-                Err(e) => report
-                    .warnings
-                    .push(format!("could not prune {target}: {e}")),
-            }
+    let doomed: Vec<String> = plan_pruning(&tgt.snapshots, prefix, policy, &[base])
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    if !doomed.is_empty() {
+        match ctx.dr.destroy_snapshots(target, &doomed).await {
+            Ok(()) => report.pruned_target = doomed,
+            Err(e) => report
+                .warnings
+                .push(format!("could not prune {target}: {e}")),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::dr_node::DrNode;
 use crate::lock::{JobLock, LockError};
 use crate::pool::{Pool, PoolError};
 use crate::report::{DatasetReport, DatasetResult, JobReport, JobResult};
-use crate::status::{self, JobStatus, StatusError};
+use crate::status::{self, JobStatus, StatusError, TargetStatus};
 use crate::{metrics, tripwire, JobContext};
 use fjord_zfs::snapname;
 use fjord_zfs::SnapshotInfo;
@@ -172,22 +172,9 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             }
         }
     }
-    let reports = replicate_tree(ctx.clone(), datasets.clone(), book).await;
-    let root_replicated = reports.first().is_some_and(|r| {
-        matches!(
-            r.result,
-            DatasetResult::Ok | DatasetResult::UpToDate | DatasetResult::Planned
-        )
-    });
-    summarize(&mut report, reports, ctx.options.dry_run);
-    if ctx.job.recursive && root_replicated {
-        match crate::removed::handle_removed(ctx.as_ref(), &datasets).await {
-            Ok(removed) => {
-                report.warnings.extend(removed.iter().map(|r| r.warning()));
-                report.removed = removed;
-            }
-            Err(w) => report.warnings.push(w),
-        }
+    crate::fanout::replicate_targets(ctx, &datasets, book.clone(), &mut report).await;
+    if !ctx.options.dry_run {
+        crate::fanout::prune_source(ctx, &datasets, &mut report.dataset_reports, &book).await;
     }
     if let Some(p) = post_error {
         // The snapshot and its replication stand; the job still fails, as
@@ -253,8 +240,8 @@ fn snapshot_error(source: &str, short: &str, e: &PoolError) -> String {
     format!("taking snapshot {source}@{short}: {e}")
 }
 
-/// Fills the job's totals and result from its datasets'.
-fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool) {
+/// Fills the job's totals and result from its datasets' (of one target).
+pub(crate) fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool) {
     report.datasets = datasets.len();
     let mut diverged = false;
     let mut promoted = false;
@@ -307,11 +294,12 @@ fn summarize(report: &mut JobReport, datasets: Vec<DatasetReport>, dry_run: bool
     report.dataset_reports = datasets;
 }
 
-/// Replicates parents before children (a child's target needs its
-/// parent), up to `parallelism` datasets of one depth at a time. A failed
-/// dataset's children are skipped.
-async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
+/// Replicates to target `leg` parents before children (a child's target
+/// needs its parent), up to `parallelism` datasets of one depth at a time.
+/// A failed dataset's children are skipped.
+pub(crate) async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
     ctx: Arc<JobContext<P, D>>,
+    leg: usize,
     datasets: Vec<String>,
     book: Arc<tripwire::Book>,
 ) -> Vec<DatasetReport> {
@@ -344,17 +332,19 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
         let mut set = JoinSet::new();
         let mut order = Vec::new();
         for source in level {
-            let target = ctx.job.target_for(&source);
+            let node = &ctx.targets[leg].target;
+            let target = node.target_for(&ctx.job.source, &source);
             let early = match (failed_parent(&failed, &source), &target) {
                 (Some(parent), _) => Some(DatasetError::ParentFailed { parent }),
                 (None, None) => Some(DatasetError::NoTargetName {
-                    target_root: ctx.job.target_dataset.clone(),
+                    target_root: node.dataset.clone(),
                 }),
                 (None, Some(_)) => None,
             };
             let target = target.unwrap_or_default();
             if let Some(e) = early {
                 let mut r = DatasetReport::new(&ctx.job.name, &source, &target);
+                r.target_name = Some(node.label().to_string());
                 fail(&mut r, &e);
                 failed.insert(source.clone());
                 reports.push(r);
@@ -367,7 +357,7 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
             let src = listed.remove(&source);
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                replicate_dataset(&ctx, &source, &target, &book, src).await
+                replicate_dataset(&ctx.leg(leg), &source, &target, &book, src).await
             });
         }
         let mut level_reports = Vec::new();
@@ -393,6 +383,7 @@ async fn replicate_tree<P: Pool + 'static, D: DrNode + 'static>(
                 }
                 None => {
                     let mut r = DatasetReport::new(&ctx.job.name, &source, "");
+                    r.target_name = Some(ctx.targets[leg].target.label().to_string());
                     r.error = Some("internal error: its task ended without a report".into());
                     failed.insert(source);
                     reports.push(r);
@@ -437,6 +428,7 @@ fn record<P: Pool, D: DrNode>(
         .map(|d| d.replicated_creation)
         .collect::<Option<Vec<i64>>>()
         .and_then(|times| times.into_iter().min());
+    let targets = target_statuses(ctx, report, previous.as_ref(), attempt);
     let st = JobStatus {
         job: job.clone(),
         last_attempt: attempt,
@@ -445,30 +437,88 @@ fn record<P: Pool, D: DrNode>(
         } else {
             previous.as_ref().and_then(|p| p.last_success)
         },
-        last_result: match report.result {
-            JobResult::Ok | JobResult::DryRun => status::result::OK,
-            JobResult::Diverged => status::result::DIVERGED,
-            JobResult::Locked | JobResult::Failed | JobResult::Promoted => status::result::FAILED,
-        }
-        .to_string(),
+        last_result: result_word(report.result).to_string(),
         last_error: report.error.clone(),
         bytes: report.bytes,
         bytes_resent: report.bytes_resent,
         duration_secs: report.duration_secs,
-        newest_replicated_snapshot_time: replicated
+        // the worst target's lag: the oldest of their newest snapshots
+        newest_replicated_snapshot_time: targets
+            .iter()
+            .map(|t| t.newest_replicated_snapshot_time)
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|times| times.into_iter().min())
+            .or(replicated)
             .or(previous.and_then(|p| p.newest_replicated_snapshot_time)),
         warnings: report.warnings.clone(),
+        targets,
+        snapshot_only: report.snapshot_only,
     };
     status::save(&state.state_dir, &st).map_err(status_error)?;
     if report.dataset_reports.iter().any(|d| d.tripwire.is_some()) {
         let mut book = book.clone();
-        book.record(&report.dataset_reports, ctx.job.tripwire.history);
+        // One sample per dataset and push: the first target's measure (the
+        // others' streams carry the same changes, maybe from older bases).
+        let mut seen = BTreeSet::new();
+        let first: Vec<DatasetReport> = report
+            .dataset_reports
+            .iter()
+            .filter(|d| d.tripwire.is_some() && seen.insert(d.source.clone()))
+            .cloned()
+            .collect();
+        book.record(&first, ctx.job.tripwire.history);
         book.save(&state.state_dir).map_err(status_error)?;
     }
     if let Some(path) = &state.metrics_file {
         write_metrics(&state.state_dir, path, attempt)?;
     }
     Ok(())
+}
+
+/// The status word of a job's or a target's result.
+fn result_word(r: JobResult) -> &'static str {
+    match r {
+        JobResult::Ok | JobResult::DryRun => status::result::OK,
+        JobResult::Diverged => status::result::DIVERGED,
+        JobResult::Locked | JobResult::Failed | JobResult::Promoted => status::result::FAILED,
+    }
+}
+
+/// Each target's status after this run; a target's success time and lag
+/// reference carry over from its previous status when it failed.
+fn target_statuses<P, D>(
+    ctx: &JobContext<P, D>,
+    report: &JobReport,
+    previous: Option<&JobStatus>,
+    attempt: i64,
+) -> Vec<TargetStatus> {
+    ctx.targets
+        .iter()
+        .map(|node| {
+            let name = node.target.name.clone();
+            let before = previous
+                .and_then(|p| p.targets.iter().find(|t| t.name == name))
+                .cloned();
+            let now = report
+                .targets
+                .iter()
+                .find(|t| t.name == node.target.label());
+            let result = now.map_or(report.result, |t| t.result);
+            TargetStatus {
+                last_result: result_word(result).into(),
+                last_error: now.map_or_else(|| report.error.clone(), |t| t.error.clone()),
+                last_success: if result == JobResult::Ok {
+                    Some(attempt)
+                } else {
+                    before.as_ref().and_then(|b| b.last_success)
+                },
+                newest_replicated_snapshot_time: now
+                    .and_then(|t| t.replicated_creation)
+                    .or(before.and_then(|b| b.newest_replicated_snapshot_time)),
+                name,
+            }
+        })
+        .collect()
 }
 
 /// Writes the metrics file from every status (and tripwire) file in

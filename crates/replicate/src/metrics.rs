@@ -11,6 +11,31 @@ struct Family<'a> {
     name: &'static str,
     help: &'static str,
     value: &'a dyn Fn(&JobStatus) -> Option<String>,
+    /// One sample per named target (label `target`) for a fan-out job.
+    per_target: bool,
+}
+
+/// The label sets and values a family's samples come from: the job, or,
+/// for a `per_target` family of a job with `[[job.target]]` tables, each
+/// target (its own result, success and lag over the job's).
+fn rows(s: &JobStatus, per_target: bool) -> Vec<(String, JobStatus)> {
+    let job = format!("job=\"{}\"", escape_label_value(&s.job));
+    let named = s.targets.iter().any(|t| !t.name.is_empty());
+    if !(per_target && named) {
+        return vec![(job, s.clone())];
+    }
+    s.targets
+        .iter()
+        .map(|t| {
+            let mut view = s.clone();
+            view.last_result = t.last_result.clone();
+            view.last_error = t.last_error.clone();
+            view.last_success = t.last_success;
+            view.newest_replicated_snapshot_time = t.newest_replicated_snapshot_time;
+            let labels = format!("{job},target=\"{}\"", escape_label_value(&t.name));
+            (labels, view)
+        })
+        .collect()
 }
 
 /// Renders `statuses` as Prometheus text at time `now` (Unix seconds).
@@ -25,11 +50,13 @@ pub fn render_prometheus(statuses: &[JobStatus], now: i64) -> String {
             name: "fjord_job_last_attempt_timestamp_seconds",
             help: "Unix time the job's last run started.",
             value: &|s| Some(s.last_attempt.to_string()),
+            per_target: false,
         },
         Family {
             name: "fjord_job_last_success_timestamp_seconds",
             help: "Unix time the job's last successful run started.",
             value: &|s| s.last_success.map(|t| t.to_string()),
+            per_target: true,
         },
         Family {
             name: "fjord_job_replication_lag_seconds",
@@ -38,36 +65,35 @@ pub fn render_prometheus(statuses: &[JobStatus], now: i64) -> String {
                 s.newest_replicated_snapshot_time
                     .map(|t| (now - t).to_string())
             },
+            per_target: true,
         },
         Family {
             name: "fjord_job_bytes",
             help:
                 "Bytes the job's last run sent over the link (packed: after dedup and compression).",
             value: &|s| Some(s.bytes.to_string()),
+            per_target: false,
         },
         Family {
             name: "fjord_job_bytes_resent",
             help: "Bytes the job's last run sent again after link failures.",
             value: &|s| Some(s.bytes_resent.to_string()),
+            per_target: false,
         },
         Family {
             name: "fjord_job_duration_seconds",
             help: "How long the job's last run took.",
             value: &|s| Some(s.duration_secs.to_string()),
+            per_target: false,
         },
     ];
     let mut out = String::new();
     for family in &families {
         let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
         let _ = writeln!(out, "# TYPE {} gauge", family.name);
-        for s in statuses {
-            if let Some(v) = (family.value)(s) {
-                let _ = writeln!(
-                    out,
-                    "{}{{job=\"{}\"}} {v}",
-                    family.name,
-                    escape_label_value(&s.job)
-                );
+        for (labels, s) in statuses.iter().flat_map(|s| rows(s, family.per_target)) {
+            if let Some(v) = (family.value)(&s) {
+                let _ = writeln!(out, "{}{{{labels}}} {v}", family.name);
             }
         }
     }
@@ -77,14 +103,13 @@ pub fn render_prometheus(statuses: &[JobStatus], now: i64) -> String {
         "# HELP {name} How the job's last run ended (1 for that result)."
     );
     let _ = writeln!(out, "# TYPE {name} gauge");
-    for s in statuses {
+    for (labels, s) in statuses.iter().flat_map(|s| rows(s, true)) {
         let unknown =
             (!result::ALL.contains(&s.last_result.as_str())).then_some(s.last_result.as_str());
         for r in result::ALL.into_iter().chain(unknown) {
             let _ = writeln!(
                 out,
-                "{name}{{job=\"{}\",result=\"{}\"}} {}",
-                escape_label_value(&s.job),
+                "{name}{{{labels},result=\"{}\"}} {}",
                 escape_label_value(r),
                 u8::from(s.last_result == r)
             );
@@ -116,6 +141,8 @@ mod tests {
                 duration_secs: 12.5,
                 newest_replicated_snapshot_time: Some(1_769_860_790),
                 warnings: Vec::new(),
+                targets: Vec::new(),
+                snapshot_only: false,
             },
             JobStatus {
                 job: "we\"ird\\".into(),
@@ -128,6 +155,8 @@ mod tests {
                 duration_secs: 3.0,
                 newest_replicated_snapshot_time: None,
                 warnings: Vec::new(),
+                targets: Vec::new(),
+                snapshot_only: false,
             },
         ]
     }
@@ -167,6 +196,36 @@ fjord_job_last_result{job="we\"ird\\",result="diverged"} 0
 fjord_job_last_result{job="we\"ird\\",result="failed"} 1
 "#;
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_fan_out_job_has_its_results_and_lag_per_target() {
+        use crate::status::TargetStatus;
+        let mut s = fixture().remove(0);
+        let t = |name: &str, r: &str, newest| TargetStatus {
+            name: name.into(),
+            last_result: r.into(),
+            last_error: None,
+            last_success: Some(1_769_860_000),
+            newest_replicated_snapshot_time: newest,
+        };
+        s.targets = vec![
+            t("oslo", result::OK, Some(1_769_860_790)),
+            t("bergen", result::FAILED, Some(1_769_850_000)),
+        ];
+        let text = render_prometheus(&[s], 1_769_860_900);
+        for line in [
+            "fjord_job_replication_lag_seconds{job=\"home\",target=\"oslo\"} 110\n",
+            "fjord_job_replication_lag_seconds{job=\"home\",target=\"bergen\"} 10900\n",
+            "fjord_job_last_result{job=\"home\",target=\"bergen\",result=\"failed\"} 1\n",
+            "fjord_job_last_result{job=\"home\",target=\"oslo\",result=\"ok\"} 1\n",
+            "fjord_job_last_success_timestamp_seconds{job=\"home\",target=\"oslo\"} 1769860000\n",
+            // bytes are the job's: one sample, not one per target
+            "fjord_job_bytes{job=\"home\"} 123456\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("fjord_job_replication_lag_seconds{job=\"home\"}"));
     }
 
     #[test]

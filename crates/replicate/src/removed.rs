@@ -5,7 +5,7 @@
 //! kept and reported on every push until the operator decides).
 
 use crate::dr_node::DrNode;
-use crate::JobContext;
+use crate::Leg;
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -63,14 +63,11 @@ pub fn removed_copies(root: &str, on_dr: &[String], expected: &BTreeSet<String>)
 /// each (with `--dry-run`, only finds them). A failed listing is a
 /// warning: the push itself succeeded.
 pub(crate) async fn handle_removed<P, D: DrNode>(
-    ctx: &JobContext<P, D>,
+    ctx: &Leg<'_, P, D>,
     sources: &[String],
 ) -> Result<Vec<RemovedCopy>, String> {
-    let root = &ctx.job.target_dataset;
-    let expected: BTreeSet<String> = sources
-        .iter()
-        .filter_map(|s| ctx.job.target_for(s))
-        .collect();
+    let root = &ctx.target.dataset;
+    let expected: BTreeSet<String> = sources.iter().filter_map(|s| ctx.target_for(s)).collect();
     let on_dr = ctx.dr.list_tree(root).await.map_err(|e| {
         format!("could not list the DR node's copies below {root} to find children destroyed on the primary: {e}")
     })?;

@@ -111,8 +111,11 @@ pub struct DatasetReport {
     pub job: String,
     /// The source dataset.
     pub source: String,
-    /// The target dataset on the DR node.
+    /// The target dataset on the DR node (empty for a snapshot-only job).
     pub target: String,
+    /// Which of the job's DR nodes: its `[[job.target]]` name, `default`
+    /// for the one-target shorthand, `null` for a snapshot-only job.
+    pub target_name: Option<String>,
     /// How it ended.
     pub result: DatasetResult,
     /// What was done (or, with `--dry-run`, would be), in order.
@@ -152,6 +155,7 @@ impl DatasetReport {
             job: job.into(),
             source: source.into(),
             target: target.into(),
+            target_name: None,
             result: DatasetResult::Failed,
             steps: Vec::new(),
             replicated: None,
@@ -172,6 +176,11 @@ impl DatasetReport {
     /// Lines for the operator (`--verbose`, or a terminal).
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
+        // Several DR nodes may hold the same dataset name: say which.
+        let target = match self.target_name.as_deref() {
+            Some(name) if name != "default" => format!("{name}:{}", self.target),
+            _ => self.target.clone(),
+        };
         let prefix = |s: &Step| if s.done { "" } else { "would: " };
         for s in &self.steps {
             let cost = if s.done && s.action != Action::DiscardStaleToken {
@@ -186,7 +195,7 @@ impl DatasetReport {
                 "{}{} -> {}: {}{cost}",
                 prefix(s),
                 self.source,
-                self.target,
+                target,
                 s.describe()
             ));
         }
@@ -216,7 +225,7 @@ impl DatasetReport {
         if !self.pruned_target.is_empty() {
             out.push(format!(
                 "pruned {}@{{{}}}",
-                self.target,
+                target,
                 self.pruned_target.join(",")
             ));
         }
@@ -274,9 +283,35 @@ pub struct JobReport {
     /// What went wrong or needs a look without failing the job (a removed
     /// child's copy kept or destroyed on the DR node).
     pub warnings: Vec<String>,
-    /// Each dataset's report, parents first.
+    /// Each target's outcome, in config order (empty for a snapshot-only
+    /// job): which DR node failed.
+    pub targets: Vec<TargetReport>,
+    /// The job has no target: it snapshots and prunes its source only.
+    pub snapshot_only: bool,
+    /// Each dataset's report, parents first, target after target.
     #[serde(skip)]
     pub dataset_reports: Vec<DatasetReport>,
+}
+
+/// How one target of a job ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetReport {
+    /// The target's name (`default` for the one-target shorthand).
+    pub name: String,
+    /// How it ended.
+    pub result: JobResult,
+    /// Datasets that failed, diverged or were skipped on this target.
+    pub failed: usize,
+    /// Stream bytes delivered to this target.
+    pub bytes: u64,
+    /// The newest snapshot of the job's source dataset this target has.
+    pub replicated: Option<String>,
+    /// Creation time (Unix seconds) of the oldest of its datasets' newest
+    /// replicated snapshots: its replication lag's reference.
+    #[serde(skip)]
+    pub replicated_creation: Option<i64>,
+    /// Why it failed, in one line.
+    pub error: Option<String>,
 }
 
 /// One line of `fjord-send push --json`.
@@ -305,6 +340,8 @@ impl JobReport {
             error: None,
             removed: Vec::new(),
             warnings: Vec::new(),
+            targets: Vec::new(),
+            snapshot_only: false,
             dataset_reports: Vec::new(),
         }
     }

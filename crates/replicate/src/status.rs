@@ -70,6 +70,30 @@ pub struct JobStatus {
     /// Absent in status files of older versions.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Each target's last run, in config order (one, unnamed, for the
+    /// one-target shorthand; none for a snapshot-only job). Absent in
+    /// status files of older versions.
+    #[serde(default)]
+    pub targets: Vec<TargetStatus>,
+    /// The job has no target: no DR copy, so no replication lag.
+    #[serde(default)]
+    pub snapshot_only: bool,
+}
+
+/// The last run of one target of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// The target's name; empty for the one-target shorthand.
+    pub name: String,
+    /// How its last run ended: one of [`result`].
+    pub last_result: String,
+    /// Its error, if it failed.
+    pub last_error: Option<String>,
+    /// When its last successful run started, Unix seconds.
+    pub last_success: Option<i64>,
+    /// Creation time of the newest snapshot known to be on it (the oldest
+    /// over the job's datasets).
+    pub newest_replicated_snapshot_time: Option<i64>,
 }
 
 const SUFFIX: &str = ".status.json";
@@ -165,6 +189,8 @@ mod tests {
             duration_secs: 12.5,
             newest_replicated_snapshot_time: Some(1_769_860_790),
             warnings: Vec::new(),
+            targets: Vec::new(),
+            snapshot_only: false,
         }
     }
 

@@ -108,15 +108,32 @@ pub async fn switchover<P: Pool + 'static, D: DrNode + 'static>(
     state: &StateFiles,
 ) -> SwitchoverReport {
     let job = &ctx.job;
+    let target_dataset = ctx
+        .targets
+        .first()
+        .map(|t| t.target.dataset.clone())
+        .unwrap_or_default();
     let mut report = SwitchoverReport {
         job: job.name.clone(),
         source: job.source.clone(),
-        target: job.target_dataset.clone(),
+        target: target_dataset.clone(),
         final_snapshot: None,
         steps: Vec::new(),
         result: SwitchResult::Ok,
         error: None,
     };
+    if ctx.targets.len() != 1 {
+        // Which DR node becomes the primary, and what the others then
+        // replicate from, is a decision for an operator, not a default.
+        return report.fail(
+            Step::FinalPush,
+            format!(
+                "job {} has {} targets: switchover moves a job with exactly one; nothing was changed. Give the job only the target to switch to (a copy of the job in its own config file, for --config), or promote with fjord-recv promote on that DR node",
+                job.name,
+                ctx.targets.len()
+            ),
+        );
+    }
     if let Ok(Some(v)) = ctx.pool.property(&job.source, DEMOTED_PROP).await {
         if !v.trim().is_empty() && v.trim() != "-" {
             report.step(
@@ -144,7 +161,7 @@ pub async fn switchover<P: Pool + 'static, D: DrNode + 'static>(
             false,
             format!(
                 "would snapshot {} and push it to {}",
-                job.source, job.target_dataset
+                job.source, target_dataset
             ),
         );
         report.step(
@@ -152,7 +169,7 @@ pub async fn switchover<P: Pool + 'static, D: DrNode + 'static>(
             false,
             format!(
                 "would ask the DR node to promote {} to that snapshot (its allow_promote grant)",
-                job.target_dataset
+                target_dataset
             ),
         );
         report.step(
@@ -185,12 +202,12 @@ pub async fn switchover<P: Pool + 'static, D: DrNode + 'static>(
         Err(why) => return report.fail(Step::FinalPush, why),
     };
     report.final_snapshot = Some(final_snapshot.clone());
-    match ctx.dr.promote(&job.target_dataset, &final_snapshot).await {
+    match ctx.targets[0].dr.promote(&target_dataset, &final_snapshot).await {
         Ok(done) => report.step(Step::PromoteTarget, true, done),
         Err(e) => {
             return report.fail(
                 Step::PromoteTarget,
-                format!("the DR node did not promote {} to @{final_snapshot}: {e}; this side is unchanged and its writes stay stopped: fix that and run switchover again, or restart the application to call it off", job.target_dataset),
+                format!("the DR node did not promote {} to @{final_snapshot}: {e}; this side is unchanged and its writes stay stopped: fix that and run switchover again, or restart the application to call it off", target_dataset),
             )
         }
     }
@@ -222,13 +239,13 @@ async fn final_push<P: Pool + 'static, D: DrNode + 'static>(
     state: &StateFiles,
     report: &mut SwitchoverReport,
 ) -> Result<String, String> {
-    let job = &ctx.job;
-    if let Err(DrError::Promoted(_)) = ctx.dr.target_state(&job.target_dataset).await {
+    let target_dataset = &ctx.targets[0].target.dataset;
+    if let Err(DrError::Promoted(_)) = ctx.targets[0].dr.target_state(target_dataset).await {
         let held = newest_held(ctx).await?;
         report.step(
             Step::FinalPush,
             false,
-            format!("skipped: {} is already promoted (an earlier run); its recovery point is @{held}, the newest snapshot this job holds", job.target_dataset),
+            format!("skipped: {} is already promoted (an earlier run); its recovery point is @{held}, the newest snapshot this job holds", target_dataset),
         );
         return Ok(held);
     }
@@ -253,7 +270,7 @@ async fn final_push<P: Pool + 'static, D: DrNode + 'static>(
 
 async fn newest_held<P: Pool, D: DrNode>(ctx: &JobContext<P, D>) -> Result<String, String> {
     let source = &ctx.job.source;
-    let tag = ctx.hold_tag();
+    let tag = ctx.leg(0).hold_tag();
     let snaps = ctx
         .pool
         .snapshots(source)

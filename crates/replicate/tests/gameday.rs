@@ -190,7 +190,7 @@ mod switchover {
         w.pool.set_clock(w.clock);
         let ctx = Arc::new(JobContext {
             pool: w.pool.clone(),
-            dr: w.dr.clone(),
+            targets: fjord_replicate::target_nodes(&w.job, [w.dr.clone()]),
             job: w.job.clone(),
             options: RunOptions {
                 force: false,

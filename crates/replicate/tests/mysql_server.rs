@@ -206,7 +206,7 @@ impl Pool for ProbingPool {
 async fn push(w: &World, pool: Arc<ProbingPool>, hooks: Arc<CommandHooks>) -> JobResult {
     let ctx = Arc::new(JobContext {
         pool,
-        dr: w.dr.clone(),
+        targets: fjord_replicate::target_nodes(&w.job, [w.dr.clone()]),
         job: w.job.clone(),
         options: RunOptions {
             force: false,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Loads and checks the file (every key), the DR nodes' public keys, this
 /// sender's key file (and its mode), that state_dir exists and is
 /// writable, that the metrics file's directory is writable, that every
-/// target_host resolves, and that `zfs` is on the PATH. Prints one line
+/// each target's host resolves, and that `zfs` is on the PATH. Prints one line
 /// per job, with what its retention keeps on each side (hourly, daily,
 /// weekly, monthly and yearly buckets, UTC), and exits 0, or names the
 /// file, the key and the fix and exits 5. Nothing is written but a probe file in state_dir, removed at once.
@@ -52,24 +52,35 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .locate()
         .map_err(|e| Failure::config(anyhow!(e)))?;
     for p in &jobs {
-        let host = &p.job.target_host;
-        let resolved = std::net::ToSocketAddrs::to_socket_addrs(host.as_str())
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                Failure::config(anyhow!(
-                    "{file}: job {}: target_host {host:?} does not resolve; write HOST:PORT of the DR node",
-                    p.job.name
-                ))
-            })?;
-        println!(
-            "job {}: {}{} -> {} at {resolved} (key {})",
-            p.job.name,
-            p.job.source,
-            if p.job.recursive { " (recursive)" } else { "" },
-            p.job.target_dataset,
-            p.server_key
+        let job = p.job;
+        let head = format!(
+            "job {}: {}{}",
+            job.name,
+            job.source,
+            if job.recursive { " (recursive)" } else { "" }
         );
+        match p.targets.as_slice() {
+            [] => {
+                println!("{head}: snapshot-only (no target: snapshots, hooks and source retention)")
+            }
+            [(t, key)] if t.name.is_empty() => println!(
+                "{head} -> {} at {} (key {key})",
+                t.dataset,
+                resolve(&file, job, t)?
+            ),
+            targets => {
+                println!("{head} -> {} targets:", targets.len());
+                for (t, key) in targets {
+                    println!(
+                        "  target {}: {} at {} (key {key}), base held as {}",
+                        t.name,
+                        t.dataset,
+                        resolve(&file, job, t)?,
+                        t.hold_tag(&job.name)
+                    );
+                }
+            }
+        }
         let retention = &p.job.retention;
         for (side, keep) in [
             ("the source", &retention.source),
@@ -88,6 +99,30 @@ pub fn run(args: Args) -> Result<(), Failure> {
         zfs.display()
     );
     Ok(())
+}
+
+/// The first address `t.host` resolves to; a config error naming the key
+/// when none.
+fn resolve(
+    file: &str,
+    job: &fjord_config::Job,
+    t: &fjord_config::Target,
+) -> Result<std::net::SocketAddr, Failure> {
+    let which = if t.name.is_empty() {
+        "target_host".to_string()
+    } else {
+        format!("target {:?}: host", t.name)
+    };
+    let host = &t.host;
+    std::net::ToSocketAddrs::to_socket_addrs(host.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            Failure::config(anyhow!(
+                "{file}: job {}: {which} {host:?} does not resolve; write HOST:PORT of the DR node",
+                job.name
+            ))
+        })
 }
 
 /// Checks that `dir` is a directory this process can create files in.

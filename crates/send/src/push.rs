@@ -9,7 +9,8 @@ use fjord_config::config::{CongestionChoice, Job, SendConfig};
 use fjord_proto::PublicKey;
 use fjord_replicate::edge::{QuicDrNode, WatchTransfer, ZfsPool};
 use fjord_replicate::{
-    run_job, verdict, JobContext, JobOutcome, JobResult, RunOptions, StateFiles, Verdict,
+    run_job, verdict, JobContext, JobOutcome, JobResult, RunOptions, StateFiles, TargetNode,
+    Verdict,
 };
 use fjord_transport::{Congestion, Identity, LinkConfig};
 use std::io::IsTerminal;
@@ -28,10 +29,13 @@ use tracing::Instrument;
 /// the target's receive_resume_token. A stale token (its snapshot was
 /// destroyed here) is discarded and the push falls back to the common
 /// snapshot. After a successful transfer the new base is held (`zfs
-/// holds`, tag fjord-JOB) and the old one released; then retention prunes
-/// old PREFIX_ snapshots on both sides (the DR node's policy decides on
-/// its side). A target that was changed or has snapshots newer than the
-/// common one is refused; --force asks the DR node to roll it back.
+/// holds`, tag fjord-JOB, or fjord-JOB-NAME for a [[job.target]] table)
+/// and the old one released; then retention prunes old PREFIX_ snapshots
+/// on both sides (the DR node's policy decides on its side; the source
+/// keeps every target's base). A job with several targets pushes to each
+/// at its own pace; one with none only snapshots and prunes. A target
+/// that was changed or has snapshots newer than the common one is refused;
+/// --force asks the DR node to roll it back.
 ///
 /// Silent on success unless --verbose or stdout is a terminal, so cron
 /// mails only failures. --json prints one JSON object per dataset and one
@@ -71,10 +75,11 @@ pub struct Args {
     json: bool,
 }
 
-/// A job whose DR node's key parsed.
+/// A job whose DR nodes' keys parsed (one per target, in order; none for a
+/// snapshot-only job).
 pub(crate) struct Prepared<'a> {
     pub(crate) job: &'a Job,
-    pub(crate) server_key: PublicKey,
+    pub(crate) targets: Vec<(fjord_config::Target, PublicKey)>,
 }
 
 /// The jobs of `config` (all, or the one named `only`) with their DR
@@ -91,14 +96,26 @@ pub(crate) fn prepare<'a>(
         .iter()
         .filter(|j| only.is_none_or(|n| n == j.name))
         .map(|job| {
-            let server_key = job.target_key.trim().parse().map_err(|e| {
-                Failure::config(anyhow!(
-                    "{file}: job {}: target_key {:?} is not a public key ({e}); put the DR node's key there (fjord-recv keygen or pubkey prints it)",
-                    job.name,
-                    job.target_key
-                ))
-            })?;
-            Ok(Prepared { job, server_key })
+            let targets = job
+                .targets()
+                .into_iter()
+                .map(|t| {
+                    let key = t.key.trim().parse().map_err(|e| {
+                        let which = if t.name.is_empty() {
+                            "target_key".to_string()
+                        } else {
+                            format!("target {:?}: key", t.name)
+                        };
+                        Failure::config(anyhow!(
+                            "{file}: job {}: {which} {:?} is not a public key ({e}); put the DR node's key there (fjord-recv keygen or pubkey prints it)",
+                            job.name,
+                            t.key
+                        ))
+                    })?;
+                    Ok((t, key))
+                })
+                .collect::<Result<_, Failure>>()?;
+            Ok(Prepared { job, targets })
         })
         .collect::<Result<_, Failure>>()?;
     if jobs.is_empty() {
@@ -131,8 +148,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let mut outcomes = Vec::new();
     for p in jobs {
         let span = tracing::info_span!("job", job = %p.job.name);
-        let outcome = runtime
-            .block_on(run_one(&args, &identity, &state, p.job, p.server_key).instrument(span));
+        let outcome = runtime.block_on(run_one(&args, &identity, &state, &p).instrument(span));
         show(&outcome, &args, talk);
         outcomes.push(outcome);
     }
@@ -150,19 +166,35 @@ async fn run_one(
     args: &Args,
     identity: &Arc<Identity>,
     state: &StateFiles,
-    job: &Job,
-    server_key: PublicKey,
+    p: &Prepared<'_>,
 ) -> JobOutcome {
+    let job = p.job;
     let progress = Progress::new(!args.dry_run && !args.json);
-    let mut dr = dr_node(identity, job, server_key);
-    let shown = progress.clone();
-    let watch: WatchTransfer = Arc::new(move |name, counters, estimate| {
-        Box::new(shown.add(name.to_string(), counters, estimate))
-    });
-    dr.watch = Some(watch);
+    let targets = p
+        .targets
+        .iter()
+        .map(|(target, key)| {
+            let mut dr = dr_node(identity, job, &target.host, *key);
+            let shown = progress.clone();
+            // Several targets may receive the same dataset: the bar says which.
+            let label = (!target.name.is_empty()).then(|| target.name.clone());
+            let watch: WatchTransfer = Arc::new(move |name, counters, estimate| {
+                let name = match &label {
+                    Some(l) => format!("{l}:{name}"),
+                    None => name.to_string(),
+                };
+                Box::new(shown.add(name, counters, estimate))
+            });
+            dr.watch = Some(watch);
+            TargetNode {
+                target: target.clone(),
+                dr,
+            }
+        })
+        .collect();
     let ctx = Arc::new(JobContext {
         pool: ZfsPool::new(),
-        dr,
+        targets,
         job: job.clone(),
         options: RunOptions {
             force: args.force,
@@ -177,8 +209,13 @@ async fn run_one(
     outcome
 }
 
-/// The job's DR node over QUIC, with the job's link settings.
-pub(crate) fn dr_node(identity: &Arc<Identity>, job: &Job, server_key: PublicKey) -> QuicDrNode {
+/// The DR node at `host` over QUIC, with the job's link settings.
+pub(crate) fn dr_node(
+    identity: &Arc<Identity>,
+    job: &Job,
+    host: &str,
+    server_key: PublicKey,
+) -> QuicDrNode {
     let mut link = LinkConfig {
         rate_limit: job.bwlimit,
         congestion: match job.congestion {
@@ -192,7 +229,7 @@ pub(crate) fn dr_node(identity: &Arc<Identity>, job: &Job, server_key: PublicKey
     }
     QuicDrNode::new(
         identity.clone(),
-        job.target_host.clone(),
+        host.to_string(),
         server_key,
         link,
         job.grace.unwrap_or(Duration::from_secs(300)),
@@ -226,7 +263,12 @@ fn show(outcome: &JobOutcome, args: &Args, talk: bool) {
     }
     for d in &report.dataset_reports {
         if let Some(e) = &d.error {
-            eprintln!("fjord-send: job {}: {}: {e}", report.job, d.source);
+            // With several targets, the same dataset may fail on one only.
+            let target = match d.target_name.as_deref() {
+                Some(name) if report.targets.len() > 1 => format!("target {name}: "),
+                _ => String::new(),
+            };
+            eprintln!("fjord-send: job {}: {target}{}: {e}", report.job, d.source);
         }
     }
     if let Some(e) = &report.error {
@@ -241,6 +283,30 @@ fn show(outcome: &JobOutcome, args: &Args, talk: bool) {
             eprintln!("fjord-send: job {}: {e}", report.job);
         }
     }
+}
+
+/// The failed jobs, each with its failed targets when it has several:
+/// `home (target bergen), mail`.
+fn failed_names(outcomes: &[JobOutcome]) -> String {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o.report.result, JobResult::Failed | JobResult::Diverged))
+        .map(|o| {
+            let r = &o.report;
+            let bad: Vec<&str> = r
+                .targets
+                .iter()
+                .filter(|t| !matches!(t.result, JobResult::Ok | JobResult::DryRun))
+                .map(|t| t.name.as_str())
+                .collect();
+            if r.targets.len() > 1 && !bad.is_empty() {
+                format!("{} (target {})", r.job, bad.join(", "))
+            } else {
+                r.job.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One `Failure` for the whole run, from the worst outcome.
@@ -261,7 +327,7 @@ fn conclude(outcomes: &[JobOutcome]) -> Result<(), Failure> {
         ))),
         Verdict::Failed => Err(Failure::job_failed(anyhow!(
             "jobs failed: {}",
-            names(&|o| matches!(o.report.result, JobResult::Failed | JobResult::Diverged))
+            failed_names(outcomes)
         ))),
         Verdict::Promoted => Err(Failure::promoted(anyhow!(
             "the DR node refuses pushes of: {} (a target was promoted there: failover happened; see the errors above for when and how to fail back)",

@@ -149,6 +149,8 @@ fn job_status(state_dir: &std::path::Path, job: &str) -> JobStatus {
         duration_secs: 0.0,
         newest_replicated_snapshot_time: None,
         warnings: Vec::new(),
+        targets: Vec::new(),
+        snapshot_only: false,
     };
     match status::load(state_dir, job) {
         Ok(Some(s)) => s,
@@ -214,8 +216,27 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     .unwrap_or_else(|| "-".into()),
                 s.bytes,
                 s.duration_secs,
-                s.last_error.as_deref().unwrap_or("")
+                s.last_error.as_deref().unwrap_or(if s.snapshot_only {
+                    "(snapshot-only)"
+                } else {
+                    ""
+                })
             );
+            // A fan-out job: one row per target, under the job's.
+            for t in s.targets.iter().filter(|_| s.targets.len() > 1) {
+                println!(
+                    "{:<16} {:<8} {:<14} {:<10} {:>14} {:>9}  {}",
+                    format!("  {}", t.name),
+                    t.last_result,
+                    age(now, t.last_success),
+                    t.newest_replicated_snapshot_time
+                        .map(|x| format!("{}s", (now - x).max(0)))
+                        .unwrap_or_else(|| "-".into()),
+                    "",
+                    "",
+                    t.last_error.as_deref().unwrap_or("")
+                );
+            }
         }
         for s in &all {
             for w in &s.warnings {

@@ -7,7 +7,7 @@ use fjord_cli::Failure;
 use fjord_config::config::SendConfig;
 use fjord_replicate::edge::{CommandHooks, ZfsPool};
 use fjord_replicate::switchover::{switchover, SwitchResult, SwitchoverReport};
-use fjord_replicate::{JobContext, RunOptions, StateFiles};
+use fjord_replicate::{JobContext, RunOptions, StateFiles, TargetNode};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -71,7 +71,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
     };
     let ctx = Arc::new(JobContext {
         pool: ZfsPool::new(),
-        dr: dr_node(&identity, p.job, p.server_key),
+        targets: p
+            .targets
+            .iter()
+            .map(|(target, key)| TargetNode {
+                target: target.clone(),
+                dr: dr_node(&identity, p.job, &target.host, *key),
+            })
+            .collect(),
         job: p.job.clone(),
         options: RunOptions {
             force: false,

@@ -181,3 +181,57 @@ fn status_check_is_nagios_shaped() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("FJORD-SEND UNKNOWN - "));
 }
+
+/// A fan-out job's status: one row per target under the job's, and
+/// `--check` names the worst target.
+#[test]
+fn status_shows_each_target_of_a_fan_out_job_and_checks_the_worst() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let target = |name: &str, result: &str, lag: i64, error: Option<&str>| {
+        serde_json::json!({
+            "name": name, "last_result": result, "last_error": error,
+            "last_success": now - 60, "newest_replicated_snapshot_time": now - lag,
+        })
+    };
+    for job in ["home", "db"] {
+        let targets = if job == "home" {
+            vec![
+                target("oslo", "ok", 60, None),
+                target("bergen", "failed", 10_800, Some("unreachable")),
+            ]
+        } else {
+            Vec::new()
+        };
+        let status = serde_json::json!({
+            "job": job, "last_attempt": now - 60, "last_success": now - 60,
+            "last_result": if job == "home" { "failed" } else { "ok" },
+            "last_error": null, "bytes": 1, "bytes_resent": 0,
+            "duration_secs": 1.0, "newest_replicated_snapshot_time": now - 60,
+            "targets": targets,
+        });
+        std::fs::write(
+            dir.path().join(format!("{job}.status.json")),
+            status.to_string(),
+        )
+        .expect("status file");
+    }
+    let table = fjord_send(&["status", "--config", &config]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    for (name, result) in [("oslo", "ok"), ("bergen", "failed")] {
+        let row = format!("\n{:<16} {result} ", format!("  {name}"));
+        assert!(text.contains(&row), "{row:?} in {text}");
+    }
+    assert!(text.contains("unreachable"), "{text}");
+    let out = fjord_send(&["status", "--config", &config, "--check"]);
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{line}");
+    assert!(
+        line.contains("home: target bergen: last push failed, lag 3h > 2h"),
+        "{line}"
+    );
+}

@@ -118,3 +118,53 @@ fn check_config_reports_each_job_or_what_to_fix() {
         stderr(&out)
     );
 }
+
+#[test]
+fn check_config_describes_each_target_and_a_snapshot_only_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), dir.path(), None);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("target_key = "))
+        .unwrap()
+        .to_string();
+    let head = text.split("[[job]]").next().unwrap();
+    let fanned = format!(
+        "{head}[[job]]\nname = \"home\"\nsource = \"tank/home\"\n\
+         [[job.target]]\nname = \"oslo\"\nhost = \"127.0.0.1:7450\"\nkey = {key}\ndataset = \"backup/home\"\n\
+         [[job.target]]\nname = \"bergen\"\nhost = \"127.0.0.2:7450\"\nkey = {key}\ndataset = \"backup/home\"\n\
+         [[job]]\nname = \"scratch\"\nsource = \"tank/scratch\"\n"
+    );
+    std::fs::write(&cfg, fanned).unwrap();
+    let out = fjord_send(&["check-config", "--config", &cfg]);
+    if out.status.success() {
+        let said = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            "job home: tank/home -> 2 targets:",
+            "  target oslo: backup/home at 127.0.0.1:7450",
+            "base held as fjord-home-bergen",
+            "job scratch: tank/scratch: snapshot-only",
+        ] {
+            assert!(said.contains(line), "{line:?} missing in {said}");
+        }
+    } else {
+        // zfs may be missing on a build machine without the lab: then it says so.
+        assert_eq!(out.status.code(), Some(5));
+        assert!(stderr(&out).contains("zfs"), "{}", stderr(&out));
+    }
+    // a bad key of a named target names the target
+    let bad = std::fs::read_to_string(&cfg).unwrap().replacen(
+        &format!("key = {key}\ndataset"),
+        "key = \"BASE64PUBKEY=\"\ndataset",
+        1,
+    );
+    std::fs::write(&cfg, bad).unwrap();
+    let out = fjord_send(&["check-config", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains("target \"oslo\": key"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -57,7 +57,7 @@ impl World {
         self.pool.set_clock(self.clock);
         let ctx = Arc::new(JobContext {
             pool: self.pool.clone(),
-            dr: self.dr.clone(),
+            targets: fjord_replicate::target_nodes(&self.job, [self.dr.clone()]),
             job: self.job.clone(),
             options: RunOptions {
                 force,
