@@ -980,23 +980,32 @@ esac
         assert!(!t.0.receiving().contains("backup/oslo/fs"));
     }
 
-    #[test]
-    fn a_volume_stream_starts_zfs_recv_with_the_volumes_inert_set() {
+    /// A stand-in `zfs` in `dir` that answers the fence and the parent
+    /// check, and runs `recv` (a shell snippet) as `zfs recv`.
+    fn zfs_recv_doing(dir: &std::path::Path, recv: &str) -> Zfs {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("zfs");
-        let argv = dir.path().join("recv-argv");
+        let path = dir.join("zfs");
         std::fs::write(
             &path,
             format!(
-                "#!/bin/sh\ncase \"$1\" in\n  list|holds) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n' ;;\n  recv|receive) echo \"$@\" >'{}'; cat >/dev/null ;;\nesac\n",
-                argv.display()
+                "#!/bin/sh\ncase \"$1\" in\n  list|holds) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n' ;;\n  recv|receive) {recv} ;;\nesac\n"
             ),
         )
         .expect("write the fake zfs");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Zfs::with_binary(path)
+    }
+
+    #[test]
+    fn a_volume_stream_starts_zfs_recv_with_the_volumes_inert_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let argv = dir.path().join("recv-argv");
+        let zfs = zfs_recv_doing(
+            dir.path(),
+            &format!("echo \"$@\" >'{}'; cat >/dev/null", argv.display()),
+        );
         let key = Identity::generate().expect("keygen").public_key();
-        let t = target_with(key, Zfs::with_binary(&path));
+        let t = target_with(key, zfs);
         let rt = runtime();
         let _in_runtime = rt.enter();
         for (volume, want, never) in [
@@ -1039,22 +1048,18 @@ esac
 
     #[test]
     fn a_dropped_sink_frees_its_dataset_only_once_zfs_recv_exited() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("zfs");
         let release = dir.path().join("release");
         // a zfs recv that exits only when the test says so
-        std::fs::write(
-            &path,
-            format!(
-                "#!/bin/sh\ncase \"$1\" in\n  list|holds) exit 0 ;;\n  get) printf 'fjord:promoted\\t-\\t-\\t-\\n' ;;\n  recv|receive) cat >/dev/null; while [ ! -e '{}' ]; do sleep 0.05; done ;;\nesac\n",
+        let zfs = zfs_recv_doing(
+            dir.path(),
+            &format!(
+                "cat >/dev/null; while [ ! -e '{}' ]; do sleep 0.05; done",
                 release.display()
             ),
-        )
-        .expect("write the fake zfs");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        );
         let key = Identity::generate().expect("keygen").public_key();
-        let t = target_with(key, Zfs::with_binary(&path));
+        let t = target_with(key, zfs);
         let rt = runtime();
         let _in_runtime = rt.enter();
         let mut sink = t.open(&offer("backup/oslo/fs"), &key).expect("open");
