@@ -92,8 +92,14 @@ pub mod offer_flags {
     /// The transfer carries a `fjord-pack` pack of the stream (offsets
     /// count pack bytes); the receiver decodes it before its sink.
     pub const PACKED: u64 = 4;
+    /// A raw (`zfs send -w`) stream of a dataset that inherits its key from
+    /// its parent on the sender, whose copy is the target's parent: the
+    /// receiver makes the copy inherit its parent's encryption root again
+    /// (a per-dataset raw receive makes every copy an encryption root of
+    /// its own).
+    pub const INHERIT_KEY: u64 = 8;
     /// Every bit this version understands; a receiver refuses others.
-    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN | PACKED;
+    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN | PACKED | INHERIT_KEY;
 }
 
 /// A snapshot of a target dataset, as a receiver reports it for the

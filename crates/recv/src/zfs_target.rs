@@ -29,6 +29,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod crypt;
+mod lzc;
 mod tree;
 
 /// What the DR node refused or did on its own, for the operator (logged as
@@ -642,6 +644,7 @@ impl SinkFactory for SharedTarget {
                 target: t.clone(),
                 client,
                 dataset: offer.dataset.clone(),
+                inherit_key: offer.flags & offer_flags::INHERIT_KEY != 0,
             }),
             _guard: guard,
         }))
@@ -805,6 +808,8 @@ struct AfterCommit {
     target: Arc<ZfsTarget>,
     client: Client,
     dataset: String,
+    /// The sender's [`offer_flags::INHERIT_KEY`].
+    inherit_key: bool,
 }
 
 /// What the sender reads before a `zfs recv` failure: `zfs recv into
@@ -946,9 +951,13 @@ impl Sink for ZfsSink {
         // The sink runs on its own thread, outside the runtime: waiting
         // for the short zfs commands here blocks no async worker.
         let after = match self.commit.take() {
-            Some(c) => c
-                .handle
-                .block_on(c.target.after_receive(&c.client, &c.dataset)),
+            Some(c) => c.handle.block_on(async {
+                let mut after = String::new();
+                if c.inherit_key {
+                    after = c.target.inherit_key(&c.client, &c.dataset).await;
+                }
+                after + &c.target.after_receive(&c.client, &c.dataset).await
+            }),
             None => String::new(),
         };
         Ok(SinkOutcome {

@@ -40,6 +40,10 @@ pub struct Transfer {
     /// The creation txg of the incremental base (the tripwire's meter
     /// tells files that existed then from new ones).
     pub base_txg: Option<u64>,
+    /// A raw stream of a dataset that inherits its key from its parent on
+    /// the primary: the DR node makes the copy inherit its parent's
+    /// encryption root again (see [`crate::crypt`]).
+    pub inherit_key: bool,
 }
 
 /// What a finished transfer cost.

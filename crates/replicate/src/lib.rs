@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod crypt;
 pub mod dataset;
 pub mod dr_node;
 pub mod edge;

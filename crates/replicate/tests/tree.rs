@@ -106,3 +106,65 @@ async fn missing_parents_of_the_target_are_created() {
     }
     assert!(o.report.removed.is_empty());
 }
+
+#[tokio::test]
+async fn raw_streams_of_children_inheriting_a_key_ask_the_dr_node_to_inherit_it_too() {
+    let mut w = World::new("recursive = true\nparallelism = 1\nraw = true");
+    // tank/home (plain) / enc (its own encryption root) / enc/kid (inherits) /
+    // enc/own (its own root again) / plain
+    for d in [
+        "tank/home/enc",
+        "tank/home/enc/kid",
+        "tank/home/enc/own",
+        "tank/home/plain",
+    ] {
+        w.pool.create(d);
+    }
+    for (d, root) in [
+        ("tank/home/enc", "tank/home/enc"),
+        ("tank/home/enc/kid", "tank/home/enc"),
+        ("tank/home/enc/own", "tank/home/enc/own"),
+    ] {
+        w.pool.set_property(d, "encryptionroot", root);
+    }
+    let asked = |w: &World| -> Vec<(String, bool)> {
+        let mut t: Vec<(String, bool)> =
+            w.dr.transfers()
+                .iter()
+                .map(|t| (t.target.clone(), t.inherit_key))
+                .collect();
+        t.sort();
+        t
+    };
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    let want = |n| {
+        vec![
+            ("backup/home".to_string(), false),
+            ("backup/home/enc".to_string(), false),
+            ("backup/home/enc/kid".to_string(), true),
+            ("backup/home/enc/own".to_string(), false),
+            ("backup/home/plain".to_string(), false),
+        ]
+        .into_iter()
+        .flat_map(|x| std::iter::repeat_n(x, n))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(asked(&w), want(1));
+    // the incremental asks again (a copy received before fjord kept roots is fixed then)
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert_eq!(asked(&w), want(2));
+}
+
+#[tokio::test]
+async fn streams_that_are_not_raw_never_ask_for_key_inheritance() {
+    let mut w = World::new("recursive = true");
+    w.pool.create("tank/home/enc");
+    w.pool.create("tank/home/enc/kid");
+    w.pool
+        .set_property("tank/home/enc/kid", "encryptionroot", "tank/home/enc");
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert!(w.dr.transfers().iter().all(|t| !t.inherit_key));
+}

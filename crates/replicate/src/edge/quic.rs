@@ -261,6 +261,9 @@ impl DrNode for QuicDrNode {
         if self.pack {
             flags |= offer_flags::PACKED;
         }
+        if transfer.inherit_key {
+            flags |= offer_flags::INHERIT_KEY;
+        }
         let offer = Offer {
             session: fjord_transport::identity::random_session_id(),
             resuming: false,
