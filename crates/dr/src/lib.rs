@@ -27,6 +27,7 @@ pub mod drill;
 pub mod policy;
 pub mod promote;
 pub mod removed;
+pub mod renamed;
 pub mod retention;
 pub mod serve_metrics;
 pub mod status;

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 mod crypt;
 mod lzc;
+mod renamed;
 mod tree;
 
 /// What the DR node refused or did on its own, for the operator (logged as
@@ -557,6 +558,7 @@ fn grants(client: &Client) -> Grants<'_> {
         allow_prune: client.allow_prune,
         allow_rollback: client.allow_rollback,
         allow_destroy_removed: client.allow_destroy_removed,
+        allow_rename: client.allow_rename,
     }
 }
 
@@ -698,6 +700,10 @@ impl Control for SharedTarget {
                     .map(|datasets| Response::Tree { datasets }),
                 Request::DestroyCopy { dataset } => t
                     .destroy_copy(&client, &dataset)
+                    .await
+                    .map(|message| Response::Done { message }),
+                Request::RenameCopy { dataset, to } => t
+                    .rename_copy(&client, &dataset, &to)
                     .await
                     .map(|message| Response::Done { message }),
                 Request::Promote { dataset, snapshot } => t

@@ -172,6 +172,11 @@ async fn replicate_job<P: Pool + 'static, D: DrNode + 'static>(
             }
         }
     }
+    if ctx.job.recursive && !ctx.options.dry_run {
+        let (renamed, warnings) = crate::renamed::follow_renames(ctx.as_ref(), &datasets).await;
+        report.renamed = renamed;
+        report.warnings.extend(warnings);
+    }
     let reports = replicate_tree(ctx.clone(), datasets.clone(), book).await;
     let root_replicated = reports.first().is_some_and(|r| {
         matches!(

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod plan;
 pub mod pool;
 pub mod removed;
+pub mod renamed;
 pub mod report;
 pub mod status;
 pub mod switchover;

@@ -168,3 +168,57 @@ async fn streams_that_are_not_raw_never_ask_for_key_inheritance() {
     assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
     assert!(w.dr.transfers().iter().all(|t| !t.inherit_key));
 }
+
+#[tokio::test]
+async fn a_child_renamed_on_the_primary_is_renamed_on_the_dr_node_and_goes_on_incrementally() {
+    let mut w = pushed_tree().await;
+    w.dr.allow_rename(true);
+    w.pool.rename_dataset("tank/home/a", "tank/home/z");
+    let before = w.dr.transfers().len();
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert_eq!(o.report.renamed.len(), 1, "{:?}", o.report.renamed);
+    assert_eq!(
+        (
+            o.report.renamed[0].from.as_str(),
+            o.report.renamed[0].to.as_str()
+        ),
+        ("backup/home/a", "backup/home/z")
+    );
+    assert!(o.report.removed.is_empty() && o.report.warnings.is_empty());
+    assert!(!w.dr.exists("backup/home/a") && w.dr.exists("backup/home/z/b"));
+    // z and z/b (its child, renamed with it) arrive incrementally: no full stream
+    let after: Vec<_> = w.dr.transfers().into_iter().skip(before).collect();
+    assert!(after.iter().all(|t| t.from.is_some()), "{after:?}");
+    assert!(after.iter().any(|t| t.target == "backup/home/z/b"));
+    let json = o.report.json_lines().pop().unwrap();
+    assert!(
+        json.contains("\"renamed\":[{\"from\":\"backup/home/a\",\"to\":\"backup/home/z\""),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn a_rename_the_dr_node_refuses_sends_the_new_name_in_full_and_reports_the_old_copy() {
+    let mut w = pushed_tree().await;
+    w.pool.rename_dataset("tank/home/c", "tank/home/d");
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert!(o.report.renamed.is_empty());
+    assert!(
+        o.report
+            .warnings
+            .iter()
+            .any(|m| m.contains("did not rename") && m.contains("allow_rename")),
+        "{:?}",
+        o.report.warnings
+    );
+    let into_d: Vec<_> =
+        w.dr.transfers()
+            .into_iter()
+            .filter(|t| t.target == "backup/home/d")
+            .collect();
+    assert!(into_d.len() == 1 && into_d[0].from.is_none(), "{into_d:?}");
+    assert_eq!(o.report.removed.len(), 1);
+    assert_eq!(o.report.removed[0].target, "backup/home/c");
+}
