@@ -4,7 +4,8 @@
 #     middle dataset, pushed with `properties = true`, twice (a property changed, one removed,
 #     one added between the pushes): the DR tree's `zfs get -s local,received` is the
 #     primary's `-s local` (prefix mapped, the DR node's forced set left out: it shows as local
-#     there); a property the primary inherits stays inherited on the DR node.
+#     there); a property the primary inherits stays inherited on the DR node. Then the
+#     leaf is renamed on the primary: its copy is renamed after it and goes on incrementally.
 #   encryption roots: `raw = true`, an encrypted child of an unencrypted parent (its own
 #     encryption root), a grandchild inheriting its key and one with its own key: each copy's
 #     encryptionroot, keyformat and keylocation match the primary's, after a full push and
@@ -49,12 +50,19 @@ fid_job() {
     mkdir -p "$work/state-$1"
 }
 
+# fid_cleanup: the case's datasets gone on both sides
+fid_cleanup() {
+    local d
+    for d in dst/backup/fid src/fid dst/backup/fenc src/fenc; do destroy_tree "$d"; done
+}
+
 case_fidelity() {
-    serve_use default
-    destroy_tree dst/backup/fid
-    destroy_tree src/fid
-    destroy_tree dst/backup/fenc
-    destroy_tree src/fenc
+    # The receiver (default, plus allow_rename) starts before the case's datasets exist and
+    # stops after they are gone: `ip netns exec` gives it a private copy of the mounts there
+    # are when it starts, which keeps them busy for `zfs destroy` (seen in the lab VM).
+    recv_config fid-rename "" "allow_rename = true"
+    serve_use fid-rename
+    fid_cleanup
     # properties: three levels, user properties, a compression change in the middle
     zfs create -o com.example:tier=gold src/fid
     zfs create -o compression=gzip -o com.example:owner=ops -o recordsize=64K src/fid/mid
@@ -88,6 +96,21 @@ case_fidelity() {
     lab_assert_eq fid-2-inherited "zle inherited from dst/backup/fid/mid" \
         "$(zfs get -H -o value,source compression dst/backup/fid/mid/leaf | tr '\t' ' ')"
     lab_assert fid-2-forced-local fid_forced_local dst/backup/fid/mid/leaf
+    # a child renamed on the primary: its copy is renamed after it (found by guid, under a
+    # receiver granting allow_rename) and goes on incrementally; nothing is reported removed
+    zfs rename src/fid/mid/leaf src/fid/mid/moved
+    rc=0
+    push fid-3 "$work/fid.toml" || rc=$?
+    lab_assert_eq fid-3-exit 0 "$rc"
+    lab_assert_eq fid-3-renamed "dst/backup/fid/mid/leaf dst/backup/fid/mid/moved" \
+        "$(jq -r 'select(.type == "job") | .renamed[]? | "\(.from) \(.to)"' "$R/fid-3.json" 2>/dev/null)"
+    lab_assert_eq fid-3-moved-incremental "ok incremental" \
+        "$(jds fid-3 src/fid/mid/moved result) $(jactions fid-3 src/fid/mid/moved)"
+    lab_assert_eq fid-3-nothing-removed "" "$(jremoved fid-3 target)"
+    lab_assert fid-3-old-name-gone sh -c '! zfs list -H dst/backup/fid/mid/leaf 2>/dev/null'
+    fid_props src/fid local >"$R/fid-3-primary.props"
+    fid_props dst/backup/fid local,received >"$R/fid-3-dr.props"
+    lab_assert fid-3-props diff "$R/fid-3-primary.props" "$R/fid-3-dr.props"
 
     # encryption roots of a raw job
     local key1=$work/fid-key1 key2=$work/fid-key2
@@ -134,8 +157,6 @@ properties = true"
         "$(lab_mountpoint dst/backup/fenc/secret/kid 2>/dev/null || echo /nonexistent)"
     zfs unmount dst/backup/fenc/secret/kid 2>/dev/null || true
     zfs unload-key -r dst/backup/fenc/secret 2>/dev/null || true
-    destroy_tree dst/backup/fid
-    destroy_tree src/fid
-    destroy_tree dst/backup/fenc
-    destroy_tree src/fenc
+    fid_cleanup
+    serve_use default
 }
