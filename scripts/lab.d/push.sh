@@ -68,6 +68,9 @@
 #                    child destroyed on the primary is reported and kept, then destroyed under
 #                    a receiver granting allow_destroy_removed; a target whose parents do
 #                    not exist gets them created inert (canmount=off, readonly)
+#   fidelity         the tree as it left (fidelity.sh): properties of a three-level tree with
+#                    `properties = true` over two pushes (changed, removed, added, inherited),
+#                    and the encryption roots, keyformats and keylocations of a raw job
 #   zvol             a volume: received readonly with volmode=none (no device node), then
 #                    incrementally; a promotion gives the device back with the primary's bytes
 #   fanout           one job, two DR nodes (dr2: a third namespace): both get the snapshot,
@@ -77,6 +80,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$(realpath "$0")")/lib.sh"
+# shellcheck source=fidelity.sh
+source "$(dirname "$(realpath "$0")")/fidelity.sh"
 
 send=${LAB_FJORD_SEND:?set LAB_FJORD_SEND to the fjord-send binary}
 recv=${LAB_FJORD_RECV:?set LAB_FJORD_RECV to the fjord-recv binary}
@@ -1986,8 +1991,8 @@ case_zvol() {
 
 CASES=(full dry-run incremental flaps kill9-resume sigterm-stale diverged attack retention
     access evil overlap locked state-dir dedup status-metrics dr-status recv-prune
-    recv-as-fjord-user promote reload tripwire drill failback gameday-pg tree zvol fanout
-    snaponly quickstart)
+    recv-as-fjord-user promote reload tripwire drill failback gameday-pg tree fidelity zvol
+    fanout snaponly quickstart)
 
 # case_run NAME: the case's function in a child bash (set -e, its own timeout); one failure
 # never stops the others

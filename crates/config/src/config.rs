@@ -506,6 +506,13 @@ pub struct Client {
     /// thins history, this erases whole datasets on the sender's word.
     #[serde(default)]
     pub allow_destroy_removed: bool,
+    /// Let its recursive pushes rename a copy whose source child was
+    /// renamed on the primary (found by snapshot guid), within its
+    /// prefixes and never onto an existing dataset, so that it goes on
+    /// incrementally instead of arriving again in full. Default false: a
+    /// rename can move a copy under another `[[prefix_retention]]`.
+    #[serde(default)]
+    pub allow_rename: bool,
     /// The DR node's retention for this client's datasets, instead of the
     /// top-level `[retention]`.
     #[serde(default)]

@@ -17,6 +17,9 @@
 //! - [`removed`]: may this client destroy a whole copy whose source was
 //!   destroyed on the primary? Only with `allow_destroy_removed`, and
 //!   only what pruning could take snapshot by snapshot.
+//! - [`renamed`]: may this client rename a copy after its source, renamed
+//!   on the primary? Only with `allow_rename`, within its prefixes, never
+//!   onto an existing dataset.
 //! - [`retention`]: the DR node's own pruning plan, by its own counts.
 //! - [`status`]: how fresh each copy is, as the DR node itself sees it
 //!   (report, Prometheus textfile, Nagios-style check).
@@ -27,6 +30,7 @@ pub mod drill;
 pub mod policy;
 pub mod promote;
 pub mod removed;
+pub mod renamed;
 pub mod retention;
 pub mod serve_metrics;
 pub mod status;

@@ -35,6 +35,9 @@ pub struct Grants<'a> {
     /// `allow_destroy_removed`: may destroy a whole copy whose source was
     /// destroyed on the primary ([`crate::removed`]).
     pub allow_destroy_removed: bool,
+    /// `allow_rename`: may rename a copy whose source was renamed on the
+    /// primary ([`crate::renamed`]).
+    pub allow_rename: bool,
 }
 
 /// What a client asks of a target.
@@ -302,6 +305,7 @@ mod tests {
             allow_prune: prune,
             allow_rollback: rollback,
             allow_destroy_removed: false,
+            allow_rename: false,
         }
     }
 

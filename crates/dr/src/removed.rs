@@ -115,6 +115,7 @@ mod tests {
             allow_prune: true,
             allow_rollback: true,
             allow_destroy_removed: allow,
+            allow_rename: false,
         }
     }
 

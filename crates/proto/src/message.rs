@@ -92,8 +92,14 @@ pub mod offer_flags {
     /// The transfer carries a `fjord-pack` pack of the stream (offsets
     /// count pack bytes); the receiver decodes it before its sink.
     pub const PACKED: u64 = 4;
+    /// A raw (`zfs send -w`) stream of a dataset that inherits its key from
+    /// its parent on the sender, whose copy is the target's parent: the
+    /// receiver makes the copy inherit its parent's encryption root again
+    /// (a per-dataset raw receive makes every copy an encryption root of
+    /// its own).
+    pub const INHERIT_KEY: u64 = 8;
     /// Every bit this version understands; a receiver refuses others.
-    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN | PACKED;
+    pub const KNOWN: u64 = FORCE_ROLLBACK | RESUME_TOKEN | PACKED | INHERIT_KEY;
 }
 
 /// A snapshot of a target dataset, as a receiver reports it for the
@@ -174,6 +180,17 @@ pub enum Request {
         /// The copy.
         dataset: String,
     },
+    /// Rename the copy `dataset` (with everything below it) to `to`: its
+    /// source was renamed on the primary (the copy's snapshots are the
+    /// renamed source's, by guid), so the next push continues it
+    /// incrementally instead of sending it again in full. The DR node's
+    /// policy decides (`allow_rename`); a refusal keeps the copy where it is.
+    RenameCopy {
+        /// The copy.
+        dataset: String,
+        /// Its new name, which must not exist.
+        to: String,
+    },
     /// Which chunks does the receiver's chunk cache promise to hold for the
     /// packed transfer `session` (sent next)? Answered by the transport
     /// itself, not by the receiver's control service.
@@ -193,7 +210,8 @@ impl Request {
             | Request::DestroySnapshots { dataset, .. }
             | Request::Promote { dataset, .. }
             | Request::ListTree { dataset }
-            | Request::DestroyCopy { dataset } => dataset,
+            | Request::DestroyCopy { dataset }
+            | Request::RenameCopy { dataset, .. } => dataset,
             Request::ChunkInventory { .. } => "",
         }
     }
@@ -492,6 +510,7 @@ mod tag {
     pub const REQ_LIST_TREE: u8 = 21;
     pub const RESP_TREE: u8 = 22;
     pub const REQ_DESTROY_COPY: u8 = 23;
+    pub const REQ_RENAME_COPY: u8 = 24;
 }
 
 /// Why bytes are not a valid message.
@@ -685,6 +704,11 @@ impl Message {
             Message::Request(Request::DestroyCopy { dataset }) => {
                 out.put_u8(tag::REQ_DESTROY_COPY);
                 put_str(out, dataset);
+            }
+            Message::Request(Request::RenameCopy { dataset, to }) => {
+                out.put_u8(tag::REQ_RENAME_COPY);
+                put_str(out, dataset);
+                put_str(out, to);
             }
             Message::Response(Response::Tree { datasets }) => {
                 out.put_u8(tag::RESP_TREE);
@@ -898,6 +922,10 @@ impl Message {
             }),
             tag::REQ_DESTROY_COPY => Message::Request(Request::DestroyCopy {
                 dataset: r.string("dataset")?,
+            }),
+            tag::REQ_RENAME_COPY => Message::Request(Request::RenameCopy {
+                dataset: r.string("dataset")?,
+                to: r.string("to")?,
             }),
             tag::RESP_TREE => {
                 let count = r.u32("dataset_count")?;
@@ -1191,6 +1219,10 @@ mod tests {
             }),
             Message::Request(Request::DestroyCopy {
                 dataset: "backup/oslo/home/old".into(),
+            }),
+            Message::Request(Request::RenameCopy {
+                dataset: "backup/oslo/home/a".into(),
+                to: "backup/oslo/home/b".into(),
             }),
             Message::Response(Response::Tree {
                 datasets: vec!["backup/oslo/home".into(), "backup/oslo/home/a".into()],

@@ -25,6 +25,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod crypt;
+mod lzc;
+mod renamed;
 mod sink;
 mod tree;
 
@@ -554,6 +557,7 @@ fn grants(client: &Client) -> Grants<'_> {
         allow_prune: client.allow_prune,
         allow_rollback: client.allow_rollback,
         allow_destroy_removed: client.allow_destroy_removed,
+        allow_rename: client.allow_rename,
     }
 }
 
@@ -634,6 +638,7 @@ impl SinkFactory for SharedTarget {
             target: t.clone(),
             client,
             dataset: offer.dataset.clone(),
+            inherit_key: offer.flags & offer_flags::INHERIT_KEY != 0,
         };
         Ok(Box::new(ZfsSink::new(
             target, pending, verifier, meter, commit, guard,
@@ -688,6 +693,10 @@ impl Control for SharedTarget {
                     .map(|datasets| Response::Tree { datasets }),
                 Request::DestroyCopy { dataset } => t
                     .destroy_copy(&client, &dataset)
+                    .await
+                    .map(|message| Response::Done { message }),
+                Request::RenameCopy { dataset, to } => t
+                    .rename_copy(&client, &dataset, &to)
                     .await
                     .map(|message| Response::Done { message }),
                 Request::Promote { dataset, snapshot } => t

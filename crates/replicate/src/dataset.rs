@@ -401,6 +401,7 @@ fn prepare<P: Pool, D: DrNode>(
         resume,
         size_estimate: None,
         base_txg: from.map(|f| f.createtxg),
+        inherit_key: false,
     };
     Ok(match planned {
         Plan::Full { to } => {
@@ -474,6 +475,10 @@ async fn send_one<P: Pool, D: DrNode>(
     step: &Step,
 ) -> Result<crate::dr_node::TransferStats, DatasetError> {
     transfer.size_estimate = ctx.pool.size_estimate(spec).await;
+    if spec.raw && !transfer.resume {
+        transfer.inherit_key =
+            crate::crypt::source_inherits_key(ctx.pool, &ctx.job.source, &transfer.source).await;
+    }
     let what = step.describe();
     let source = transfer.source.clone();
     let target = transfer.target.clone();

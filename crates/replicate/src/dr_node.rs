@@ -40,6 +40,10 @@ pub struct Transfer {
     /// The creation txg of the incremental base (the tripwire's meter
     /// tells files that existed then from new ones).
     pub base_txg: Option<u64>,
+    /// A raw stream of a dataset that inherits its key from its parent on
+    /// the primary: the DR node makes the copy inherit its parent's
+    /// encryption root again (see [`crate::crypt`]).
+    pub inherit_key: bool,
 }
 
 /// What a finished transfer cost.
@@ -108,6 +112,15 @@ pub trait DrNode: Send + Sync {
     /// (`allow_destroy_removed`). Returns what the DR node did.
     fn destroy_copy(&self, target: &str) -> impl Future<Output = Result<String, DrError>> + Send;
 
+    /// Asks the DR node to rename the copy `target` (and everything below
+    /// it) to `to`, its source having been renamed on the primary; its
+    /// policy decides (`allow_rename`). Returns what the DR node did.
+    fn rename_copy(
+        &self,
+        target: &str,
+        to: &str,
+    ) -> impl Future<Output = Result<String, DrError>> + Send;
+
     /// Asks the DR node to promote `target` to `snapshot` (a planned
     /// switchover); its policy must grant it. Promoting again to the same
     /// snapshot finishes an interrupted promotion; to another is refused
@@ -156,6 +169,13 @@ impl<T: DrNode> DrNode for std::sync::Arc<T> {
     }
     fn destroy_copy(&self, target: &str) -> impl Future<Output = Result<String, DrError>> + Send {
         (**self).destroy_copy(target)
+    }
+    fn rename_copy(
+        &self,
+        target: &str,
+        to: &str,
+    ) -> impl Future<Output = Result<String, DrError>> + Send {
+        (**self).rename_copy(target, to)
     }
     fn transfer(
         &self,

@@ -223,6 +223,24 @@ impl FakePool {
             .retain(|d, _| !within(d, dataset));
     }
 
+    /// `zfs rename FROM TO`: the dataset and everything below it, with
+    /// their snapshots (same guids), under the new name.
+    pub fn rename_dataset(&self, from: &str, to: &str) {
+        let mut s = lock(&self.state);
+        let moved: Vec<String> = s
+            .datasets
+            .keys()
+            .filter(|d| within(d, from))
+            .cloned()
+            .collect();
+        for old in moved {
+            if let Some(snaps) = s.datasets.remove(&old) {
+                s.datasets
+                    .insert(format!("{to}{}", &old[from.len()..]), snaps);
+            }
+        }
+    }
+
     fn take_fault(&self, pred: impl Fn(&PoolFault) -> bool) -> bool {
         take(&mut lock(&self.state).faults, pred)
     }
@@ -551,6 +569,8 @@ struct DrState {
     refuse_promote: bool,
     /// The DR node's policy grants `allow_destroy_removed`.
     allow_destroy_removed: bool,
+    /// The DR node's policy grants `allow_rename`.
+    allow_rename: bool,
     /// The datasets the DR node was made with: like a client's prefixes,
     /// a full receive below one creates its missing parents.
     roots: Vec<String>,
@@ -705,6 +725,11 @@ impl FakeDrNode {
         lock(&self.state).allow_destroy_removed = allow;
     }
 
+    /// The DR node's policy grants (or not) `allow_rename`.
+    pub fn allow_rename(&self, allow: bool) {
+        lock(&self.state).allow_rename = allow;
+    }
+
     /// Every target, by full name.
     pub fn targets(&self) -> Vec<String> {
         lock(&self.state).targets.keys().cloned().collect()
@@ -806,6 +831,32 @@ impl DrNode for FakeDrNode {
         }
         s.targets.retain(|t, _| !within(t, target));
         Ok(format!("destroyed {target}"))
+    }
+
+    async fn rename_copy(&self, target: &str, to: &str) -> Result<String, DrError> {
+        self.unreachable()?;
+        self.fenced(target)?;
+        let mut s = lock(&self.state);
+        if !s.allow_rename {
+            return Err(refused(format!(
+                "refused by the DR node's policy: {target} stays; set allow_rename = true"
+            )));
+        }
+        if s.targets.contains_key(to) || !s.targets.contains_key(target) {
+            return Err(refused(format!("cannot rename {target} to {to}")));
+        }
+        let moved: Vec<String> = s
+            .targets
+            .keys()
+            .filter(|t| within(t, target))
+            .cloned()
+            .collect();
+        for old in moved {
+            if let Some(t) = s.targets.remove(&old) {
+                s.targets.insert(format!("{to}{}", &old[target.len()..]), t);
+            }
+        }
+        Ok(format!("renamed {target} to {to}"))
     }
 
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {

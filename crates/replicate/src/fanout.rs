@@ -12,6 +12,7 @@
 use crate::job::{replicate_tree, summarize};
 use crate::pool::Pool;
 use crate::removed::RemovedCopy;
+use crate::renamed::RenamedCopy;
 use crate::report::{DatasetReport, DatasetResult, JobReport, JobResult, TargetReport};
 use crate::{tripwire, DrNode, JobContext};
 use fjord_config::retention::plan_pruning;
@@ -26,6 +27,7 @@ struct TargetOutcome {
     report: TargetReport,
     datasets: Vec<DatasetReport>,
     removed: Vec<RemovedCopy>,
+    renamed: Vec<RenamedCopy>,
     warnings: Vec<String>,
 }
 
@@ -90,6 +92,7 @@ pub(crate) async fn replicate_targets<P: Pool + 'static, D: DrNode + 'static>(
             },
             datasets: Vec::new(),
             removed: Vec::new(),
+            renamed: Vec::new(),
             warnings: Vec::new(),
         })
     });
@@ -103,6 +106,13 @@ async fn one_target<P: Pool + 'static, D: DrNode + 'static>(
     datasets: Vec<String>,
     book: Arc<tripwire::Book>,
 ) -> TargetOutcome {
+    // a child renamed on the primary: its copy renamed first, so that the
+    // tree below goes on incrementally under the new name
+    let (renamed, rename_warnings) = if ctx.job.recursive && !ctx.options.dry_run {
+        crate::renamed::follow_renames(&ctx.leg(i), &datasets).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let reports = replicate_tree(ctx.clone(), i, datasets.clone(), book).await;
     let ok = |r: &DatasetReport| {
         matches!(
@@ -132,7 +142,8 @@ async fn one_target<P: Pool + 'static, D: DrNode + 'static>(
         },
         datasets: scratch.dataset_reports,
         removed: Vec::new(),
-        warnings: Vec::new(),
+        renamed,
+        warnings: rename_warnings,
     };
     if ctx.job.recursive && root_replicated {
         match crate::removed::handle_removed(&ctx.leg(i), &datasets).await {
@@ -171,6 +182,7 @@ fn combine(report: &mut JobReport, outcomes: Vec<TargetOutcome>) {
         }
         report.dataset_reports.extend(o.datasets);
         report.removed.extend(o.removed);
+        report.renamed.extend(o.renamed);
         report.warnings.extend(o.warnings);
         report.targets.push(t);
     }

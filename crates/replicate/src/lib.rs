@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod crypt;
 pub mod dataset;
 pub mod dr_node;
 pub mod edge;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod plan;
 pub mod pool;
 pub mod removed;
+pub mod renamed;
 pub mod report;
 pub mod status;
 pub mod switchover;

@@ -280,6 +280,9 @@ pub struct JobReport {
     /// Copies on the DR node whose source child was destroyed on the
     /// primary: destroyed there or kept, by the DR node's policy.
     pub removed: Vec<crate::removed::RemovedCopy>,
+    /// Copies renamed on the DR node after their source child was renamed
+    /// on the primary (followed by guid).
+    pub renamed: Vec<crate::renamed::RenamedCopy>,
     /// What went wrong or needs a look without failing the job (a removed
     /// child's copy kept or destroyed on the DR node).
     pub warnings: Vec<String>,
@@ -339,6 +342,7 @@ impl JobReport {
             duration_secs: 0.0,
             error: None,
             removed: Vec::new(),
+            renamed: Vec::new(),
             warnings: Vec::new(),
             targets: Vec::new(),
             snapshot_only: false,

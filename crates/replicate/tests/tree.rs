@@ -106,3 +106,119 @@ async fn missing_parents_of_the_target_are_created() {
     }
     assert!(o.report.removed.is_empty());
 }
+
+#[tokio::test]
+async fn raw_streams_of_children_inheriting_a_key_ask_the_dr_node_to_inherit_it_too() {
+    let mut w = World::new("recursive = true\nparallelism = 1\nraw = true");
+    // tank/home (plain) / enc (its own encryption root) / enc/kid (inherits) /
+    // enc/own (its own root again) / plain
+    for d in [
+        "tank/home/enc",
+        "tank/home/enc/kid",
+        "tank/home/enc/own",
+        "tank/home/plain",
+    ] {
+        w.pool.create(d);
+    }
+    for (d, root) in [
+        ("tank/home/enc", "tank/home/enc"),
+        ("tank/home/enc/kid", "tank/home/enc"),
+        ("tank/home/enc/own", "tank/home/enc/own"),
+    ] {
+        w.pool.set_property(d, "encryptionroot", root);
+    }
+    let asked = |w: &World| -> Vec<(String, bool)> {
+        let mut t: Vec<(String, bool)> =
+            w.dr.transfers()
+                .iter()
+                .map(|t| (t.target.clone(), t.inherit_key))
+                .collect();
+        t.sort();
+        t
+    };
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    let want = |n| {
+        vec![
+            ("backup/home".to_string(), false),
+            ("backup/home/enc".to_string(), false),
+            ("backup/home/enc/kid".to_string(), true),
+            ("backup/home/enc/own".to_string(), false),
+            ("backup/home/plain".to_string(), false),
+        ]
+        .into_iter()
+        .flat_map(|x| std::iter::repeat_n(x, n))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(asked(&w), want(1));
+    // the incremental asks again (a copy received before fjord kept roots is fixed then)
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert_eq!(asked(&w), want(2));
+}
+
+#[tokio::test]
+async fn streams_that_are_not_raw_never_ask_for_key_inheritance() {
+    let mut w = World::new("recursive = true");
+    w.pool.create("tank/home/enc");
+    w.pool.create("tank/home/enc/kid");
+    w.pool
+        .set_property("tank/home/enc/kid", "encryptionroot", "tank/home/enc");
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert!(w.dr.transfers().iter().all(|t| !t.inherit_key));
+}
+
+#[tokio::test]
+async fn a_child_renamed_on_the_primary_is_renamed_on_the_dr_node_and_goes_on_incrementally() {
+    let mut w = pushed_tree().await;
+    w.dr.allow_rename(true);
+    w.pool.rename_dataset("tank/home/a", "tank/home/z");
+    let before = w.dr.transfers().len();
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert_eq!(o.report.renamed.len(), 1, "{:?}", o.report.renamed);
+    assert_eq!(
+        (
+            o.report.renamed[0].from.as_str(),
+            o.report.renamed[0].to.as_str()
+        ),
+        ("backup/home/a", "backup/home/z")
+    );
+    assert!(o.report.removed.is_empty() && o.report.warnings.is_empty());
+    assert!(!w.dr.exists("backup/home/a") && w.dr.exists("backup/home/z/b"));
+    // z and z/b (its child, renamed with it) arrive incrementally: no full stream
+    let after: Vec<_> = w.dr.transfers().into_iter().skip(before).collect();
+    assert!(after.iter().all(|t| t.from.is_some()), "{after:?}");
+    assert!(after.iter().any(|t| t.target == "backup/home/z/b"));
+    let json = o.report.json_lines().pop().unwrap();
+    assert!(
+        json.contains("\"renamed\":[{\"from\":\"backup/home/a\",\"to\":\"backup/home/z\""),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn a_rename_the_dr_node_refuses_sends_the_new_name_in_full_and_reports_the_old_copy() {
+    let mut w = pushed_tree().await;
+    w.pool.rename_dataset("tank/home/c", "tank/home/d");
+    let o = w.push().await;
+    assert_eq!(o.report.result, JobResult::Ok, "{:?}", o.report.error);
+    assert!(o.report.renamed.is_empty());
+    assert!(
+        o.report
+            .warnings
+            .iter()
+            .any(|m| m.contains("did not rename") && m.contains("allow_rename")),
+        "{:?}",
+        o.report.warnings
+    );
+    let into_d: Vec<_> =
+        w.dr.transfers()
+            .into_iter()
+            .filter(|t| t.target == "backup/home/d")
+            .collect();
+    assert!(into_d.len() == 1 && into_d[0].from.is_none(), "{into_d:?}");
+    assert_eq!(o.report.removed.len(), 1);
+    assert_eq!(o.report.removed[0].target, "backup/home/c");
+}

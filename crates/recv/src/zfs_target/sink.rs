@@ -115,6 +115,8 @@ pub(super) struct AfterCommit {
     pub(super) target: Arc<ZfsTarget>,
     pub(super) client: Client,
     pub(super) dataset: String,
+    /// The sender's [`offer_flags::INHERIT_KEY`](fjord_proto::message::offer_flags::INHERIT_KEY).
+    pub(super) inherit_key: bool,
 }
 
 /// A `zfs recv` not started yet, and the verified bytes it will read first.
@@ -357,9 +359,13 @@ impl Sink for ZfsSink {
         // The sink runs on its own thread, outside the runtime: waiting
         // for the short zfs commands here blocks no async worker.
         let after = match self.commit.take() {
-            Some(c) => c
-                .handle
-                .block_on(c.target.after_receive(&c.client, &c.dataset)),
+            Some(c) => c.handle.block_on(async {
+                let mut after = String::new();
+                if c.inherit_key {
+                    after = c.target.inherit_key(&c.client, &c.dataset).await;
+                }
+                after + &c.target.after_receive(&c.client, &c.dataset).await
+            }),
             None => String::new(),
         };
         Ok(SinkOutcome {

@@ -237,6 +237,21 @@ impl DrNode for QuicDrNode {
         }
     }
 
+    async fn rename_copy(&self, target: &str, to: &str) -> Result<String, DrError> {
+        match self
+            .ask(Request::RenameCopy {
+                dataset: target.to_string(),
+                to: to.to_string(),
+            })
+            .await?
+        {
+            Response::Done { message } => Ok(message),
+            other => Err(DrError::Protocol(format!(
+                "a rename-copy request was answered with {other:?}"
+            ))),
+        }
+    }
+
     async fn destroy_snapshots(&self, target: &str, snapshots: &[String]) -> Result<(), DrError> {
         self.ask(Request::DestroySnapshots {
             dataset: target.to_string(),
@@ -260,6 +275,9 @@ impl DrNode for QuicDrNode {
         }
         if self.pack {
             flags |= offer_flags::PACKED;
+        }
+        if transfer.inherit_key {
+            flags |= offer_flags::INHERIT_KEY;
         }
         let offer = Offer {
             session: fjord_transport::identity::random_session_id(),
