@@ -246,14 +246,14 @@ fn quic_transfer_survives_wireguard_link_flaps() {
 #[test]
 fn push_and_serve_replicate_into_zfs_through_flaps_crashes_and_divergence() {
     // Independent cases in one VM boot, each from a known pool state (push.sh); about
-    // 25 minutes under TCG, so more time than the default 1500 s for the scenario.
+    // 35 minutes under TCG, so more time than the default 1500 s for the scenario.
     let results = run_scenario(
         "push.sh",
         &[
             ("LAB_FJORD_SEND", binary("fjord-send")),
             ("LAB_FJORD_RECV", binary("fjord-recv")),
-            ("LAB_SCENARIO_TIMEOUT", PathBuf::from("2700")),
-            ("LAB_TIMEOUT", PathBuf::from("3000")),
+            ("LAB_SCENARIO_TIMEOUT", PathBuf::from("3300")),
+            ("LAB_TIMEOUT", PathBuf::from("3600")),
         ],
     );
     let asserts = Asserts::read(&results.join("results.txt"));
