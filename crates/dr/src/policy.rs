@@ -40,6 +40,16 @@ pub struct Grants<'a> {
     pub allow_rename: bool,
 }
 
+impl Grants<'_> {
+    /// Whether `dataset` is one of the client's prefixes itself (the root
+    /// it writes below): never destroyed or renamed on a client's word.
+    pub fn is_prefix_root(&self, dataset: &str) -> bool {
+        self.prefixes
+            .iter()
+            .any(|p| p.trim_end_matches('/') == dataset)
+    }
+}
+
 /// What a client asks of a target.
 #[derive(Clone, Copy, Debug)]
 pub enum Ask<'a> {

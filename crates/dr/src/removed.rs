@@ -51,11 +51,7 @@ pub fn decide_destroy_copy(
         client: grants.client.into(),
         why: e.to_string(),
     })?;
-    if grants
-        .prefixes
-        .iter()
-        .any(|p| p.trim_end_matches('/') == dataset)
-    {
+    if grants.is_prefix_root(dataset) {
         return Err(Refusal::PrefixRoot {
             client: grants.client.into(),
             dataset: dataset.into(),

@@ -97,11 +97,7 @@ pub fn decide_rename_copy(
             client: grants.client.into(),
             why: e.to_string(),
         })?;
-        if grants
-            .prefixes
-            .iter()
-            .any(|p| p.trim_end_matches('/') == name)
-        {
+        if grants.is_prefix_root(name) {
             return Err(RenameRefusal::PrefixRoot {
                 client: grants.client.into(),
                 dataset: name.into(),
