@@ -4,11 +4,9 @@
 
 use super::{zfs_failure, ZfsTarget};
 use fjord_config::config::Client;
-use fjord_dr::promote::PROMOTED_PROP;
 use fjord_dr::renamed::{decide_rename_copy, RenameRefusal, RenameSeen};
 use fjord_proto::RefuseCode;
 use fjord_sink::SinkError;
-use fjord_zfs::props::PropSource;
 
 fn rename_refusal(r: &RenameRefusal) -> SinkError {
     let code = match r {
@@ -22,14 +20,7 @@ impl ZfsTarget {
     /// Whether `dataset` or a dataset below it carries the promotion fence.
     async fn promoted_within(&self, tree: &[String]) -> Result<bool, SinkError> {
         for d in tree {
-            let promoted = self
-                .zfs
-                .properties(d, &[PROMOTED_PROP])
-                .await
-                .map_err(zfs_failure)?
-                .first()
-                .is_some_and(|p| p.source == PropSource::Local && !p.value.trim().is_empty());
-            if promoted {
+            if self.promoted_here(d).await? {
                 return Ok(true);
             }
         }

@@ -48,6 +48,18 @@ pub(crate) fn inert_parent_props(received: &[(String, String)]) -> Vec<(String, 
 }
 
 impl ZfsTarget {
+    /// Whether `dataset` itself carries the promotion fence (set locally,
+    /// not inherited from a parent).
+    pub(super) async fn promoted_here(&self, dataset: &str) -> Result<bool, SinkError> {
+        Ok(self
+            .zfs
+            .properties(dataset, &[PROMOTED_PROP])
+            .await
+            .map_err(zfs_failure)?
+            .first()
+            .is_some_and(|p| p.source == PropSource::Local && !p.value.trim().is_empty()))
+    }
+
     /// The datasets at and below `dataset`, parents first.
     pub(super) async fn list_tree(&self, dataset: &str) -> Result<Vec<String>, SinkError> {
         if !self
@@ -114,13 +126,7 @@ impl ZfsTarget {
         let mut held = Vec::new();
         for d in &tree {
             let listing = self.listing(d).await?;
-            let promoted = self
-                .zfs
-                .properties(d, &[PROMOTED_PROP])
-                .await
-                .map_err(zfs_failure)?
-                .first()
-                .is_some_and(|p| p.source == PropSource::Local && !p.value.trim().is_empty());
+            let promoted = self.promoted_here(d).await?;
             held.extend(listing.dr_held.iter().map(|s| format!("{d}@{s}")));
             members.push(Member {
                 dataset: d.clone(),
