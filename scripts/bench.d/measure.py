@@ -2,6 +2,7 @@
 """Runs one transfer for scripts/bench and prints what it cost.
 
     measure.py --port P --proto tcp|udp --server CMD [--stop-server] --client CMD
+    measure.py --single --client CMD --client-out FILE
 
 Starts the receiving side (a shell command) and waits until it listens on 127.0.0.1:P
 (read from /proc/net/{tcp,udp}, so nothing connects to it early); then runs the sending
@@ -10,12 +11,17 @@ side and times it. A server that exits by itself after the transfer (socat, mbuf
 (`fjord-recv serve`, which runs until killed; the client's exit 0 already means the
 receiver stored and verified the stream).
 
-Prints one line: wall_seconds cpu_seconds peak_rss_kib
-  wall: the client, from its start to its exit (the transfer, as a user waits for it);
-  cpu:  user + system seconds of every process of both sides, as GNU time reports each
-        side (a process's figures include all descendants it reaped, so sshd's session
-        children count);
-  rss:  the largest peak RSS of any of those processes.
+With --single there is no server command: the client is one process holding both sides
+(the quinn_bulk example, a thread each) and prints one JSON line (to --client-out) with
+`send_cpu_s`, the sending thread's CPU seconds. The sending side's CPU is that figure,
+the receiving side's is the rest of the process's; both sides' peak RSS is the process's.
+
+Prints one line: wall send_cpu recv_cpu send_rss_kib recv_rss_kib
+  wall:     the client, from its start to its exit (the transfer, as a user waits for it);
+  cpu:      user + system seconds of every process of that side, as GNU time reports it
+            (a process's figures include all descendants it reaped, so sshd's session
+            children count on the receiving side, zstd and ssh on the sending side);
+  rss:      the largest peak RSS of any process of that side.
 Each side runs under /usr/bin/time rather than being measured from here: a process
 exec'd straight from Python would report Python's own RSS (Linux keeps the pre-exec
 high-water mark).
@@ -23,6 +29,7 @@ Exits non-zero, with the side's stderr, if either side fails or times out.
 """
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -67,7 +74,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--proto", choices=["tcp", "udp"], required=True)
-    ap.add_argument("--server", required=True)
+    ap.add_argument("--server")
+    ap.add_argument("--single", action="store_true", help="no server: the client holds both sides")
+    ap.add_argument("--client-out", help="where the client's stdout goes (default: nowhere)")
     ap.add_argument("--client", required=True)
     ap.add_argument("--stop-server", action="store_true")
     ap.add_argument("--server-ok", type=int, action="append", default=[0],
@@ -75,6 +84,10 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--log", required=True, help="prefix for the sides' stderr files")
     a = ap.parse_args()
+    if a.single:
+        return single(a)
+    if a.server is None:
+        ap.error("--server is needed without --single")
 
     with open(a.log + ".server.err", "w") as serr:
         server = subprocess.Popen(timed(a.server, a.log + ".server.time"), stdin=subprocess.DEVNULL,
@@ -123,7 +136,37 @@ def main() -> int:
 
     scpu, srss = read_time(a.log + ".server.time")
     ccpu, crss = read_time(a.log + ".client.time")
-    print(f"{wall:.4f} {scpu + ccpu:.2f} {max(srss, crss)}")
+    print(f"{wall:.4f} {ccpu:.2f} {scpu:.2f} {crss} {srss}")
+    return 0
+
+
+def single(a) -> int:
+    if not a.client_out:
+        sys.stderr.write("measure: --single needs --client-out\n")
+        return 1
+    with open(a.log + ".client.err", "w") as cerr, open(a.client_out, "w") as cout:
+        t0 = time.monotonic()
+        client = subprocess.Popen(timed(a.client, a.log + ".client.time"), stdin=subprocess.DEVNULL,
+                                  stdout=cout, stderr=cerr)
+        try:
+            crc = client.wait(timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+            crc = "timeout"
+        wall = time.monotonic() - t0
+    if crc != 0:
+        sys.stderr.write(f"measure: exit {crc}\n--- stderr\n" + open(a.log + ".client.err").read())
+        return 1
+    cpu, rss = read_time(a.log + ".client.time")
+    try:
+        lines = [ln for ln in open(a.client_out).read().splitlines() if ln.startswith("{")]
+        send = float(json.loads(lines[-1])["send_cpu_s"])
+    except (IndexError, KeyError, ValueError) as e:
+        sys.stderr.write(f"measure: no JSON line with send_cpu_s in {a.client_out}: {e}\n")
+        return 1
+    send = min(send, cpu)
+    print(f"{wall:.4f} {send:.2f} {cpu - send:.2f} {rss} {rss}")
     return 0
 
 
