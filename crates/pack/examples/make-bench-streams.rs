@@ -2,6 +2,7 @@
 //! directory: mixed.zsend (text, random, zeros and repeated blocks),
 //! compressed-c.zsend (blocks as `zfs send -c` sends them) and random.zsend
 //! (incompressible), 256 MiB each (`FJORD_BENCH_MIB` overrides).
+//! `scripts/bench --synthetic-gib N` uses its mixed and random streams.
 
 use fjord_stream::builder::StreamBuilder;
 use fjord_stream::{ByteOrder, FeatureFlags};
