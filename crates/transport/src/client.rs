@@ -627,8 +627,8 @@ fn client_endpoint(
         .map_err(|e| SendError::Setup(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(link.transport_arc().map_err(SendError::Setup)?);
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|e| SendError::Setup(format!("cannot bind UDP socket {bind}: {e}")))?;
+    let bound = |e: std::io::Error| SendError::Setup(format!("cannot bind UDP socket {bind}: {e}"));
+    let mut endpoint = crate::udp::endpoint(bind, None).map_err(bound)?;
     endpoint.set_default_client_config(cfg);
     Ok(endpoint)
 }

@@ -36,6 +36,7 @@ pub mod control;
 pub mod identity;
 pub mod server;
 pub mod source;
+pub mod udp;
 
 pub use config::{Congestion, LinkConfig};
 pub use identity::{Identity, IdentityError};

@@ -181,7 +181,7 @@ impl Server {
         cfg.transport_config(Arc::new(transport));
         cfg.migration(true);
         let endpoint =
-            quinn::Endpoint::server(cfg, opts.listen).map_err(|e| setup(e.to_string()))?;
+            crate::udp::endpoint(opts.listen, Some(cfg)).map_err(|e| setup(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(ServerCounters::default());
         let shared = Arc::new(Shared {
