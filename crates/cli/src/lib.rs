@@ -295,9 +295,10 @@ pub struct LinkArgs {
     /// (the session survives it; see --grace).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Congestion controller for what this end sends: cubic (like TCP,
-    /// backs off on every loss) or bbr (keeps a lossy long link full).
-    #[arg(long, value_name = "cubic|bbr", default_value = "cubic")]
+    /// Congestion controller for what this end sends: bbr (keeps a lossy
+    /// long link full) or cubic (like TCP: backs off on every loss and
+    /// yields to other traffic on a shared link).
+    #[arg(long, value_name = "bbr|cubic", default_value = "bbr")]
     pub congestion: fjord_transport::Congestion,
 }
 

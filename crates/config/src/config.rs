@@ -96,10 +96,11 @@ pub struct RetentionConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CongestionChoice {
-    /// CUBIC.
-    #[default]
+    /// CUBIC: backs off on every loss, like TCP.
     Cubic,
-    /// BBR.
+    /// BBR, the default: keeps a lossy long link full (measured in the
+    /// lab's WAN matrix; README "The WAN matrix").
+    #[default]
     Bbr,
 }
 
@@ -155,8 +156,9 @@ pub struct Job {
     /// `zfs send -L` (default true).
     #[serde(default = "default_true")]
     pub large_blocks: bool,
-    /// Congestion controller for the transfer: `"cubic"` (default, like
-    /// TCP) or `"bbr"` (keeps a lossy long link full).
+    /// Congestion controller for the transfer: `"bbr"` (default: keeps a
+    /// lossy long link full) or `"cubic"` (like TCP, yields to other
+    /// traffic on a shared link).
     #[serde(default)]
     pub congestion: CongestionChoice,
     /// Pack the stream on the wire (fjord-pack: BLAKE3 dedup within the

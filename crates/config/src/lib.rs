@@ -38,7 +38,7 @@
 //! compressed = true                       # zfs send -c (default true)
 //! large_blocks = true                     # zfs send -L (default true)
 //! pack = true                             # dedup + zstd on the wire (default true)
-//! congestion = "cubic"                    # or "bbr" for a lossy long link (default cubic)
+//! congestion = "bbr"                      # or "cubic" to yield like TCP on a shared link (default bbr)
 //! grace = "5m"                            # optional: s, m, h or d
 //! idle_timeout = "30s"                    # optional: silence = broken link
 //!
