@@ -103,17 +103,7 @@ def main() -> int:
             return 1
         time.sleep(0.01)
 
-    with open(a.log + ".client.err", "w") as cerr:
-        t0 = time.monotonic()
-        client = subprocess.Popen(timed(a.client, a.log + ".client.time"), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=cerr)
-        try:
-            crc = client.wait(timeout=a.timeout)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.wait()
-            crc = "timeout"
-        wall = time.monotonic() - t0
+    crc, wall = run_client(a, subprocess.DEVNULL)
 
     if a.stop_server and server.poll() is None:
         # SIGTERM the server itself (time's child), so that time lives to report it.
@@ -140,21 +130,28 @@ def main() -> int:
     return 0
 
 
-def single(a) -> int:
-    if not a.client_out:
-        sys.stderr.write("measure: --single needs --client-out\n")
-        return 1
-    with open(a.log + ".client.err", "w") as cerr, open(a.client_out, "w") as cout:
+def run_client(a, stdout):
+    """Runs the client under time(1) with its stderr in LOG.client.err; its exit
+    status (or "timeout") and wall-clock seconds."""
+    with open(a.log + ".client.err", "w") as cerr:
         t0 = time.monotonic()
         client = subprocess.Popen(timed(a.client, a.log + ".client.time"), stdin=subprocess.DEVNULL,
-                                  stdout=cout, stderr=cerr)
+                                  stdout=stdout, stderr=cerr)
         try:
             crc = client.wait(timeout=a.timeout)
         except subprocess.TimeoutExpired:
             client.kill()
             client.wait()
             crc = "timeout"
-        wall = time.monotonic() - t0
+        return crc, time.monotonic() - t0
+
+
+def single(a) -> int:
+    if not a.client_out:
+        sys.stderr.write("measure: --single needs --client-out\n")
+        return 1
+    with open(a.client_out, "w") as cout:
+        crc, wall = run_client(a, cout)
     if crc != 0:
         sys.stderr.write(f"measure: exit {crc}\n--- stderr\n" + open(a.log + ".client.err").read())
         return 1
