@@ -17,24 +17,18 @@ pub trait StreamSource: Send + 'static {
     fn next_piece(&mut self, max: usize) -> std::io::Result<Option<Bytes>>;
 }
 
-/// Any reader is a raw stream, read `max` bytes at a time.
+/// Any reader is a raw stream, read `max` bytes at a time (fewer only at
+/// the end). `read_to_end` reads into the vector's spare capacity without
+/// zero-filling it first (files and pipes read into uninitialised
+/// buffers), and the vector becomes the piece without a copy.
 impl<R: Read + Send + 'static> StreamSource for R {
     fn next_piece(&mut self, max: usize) -> std::io::Result<Option<Bytes>> {
-        let mut buf = BytesMut::zeroed(max);
-        let mut n = 0;
-        while n < max {
-            match self.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if n == 0 {
+        let mut buf = Vec::with_capacity(max);
+        self.by_ref().take(max as u64).read_to_end(&mut buf)?;
+        if buf.is_empty() {
             return Ok(None);
         }
-        buf.truncate(n);
-        Ok(Some(buf.freeze()))
+        Ok(Some(Bytes::from(buf)))
     }
 }
 
@@ -191,6 +185,49 @@ mod tests {
             [4096, 4096, 1808]
         );
         assert_eq!(pieces.concat(), data);
+    }
+
+    /// A pipe: short reads and an interrupted call, then an error.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        calls: usize,
+        fail_at_end: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls == 2 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            if self.at == self.data.len() && self.fail_at_end {
+                return Err(std::io::Error::other("zfs send died"));
+            }
+            let n = buf.len().min(700).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn short_and_interrupted_reads_still_fill_whole_pieces_and_errors_surface() {
+        let data: Vec<u8> = (0..5_000u32).map(|i| (i * 7) as u8).collect();
+        let pipe = |fail_at_end| Trickle {
+            data: data.clone(),
+            at: 0,
+            calls: 0,
+            fail_at_end,
+        };
+        let pieces = drain(pipe(false), 2048).unwrap();
+        assert_eq!(
+            pieces.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [2048, 2048, 904]
+        );
+        assert_eq!(pieces.concat(), data);
+        let err = drain(pipe(true), 2048).unwrap_err();
+        assert_eq!(err.to_string(), "zfs send died");
     }
 
     #[test]
