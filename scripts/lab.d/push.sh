@@ -1900,6 +1900,10 @@ case_quickstart() {
     rm -f /var/lib/man-db/auto-update
     dpkg -i "$deb" >"$R/quickstart-dpkg.log" 2>&1 || rc=$?
     lab_assert_eq quickstart-dpkg-install 0 "$rc"
+    # the package's /usr/lib/sysctl.d/60-fjord.conf, applied by postinst: the caps fjord's
+    # 4 MiB socket buffers need (README "Socket buffers")
+    lab_assert_eq quickstart-udp-buffer-caps "4194304 4194304" \
+        "$(sysctl -n net.core.rmem_max) $(sysctl -n net.core.wmem_max)"
     lab_pools tank backup
     zfs create tank/home
     lab_fill "$(lab_mountpoint tank/home)" 31 1M >/dev/null
@@ -1935,6 +1939,7 @@ case_quickstart() {
         "$(zfs list -H -t snapshot -o name -s createtxg backup/oslo/home 2>/dev/null | tail -n1 | cut -d@ -f2)"
     lab_assert quickstart-copy-inert inert backup/oslo/home
     lab_assert_eq quickstart-serve-user fjord "$(ps -o user= -p "$(cat "$work/quickstart-serve.pid")" | tr -d ' ')"
+    lab_assert quickstart-buffers-granted bash -c "! grep -q 'granted UDP buffers' '$R/quickstart-serve.log' '$R/quickstart.log'"
     rc=0
     fjord-recv status --config /etc/fjord/recv.toml --check >"$R/quickstart-status.out" 2>&1 || rc=$?
     lab_assert_eq quickstart-dr-status 0 "$rc"
