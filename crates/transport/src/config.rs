@@ -39,7 +39,7 @@ pub enum Congestion {
     /// measured bottleneck rate and does not take random loss for
     /// congestion, so a lossy long link (a WAN with 0.1 % loss) stays
     /// full. Chosen by the lab's WAN matrix (README "The WAN matrix"):
-    /// at 50 ms and 1 % loss CUBIC was no faster than TCP.
+    /// at 50 ms and 1 % loss CUBIC was 1.4× `zstd | ssh`, BBR 5.6×.
     #[default]
     Bbr,
 }
